@@ -1,0 +1,24 @@
+//! Builds the plugins in `plugins/` into WebAssembly components, so that
+//! `cargo run` and `cargo test` always have them, from source.
+//!
+//! The nested `cargo build` uses its own target directory (sharing the outer
+//! one deadlocks on cargo's build lock) and makes sure the `wasm32-wasip2`
+//! target is installed first (`RUSTUP_AUTO_INSTALL=0` machines do not install
+//! it from `rust-toolchain.toml`).
+
+use std::path::PathBuf;
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().expect("host/ is inside the workspace").to_path_buf();
+    let out = weft_build::build_plugins(&root, &root.join("plugins"));
+    println!("cargo:rustc-env=WEFT_BUILTIN_PLUGIN_DIR={}", out.display());
+    for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build/weft_build.rs");
+}
+
+#[path = "build/weft_build.rs"]
+mod weft_build;

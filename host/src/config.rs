@@ -1,0 +1,456 @@
+//! The TOML configuration file: plugins, routes, listeners, storage, retries.
+//!
+//! Every error names the file, the line and the field, e.g.
+//! `weft.toml:14:1: routes[0].sinks: unknown plugin "acounting"`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Syntax error or a field of the wrong type / missing.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and HTTP limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where the queue lives.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Retry schedule for failed attempts.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Default sandbox limits for every plugin.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Plugins by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Routes: source → transforms → sinks.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The directory the config file is in; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Listeners and limits of the HTTP servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the webhook listener (`POST /hooks/{source}`).
+    pub listen: SocketAddr,
+    /// Address of the admin API and metrics; `None` disables them.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token required by the admin API (a secret reference).
+    pub admin_token: Option<SecretRef>,
+    /// Largest accepted webhook body.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send its whole body.
+    pub body_read_timeout_ms: u64,
+    /// Events handled concurrently by the delivery workers.
+    pub workers: usize,
+    /// Time given to in-flight attempts on shutdown before they are abandoned
+    /// (they stay queued and run again after a restart).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 30_000,
+            workers: 64,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Queue storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the sled database and the compiled-plugin cache.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("weft-data") }
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delay before the second attempt.
+    pub initial_ms: u64,
+    /// Growth factor per attempt.
+    pub multiplier: f64,
+    /// Largest delay (also caps a sink's requested delay).
+    pub max_delay_ms: u64,
+    /// Attempts in all, the first included, before dead-lettering.
+    pub max_attempts: u32,
+    /// Random spread, as a fraction of the delay (0.2 = ±20%).
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { initial_ms: 1_000, multiplier: 2.0, max_delay_ms: 300_000, max_attempts: 10, jitter: 0.2 }
+    }
+}
+
+/// Sandbox limits of a plugin call.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory a plugin instance may grow to.
+    pub memory_mib: u64,
+    /// CPU time one call may take (checked every 10 ms by epoch interruption).
+    pub timeout_ms: u64,
+    /// Wall time one outbound HTTP request may take.
+    pub http_timeout_ms: u64,
+    /// Largest outbound response body a plugin may read.
+    pub max_response_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_mib: 64, timeout_ms: 5_000, http_timeout_ms: 10_000, max_response_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Partial limits on a plugin entry, overriding the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    memory_mib: Option<u64>,
+    timeout_ms: Option<u64>,
+    http_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+}
+
+/// Where a secret's value comes from. The value itself never appears in the
+/// config file, logs or plugin memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// An environment variable of the host process.
+    pub env: Option<String>,
+    /// A file (e.g. a mounted secret); surrounding whitespace is trimmed.
+    pub file: Option<PathBuf>,
+}
+
+/// A secret header the host adds to a plugin's outbound requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderInjection {
+    /// Which requests: an `allowed_hosts` pattern such as `https://api.example.com`.
+    pub host: String,
+    /// Header name, e.g. `authorization`.
+    pub header: String,
+    /// Name of one of the plugin's secrets.
+    pub secret: String,
+    /// Text put before the secret, e.g. `Bearer `.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// One plugin: which component, its config values and its grants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to a `.wasm` component (relative to the config file).
+    pub path: Option<PathBuf>,
+    /// Name of a plugin built with Weft (`webhook-json`, `json-map`, `http-post`).
+    pub builtin: Option<String>,
+    /// Values the plugin reads through `weft:connector/config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    /// Outbound HTTP grants: `scheme://host[:port]`, `*.example.com` allowed.
+    /// Empty means no outbound HTTP at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Secrets this plugin may use by name (never read).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Secret headers injected into matching outbound requests.
+    #[serde(default)]
+    pub inject: Vec<HeaderInjection>,
+    /// Overrides of the default limits.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+impl PluginConfig {
+    /// The effective limits: the overrides on top of `defaults`.
+    pub fn limits(&self, defaults: &Limits) -> Limits {
+        Limits {
+            memory_mib: self.limits.memory_mib.unwrap_or(defaults.memory_mib),
+            timeout_ms: self.limits.timeout_ms.unwrap_or(defaults.timeout_ms),
+            http_timeout_ms: self.limits.http_timeout_ms.unwrap_or(defaults.http_timeout_ms),
+            max_response_bytes: self.limits.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        }
+    }
+
+    /// The plugin's config values as the strings plugins see: strings as is,
+    /// everything else as JSON text.
+    pub fn config_strings(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+}
+
+/// A route: events from one source, through transforms, to every sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name (unique), used in logs and the admin API.
+    pub name: Spanned<String>,
+    /// The source plugin; its webhook is `POST /hooks/{source}`.
+    pub source: Spanned<String>,
+    /// Transform plugins, applied in order.
+    #[serde(default)]
+    pub transforms: Vec<Spanned<String>>,
+    /// Sink plugins; each gets every event (fan-out).
+    pub sinks: Vec<Spanned<String>>,
+}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates config text; `name` is used in error messages.
+    pub fn parse(text: &str, name: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = position(text, offset);
+            ConfigError::Invalid { path: name.to_string(), line, column, message }
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            invalid(offset, e.message().trim().to_string())
+        })?;
+        config.base_dir = base_dir.to_path_buf();
+        config.validate(text, &invalid)?;
+        Ok(config)
+    }
+
+    fn validate(
+        &self,
+        text: &str,
+        invalid: &dyn Fn(usize, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        // Errors on plugins point at their table header.
+        let plugin_offset = |name: &str| {
+            text.find(&format!("[plugins.{name}"))
+                .or_else(|| text.find(&format!("[plugins.\"{name}\"")))
+                .unwrap_or(0)
+        };
+        for (name, plugin) in &self.plugins {
+            let at = plugin_offset(name);
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(at, format!("plugins.{name}: names may use only letters, digits, '-' and '_'")));
+            }
+            match (&plugin.path, &plugin.builtin) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(at, format!("plugins.{name}: set either `path` or `builtin`, not both")))
+                }
+                (None, None) => return Err(invalid(at, format!("plugins.{name}: missing field `path` or `builtin`"))),
+                _ => {}
+            }
+            for host in &plugin.allowed_hosts {
+                if let Err(e) = crate::runtime::egress::HostPattern::parse(host) {
+                    return Err(invalid(at, format!("plugins.{name}.allowed_hosts: {e}")));
+                }
+            }
+            for (secret, r) in &plugin.secrets {
+                if r.env.is_some() == r.file.is_some() {
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}.secrets.{secret}: set exactly one of `env` or `file`"),
+                    ));
+                }
+            }
+            for inject in &plugin.inject {
+                if !plugin.secrets.contains_key(&inject.secret) {
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}.inject: unknown secret \"{}\" (declare it under plugins.{name}.secrets)", inject.secret),
+                    ));
+                }
+                if let Err(e) = crate::runtime::egress::HostPattern::parse(&inject.host) {
+                    return Err(invalid(at, format!("plugins.{name}.inject.host: {e}")));
+                }
+                if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
+                    return Err(invalid(at, format!("plugins.{name}.inject.header: invalid header name \"{}\"", inject.header)));
+                }
+            }
+            let limits = plugin.limits(&self.limits);
+            if limits.memory_mib == 0 || limits.memory_mib > 4096 {
+                return Err(invalid(at, format!("plugins.{name}.limits.memory_mib: must be 1..=4096")));
+            }
+            if limits.timeout_ms == 0 {
+                return Err(invalid(at, format!("plugins.{name}.limits.timeout_ms: must be > 0")));
+            }
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 || !(r.multiplier >= 1.0) || !(0.0..1.0).contains(&r.jitter) {
+            let at = text.find("[retry]").unwrap_or(0);
+            return Err(invalid(
+                at,
+                "retry: need max_attempts >= 1, multiplier >= 1.0 and 0 <= jitter < 1".to_string(),
+            ));
+        }
+        if self.server.workers == 0 {
+            return Err(invalid(text.find("workers").unwrap_or(0), "server.workers: must be > 0".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if !names.insert(route.name.get_ref().clone()) {
+                return Err(invalid(route.name.span().start, format!("routes[{i}].name: duplicate route \"{}\"", route.name.get_ref())));
+            }
+            let check = |field: &str, plugin: &Spanned<String>| -> Result<(), ConfigError> {
+                if self.plugins.contains_key(plugin.get_ref()) {
+                    Ok(())
+                } else {
+                    Err(invalid(plugin.span().start, format!("routes[{i}].{field}: unknown plugin \"{}\"", plugin.get_ref())))
+                }
+            };
+            check("source", &route.source)?;
+            for t in &route.transforms {
+                check("transforms", t)?;
+            }
+            if route.sinks.is_empty() {
+                return Err(invalid(route.name.span().start, format!("routes[{i}].sinks: a route needs at least one sink")));
+            }
+            for s in &route.sinks {
+                check("sinks", s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The data directory, resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.storage.data_dir)
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret's value. The error names the source, never the value.
+    pub fn resolve(&self, base: &Path) -> Result<Vec<u8>, String> {
+        if let Some(var) = &self.env {
+            return std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        if let Some(file) = &self.file {
+            let path = if file.is_absolute() { file.clone() } else { base.join(file) };
+            let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let trimmed = String::from_utf8_lossy(&data).trim().as_bytes().to_vec();
+            return Ok(trimmed);
+        }
+        Err("secret has neither `env` nor `file`".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "weft.toml", Path::new("."))
+    }
+
+    #[test]
+    fn missing_field_names_line_and_field() {
+        let err = parse("[plugins.a]\nbuiltin = \"json-map\"\n\n[[routes]]\nname = \"r\"\nsource = \"a\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("weft.toml:4:"), "{msg}");
+        assert!(msg.contains("sinks"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_plugin_in_route_points_at_it() {
+        let err = parse("[plugins.a]\nbuiltin = \"x\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n").unwrap_err();
+        assert_eq!(err.to_string(), "weft.toml:6:10: routes[0].sinks: unknown plugin \"b\"");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_position() {
+        let err = parse("[retry]\nmax_attempts = \"many\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("weft.toml:2:16:"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lisen") && msg.starts_with("weft.toml:3:1:"), "{msg}");
+    }
+}

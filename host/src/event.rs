@@ -1,0 +1,57 @@
+//! The event: Weft's unit of work, shaped after CloudEvents 1.0.
+
+use serde::{Deserialize, Serialize};
+
+/// One event as the host stores and routes it.
+///
+/// It mirrors the WIT `event` record; the host keeps its own type so that the
+/// stored format does not depend on generated bindings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event id (unique per source).
+    pub id: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// CloudEvents `type`.
+    pub ty: String,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// CloudEvents `time` (RFC 3339).
+    pub time: Option<String>,
+    /// Content type of `data`.
+    pub datacontenttype: Option<String>,
+    /// Payload.
+    #[serde(with = "serde_bytes_compat")]
+    pub data: Vec<u8>,
+    /// Extension attributes.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// Stores `data` as a byte string (postcard writes it as length + bytes).
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let bytes: &[u8] = <&[u8]>::deserialize(d)?;
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Event {
+    /// The data as text, for display (lossy).
+    pub fn data_text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time base of stored timestamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

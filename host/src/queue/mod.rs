@@ -1,0 +1,152 @@
+//! The durable queue: what is acknowledged is stored before the 2xx, and
+//! leaves the store only once delivered or dead-lettered.
+//!
+//! [`Queue`] is the seam for storage backends; [`SledQueue`] is the embedded
+//! default. The router only speaks this trait.
+
+mod sled_store;
+
+pub use sled_store::SledQueue;
+
+use crate::event::Event;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, so that [`Queue`] stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The storage engine failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A record could not be decoded.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt {
+        /// Record key.
+        key: u64,
+        /// Decoder message.
+        reason: String,
+    },
+    /// The store was written by a format this build does not know.
+    #[error("{path}: stored layout is format version {found}, this build of weft reads version {expected}; refusing to open")]
+    UnknownFormat {
+        /// The data directory.
+        path: String,
+        /// Version found on disk.
+        found: String,
+        /// Version this build writes.
+        expected: u32,
+    },
+    /// The queue was shut down.
+    #[error("queue is shut down")]
+    Closed,
+    /// No such dead letter.
+    #[error("no dead letter with id {0}")]
+    NotFound(u64),
+}
+
+/// What a pending record still needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Run the whole route: transforms, then every sink.
+    Route,
+    /// Deliver the (already transformed) event to one sink.
+    Deliver {
+        /// The sink plugin's name.
+        sink: String,
+    },
+}
+
+/// One attempt at a record, kept for the dead-letter history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it ran (ms since epoch).
+    pub at_ms: u64,
+    /// Which plugin it was (a transform or a sink).
+    pub plugin: String,
+    /// `retry`, `rejected`, `failed` (the plugin trapped or timed out) or `delivered`.
+    pub outcome: String,
+    /// Error text.
+    pub detail: String,
+}
+
+/// A unit of pending work: an event on a route, at some stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Queue key, unique over pending and dead letters.
+    pub id: u64,
+    /// Route name.
+    pub route: String,
+    /// What is left to do.
+    pub stage: Stage,
+    /// The event.
+    pub event: Event,
+    /// Attempts so far.
+    pub attempts: Vec<Attempt>,
+    /// Not to run before this time (ms since epoch); 0 = now.
+    pub not_before_ms: u64,
+}
+
+/// A record that failed for good, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The record as it was at its last attempt (with the full attempt history).
+    pub record: Record,
+    /// The last error.
+    pub error: String,
+    /// When it was dead-lettered (ms since epoch).
+    pub dead_at_ms: u64,
+}
+
+/// A change applied to the queue without waiting for durability: losing it in
+/// a crash only causes a redelivery, which at-least-once allows.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert or replace a pending record.
+    Put(Record),
+    /// Remove a pending record (delivered).
+    Remove(u64),
+    /// Move a pending record to the dead-letter store (atomically).
+    Dead(DeadLetter),
+}
+
+/// Counts for the admin API and metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QueueStats {
+    /// Pending records.
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// A durable queue of [`Record`]s with a dead-letter store.
+pub trait Queue: Send + Sync + 'static {
+    /// A fresh record id.
+    fn next_id(&self) -> u64;
+
+    /// Stores records durably; resolves only once they survive a crash or a
+    /// power loss (the webhook is acknowledged after this).
+    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// Applies changes in order, without waiting for them to be synced.
+    fn apply(&self, ops: Vec<Op>) -> Result<(), QueueError>;
+
+    /// Every pending record (used at start-up to resume work).
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>>;
+
+    /// Dead letters, oldest first, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>>;
+
+    /// Moves a dead letter back to pending with a fresh attempt budget, and
+    /// returns the record to run.
+    fn replay(&self, id: u64) -> BoxFuture<'_, Result<Record, QueueError>>;
+
+    /// Counts.
+    fn stats(&self) -> QueueStats;
+
+    /// Flushes and stops the writer; later calls fail with [`QueueError::Closed`].
+    fn close(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+}

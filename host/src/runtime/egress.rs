@@ -1,0 +1,466 @@
+//! Outbound HTTP for plugins: deny by default, allow-listed per plugin,
+//! checked again on the resolved IP at connect time, over pooled keep-alive
+//! connections, never following redirects.
+//!
+//! A plugin's `wasi:http/outgoing-handler` calls land in [`EgressHooks::send_request`].
+//! The request's scheme, host and port must match one of the plugin's
+//! `allowed_hosts` ([`HostPattern`]); matching requests get the plugin's secret
+//! headers injected and go out through one shared [`HttpClient`], whose
+//! connector refuses addresses no grant should reach (see [`ip_allowed`]).
+
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{HeaderName, HeaderValue, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Which hosts a grant matches.
+#[derive(Debug, Clone, PartialEq)]
+enum HostMatch {
+    /// Exactly this host name or IP literal (lower case).
+    Exact(String),
+    /// Any subdomain of this suffix (`*.example.com` matches `a.example.com`).
+    Suffix(String),
+}
+
+/// One `allowed_hosts` entry: `scheme://host[:port]`.
+///
+/// The scheme is `http` or `https`; the host may start with `*.`; without a
+/// port the scheme's default port is meant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPattern {
+    scheme: String,
+    host: HostMatch,
+    port: u16,
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" {
+        443
+    } else {
+        80
+    }
+}
+
+impl HostPattern {
+    /// Parses `http://127.0.0.1:9000`, `https://api.example.com`, `https://*.example.com:8443`.
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("\"{text}\" must look like scheme://host[:port]"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("\"{text}\": scheme must be http or https"));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+            return Err(format!("\"{text}\" must be scheme://host[:port] without path or credentials"));
+        }
+        let (host, port) = split_host_port(rest).map_err(|e| format!("\"{text}\": {e}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        if host.is_empty() || host == "*" {
+            return Err(format!("\"{text}\": a host is required (\"*\" alone is not allowed)"));
+        }
+        let host = match host.strip_prefix("*.") {
+            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => HostMatch::Suffix(suffix.to_string()),
+            _ if host.contains('*') => return Err(format!("\"{text}\": only a leading \"*.\" wildcard is allowed")),
+            _ => HostMatch::Exact(host),
+        };
+        let port = port.unwrap_or_else(|| default_port(&scheme));
+        Ok(HostPattern { scheme, host, port })
+    }
+
+    /// Whether a request to `uri` matches this grant.
+    pub fn matches(&self, uri: &Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let Some(host) = uri.host() else { return false };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
+        if scheme != self.scheme || port != self.port {
+            return false;
+        }
+        match &self.host {
+            HostMatch::Exact(h) => *h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() + 1 && host.ends_with(s.as_str()) && host.as_bytes()[host.len() - s.len() - 1] == b'.',
+        }
+    }
+}
+
+/// Whether the connector may connect to `ip`, given the host name the request
+/// used. Never: unspecified, multicast, broadcast, link-local (cloud metadata
+/// lives at 169.254.169.254). Loopback and private ranges only when the grant
+/// names them directly (an IP literal or `localhost`): a public host name that
+/// resolves to them is refused, which stops DNS rebinding into the local network.
+pub fn ip_allowed(ip: IpAddr, host: &str) -> bool {
+    let literal = host.parse::<IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost");
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() {
+                return false;
+            }
+            if v4.is_loopback() || v4.is_private() || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 {
+                return literal;
+            }
+            true
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return ip_allowed(IpAddr::V4(v4), host);
+            }
+            let seg0 = v6.segments()[0];
+            if v6.is_unspecified() || v6.is_multicast() || (seg0 & 0xffc0) == 0xfe80 {
+                return false;
+            }
+            if v6.is_loopback() || (seg0 & 0xfe00) == 0xfc00 {
+                return literal;
+            }
+            true
+        }
+    }
+}
+
+/// A plain or TLS connection, as the pooled client sees it.
+pub enum Stream {
+    /// `http://`
+    Plain(TcpStream),
+    /// `https://`
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A pooled connection: [`Stream`] in hyper's I/O traits.
+pub struct Conn(TokioIo<Stream>);
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Resolves, checks every address with [`ip_allowed`], connects, and wraps
+/// `https` in TLS. Used by the pooled client for new connections only.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    fn new(connect_timeout: Duration) -> Self {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("TLS 1.3 is supported by ring")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        Connector { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), connect_timeout }
+    }
+
+    async fn connect(self, uri: Uri) -> Result<Conn, std::io::Error> {
+        let denied = |msg: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg);
+        let host = uri.host().ok_or_else(|| denied("request has no host".into()))?.to_string();
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let tls = uri.scheme() == Some(&Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((bare.as_str(), port)))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out"))??
+            .collect();
+        let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), &bare)).collect();
+        if allowed.is_empty() {
+            return Err(denied(format!("{bare} resolves only to blocked addresses ({addrs:?})")));
+        }
+        let mut last = None;
+        for addr in allowed {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let stream = if tls {
+                        let name = rustls::pki_types::ServerName::try_from(bare.clone())
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+                        Stream::Tls(Box::new(self.tls.connect(name, tcp).await?))
+                    } else {
+                        Stream::Plain(tcp)
+                    };
+                    return Ok(Conn(TokioIo::new(stream)));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+/// The shared outbound client: one keep-alive pool for every plugin.
+pub type HttpClient = Client<Connector, WasiBody>;
+
+/// Builds the shared client.
+pub fn client(connect_timeout: Duration) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(Connector::new(connect_timeout))
+}
+
+/// A header the host adds to a plugin's matching requests; the value is secret.
+#[derive(Clone)]
+pub struct Injection {
+    /// Which requests.
+    pub host: HostPattern,
+    /// Header name.
+    pub header: HeaderName,
+    /// Header value (marked sensitive).
+    pub value: HeaderValue,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Injection({} for {:?}: <redacted>)", self.header, self.host)
+    }
+}
+
+/// One plugin's outbound grants.
+#[derive(Debug, Clone)]
+pub struct EgressPolicy {
+    /// The plugin's name, for log lines.
+    pub plugin: String,
+    /// Where it may connect.
+    pub allowed: Vec<HostPattern>,
+    /// Secret headers to add.
+    pub inject: Vec<Injection>,
+    /// Per-request time limit.
+    pub timeout: Duration,
+    /// Largest response body the plugin may read.
+    pub max_response_bytes: u64,
+}
+
+impl EgressPolicy {
+    /// Whether the plugin may send a request to `uri`.
+    pub fn allows(&self, uri: &Uri) -> bool {
+        self.allowed.iter().any(|p| p.matches(uri))
+    }
+}
+
+/// The `wasi:http` hooks of one plugin call: applies its [`EgressPolicy`].
+pub struct EgressHooks {
+    /// The plugin's grants.
+    pub policy: Arc<EgressPolicy>,
+    /// The shared pooled client.
+    pub client: HttpClient,
+    /// The event being handled, for log lines.
+    pub event_id: Option<String>,
+}
+
+type ResponseFuture = Box<
+    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>>
+        + Send,
+>;
+
+impl WasiHttpHooks for EgressHooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> ResponseFuture {
+        let policy = self.policy.clone();
+        let client = self.client.clone();
+        let event_id = self.event_id.clone().unwrap_or_default();
+        Box::new(async move {
+            let uri = request.uri().clone();
+            if !policy.allows(&uri) {
+                tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: host not in the plugin's allowed_hosts");
+                return Err(HttpError::HttpRequestDenied);
+            }
+            for injection in &policy.inject {
+                if injection.host.matches(&uri) {
+                    request.headers_mut().insert(injection.header.clone(), injection.value.clone());
+                }
+            }
+            let mut timeout = policy.timeout;
+            if let Some(t) = options.and_then(|o| o.first_byte_timeout) {
+                timeout = timeout.min(t);
+            }
+            let response = match tokio::time::timeout(timeout, client.request(request)).await {
+                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+                Ok(Err(e)) => {
+                    let detail = format!("{e:?}");
+                    tracing::debug!(plugin = %policy.plugin, event = %event_id, url = %uri, error = %detail, "outbound request failed");
+                    if detail.contains("PermissionDenied") {
+                        tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: address blocked");
+                        return Err(HttpError::DestinationIpProhibited);
+                    }
+                    if e.is_connect() {
+                        return Err(HttpError::ConnectionRefused);
+                    }
+                    return Err(HttpError::InternalError(Some(e.to_string())));
+                }
+                Ok(Ok(r)) => r,
+            };
+            let limit = policy.max_response_bytes;
+            let deadline = Box::pin(tokio::time::sleep(timeout));
+            let response = response.map(|inner| GuardedBody { inner, seen: 0, limit, deadline }.boxed_unsync());
+            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
+        })
+    }
+}
+
+/// A response body held to the plugin's size limit and the request deadline.
+struct GuardedBody {
+    inner: hyper::body::Incoming,
+    seen: u64,
+    limit: u64,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.seen)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Splits `host[:port]`, accepting `[v6]:port`.
+fn split_host_port(rest: &str) -> Result<(String, Option<u16>), String> {
+    let parse_port = |p: &str| p.parse::<u16>().map_err(|_| format!("bad port \"{p}\""));
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (host, tail) = v6.split_once(']').ok_or("unclosed [")?;
+        return match tail.strip_prefix(':') {
+            Some(p) => Ok((host.to_string(), Some(parse_port(p)?))),
+            None if tail.is_empty() => Ok((host.to_string(), None)),
+            None => Err("junk after ]".into()),
+        };
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) => Ok((h.to_string(), Some(parse_port(p)?))),
+        None => Ok((rest.to_string(), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_scheme_host_and_port() {
+        let p = HostPattern::parse("http://127.0.0.1:9000").unwrap();
+        assert!(p.matches(&"http://127.0.0.1:9000/x".parse().unwrap()));
+        assert!(!p.matches(&"http://127.0.0.1:9001/x".parse().unwrap()));
+        assert!(!p.matches(&"https://127.0.0.1:9000/x".parse().unwrap()));
+        let w = HostPattern::parse("https://*.example.com").unwrap();
+        assert!(w.matches(&"https://api.example.com/x".parse().unwrap()));
+        assert!(!w.matches(&"https://example.com/x".parse().unwrap()));
+        assert!(!w.matches(&"https://evilexample.com/x".parse().unwrap()));
+        assert!(!w.matches(&"https://api.example.com:8443/x".parse().unwrap()));
+        assert!(HostPattern::parse("*").is_err());
+        assert!(HostPattern::parse("ftp://x").is_err());
+        assert!(HostPattern::parse("http://a/b").is_err());
+    }
+
+    #[test]
+    fn blocked_addresses() {
+        assert!(!ip_allowed("169.254.169.254".parse().unwrap(), "169.254.169.254"));
+        assert!(!ip_allowed("0.0.0.0".parse().unwrap(), "0.0.0.0"));
+        assert!(ip_allowed("127.0.0.1".parse().unwrap(), "127.0.0.1"));
+        assert!(!ip_allowed("127.0.0.1".parse().unwrap(), "evil.example.com"));
+        assert!(!ip_allowed("10.1.2.3".parse().unwrap(), "internal.example.com"));
+        assert!(ip_allowed("93.184.216.34".parse().unwrap(), "example.com"));
+    }
+}

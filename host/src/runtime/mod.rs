@@ -1,0 +1,404 @@
+//! The sandboxed plugin runtime: one wasmtime engine, compiled components
+//! cached on disk, one `InstancePre` per plugin and a fresh, limited store per
+//! call.
+//!
+//! Every call runs with a memory cap ([`wasmtime::StoreLimits`]), a CPU budget
+//! (epoch interruption: a ticker thread advances the epoch every
+//! [`TICK_MS`] ms and the store yields to tokio at each tick until its budget
+//! is spent), a wall-clock cap, and a WASI context that grants nothing.
+//! A trap, a panic, a timeout or a memory overrun fails that one call with a
+//! [`PluginError`]; the host goes on.
+
+pub mod bindings;
+pub mod cache;
+pub mod egress;
+pub mod host;
+
+use crate::config::Limits;
+use crate::event::Event;
+use bindings::sink::{Sink, SinkPre};
+use bindings::source::{Source, SourcePre};
+use bindings::transform::{Transform, TransformPre};
+use bindings::wit;
+use cache::ComponentCache;
+use egress::HttpClient;
+use host::{PluginContext, StoreState};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
+
+/// Milliseconds per epoch tick: the granularity of CPU limits.
+pub const TICK_MS: u64 = 10;
+
+/// Where the plugins built with Weft are, as found at compile time by the
+/// build script (overridable at run time with `WEFT_PLUGIN_DIR`).
+pub const BUILTIN_PLUGIN_DIR: &str = env!("WEFT_BUILTIN_PLUGIN_DIR");
+
+/// Errors while setting up the runtime or loading a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The engine could not be configured.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The component file could not be read.
+    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    Read {
+        /// Plugin name.
+        plugin: String,
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component.
+    #[error("plugin {plugin}: not a valid WebAssembly component: {detail}")]
+    Compile {
+        /// Plugin name.
+        plugin: String,
+        /// Compiler message.
+        detail: String,
+    },
+    /// It imports something the host does not offer.
+    #[error("plugin {plugin}: cannot be linked (it imports something Weft does not provide): {detail}")]
+    Link {
+        /// Plugin name.
+        plugin: String,
+        /// Linker message.
+        detail: String,
+    },
+    /// It exports none of the three roles.
+    #[error("plugin {plugin}: exports none of the weft:connector worlds (source, transform, sink)")]
+    NoRole {
+        /// Plugin name.
+        plugin: String,
+    },
+}
+
+/// Why a plugin call failed (as opposed to the plugin returning an error value).
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// It used up its CPU budget.
+    #[error("plugin {plugin} exceeded its CPU time limit ({limit_ms} ms) and was stopped")]
+    CpuLimit {
+        /// Plugin name.
+        plugin: String,
+        /// Configured limit.
+        limit_ms: u64,
+    },
+    /// It ran past its wall-clock limit (e.g. waiting on slow I/O).
+    #[error("plugin {plugin} exceeded its wall-clock limit ({limit_ms} ms) and was stopped")]
+    WallLimit {
+        /// Plugin name.
+        plugin: String,
+        /// Limit applied.
+        limit_ms: u64,
+    },
+    /// It trapped (panic, unreachable, out of memory...).
+    #[error("plugin {plugin} trapped: {detail}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// Trap message.
+        detail: String,
+    },
+    /// It was called in a role it does not have.
+    #[error("plugin {plugin} is a {actual}, not a {expected}")]
+    WrongRole {
+        /// Plugin name.
+        plugin: String,
+        /// Its role.
+        actual: Role,
+        /// The role asked for.
+        expected: Role,
+    },
+}
+
+/// What a plugin does; found from its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Exports `receive`.
+    Source,
+    /// Exports `transform`.
+    Transform,
+    /// Exports `deliver`.
+    Sink,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Transform => "transform",
+            Role::Sink => "sink",
+        })
+    }
+}
+
+enum Pre {
+    Source(SourcePre<StoreState>),
+    Transform(TransformPre<StoreState>),
+    Sink(SinkPre<StoreState>),
+}
+
+/// Advances the engine's epoch every [`TICK_MS`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new().name("weft-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(TICK_MS));
+                engine.increment_epoch();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the epoch ticker; CPU limits will stop every call at once");
+        }
+        Ticker { stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, linker, cache and outbound client shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: ComponentCache,
+    client: HttpClient,
+    _ticker: Ticker,
+}
+
+/// Pooling-allocator settings that fit Rust, C, JS and Python guests.
+fn pooling() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(1000)
+        .total_core_instances(4000)
+        .total_memories(1000)
+        .total_tables(4000)
+        .total_stacks(1000)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(16)
+        .max_tables_per_component(64)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        .table_elements(200_000)
+        .max_memory_size(1 << 30);
+    pool
+}
+
+impl Runtime {
+    /// An engine with pooling and epoch interruption, compiled components
+    /// cached under `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<Runtime, LoadError> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        let link = |r: wasmtime::Result<()>| r.map_err(|e| LoadError::Engine(e.to_string()));
+        link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))?;
+        use bindings::source::weft::connector as weft;
+        link(weft::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(weft::log::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(weft::config::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(weft::state::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(weft::secrets::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        let cache = ComponentCache::new(&engine, cache_dir);
+        let client = egress::client(Duration::from_secs(5));
+        let ticker = Ticker::start(engine.clone());
+        Ok(Runtime { engine, linker, cache, client, _ticker: ticker })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from cache) and links a component.
+    pub fn load(self: &Arc<Self>, ctx: PluginContext, path: &Path, limits: Limits) -> Result<Plugin, LoadError> {
+        let name = ctx.name.clone();
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+            plugin: name.clone(),
+            path: path.display().to_string(),
+            source,
+        })?;
+        let started = std::time::Instant::now();
+        let (component, cached) = self
+            .cache
+            .load(&self.engine, &wasm)
+            .map_err(|e| LoadError::Compile { plugin: name.clone(), detail: format!("{e:#}") })?;
+        tracing::info!(plugin = %name, path = %path.display(), cached, ms = started.elapsed().as_secs_f64() * 1e3, "plugin compiled");
+        self.link(ctx, component, limits, hex_digest(&wasm))
+    }
+
+    fn link(self: &Arc<Self>, ctx: PluginContext, component: Component, limits: Limits, digest: String) -> Result<Plugin, LoadError> {
+        let name = ctx.name.clone();
+        let pre: InstancePre<StoreState> = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { plugin: name.clone(), detail: format!("{e:#}") })?;
+        let pre = if let Ok(p) = SinkPre::new(pre.clone()) {
+            Pre::Sink(p)
+        } else if let Ok(p) = TransformPre::new(pre.clone()) {
+            Pre::Transform(p)
+        } else if let Ok(p) = SourcePre::new(pre) {
+            Pre::Source(p)
+        } else {
+            return Err(LoadError::NoRole { plugin: name });
+        };
+        Ok(Plugin { runtime: self.clone(), ctx: Arc::new(ctx), pre, limits, digest })
+    }
+}
+
+fn hex_digest(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(wasm))
+}
+
+/// A loaded plugin, ready to be called.
+pub struct Plugin {
+    runtime: Arc<Runtime>,
+    ctx: Arc<PluginContext>,
+    pre: Pre,
+    limits: Limits,
+    /// SHA-256 of the component, for the admin API.
+    pub digest: String,
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+
+    /// The plugin's role.
+    pub fn role(&self) -> Role {
+        match self.pre {
+            Pre::Source(_) => Role::Source,
+            Pre::Transform(_) => Role::Transform,
+            Pre::Sink(_) => Role::Sink,
+        }
+    }
+
+    fn wrong_role(&self, expected: Role) -> PluginError {
+        PluginError::WrongRole { plugin: self.ctx.name.clone(), actual: self.role(), expected }
+    }
+
+    fn store(&self, event_id: Option<String>) -> Store<StoreState> {
+        let bytes = usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(bytes)
+            .instances(64)
+            .memories(16)
+            .tables(64)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = StoreState::new(self.ctx.clone(), self.runtime.client.clone(), limits, event_id);
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let mut ticks_left = (self.limits.timeout_ms / TICK_MS).max(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if ticks_left == 0 {
+                ctx.data_mut().cpu_exhausted = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    fn classify(&self, store: &Store<StoreState>, err: PluginError) -> PluginError {
+        if store.data().cpu_exhausted {
+            PluginError::CpuLimit { plugin: self.ctx.name.clone(), limit_ms: self.limits.timeout_ms }
+        } else {
+            err
+        }
+    }
+
+    /// Source: turns a webhook request into events, or a rejection.
+    pub async fn receive(&self, request: wit::WebhookRequest) -> Result<Result<Vec<Event>, wit::Rejection>, PluginError> {
+        let Pre::Source(pre) = &self.pre else { return Err(self.wrong_role(Role::Source)) };
+        let mut store = self.store(None);
+        let result = {
+            let store_ref = &mut store;
+            let fut = async {
+                let instance: Source = pre.instantiate_async(&mut *store_ref).await?;
+                instance.call_receive(&mut *store_ref, &request).await
+            };
+            tokio::time::timeout(self.wall(), fut).await
+        };
+        self.finish(&store, result).map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+    }
+
+    /// Transform: one event to zero or more, or an error value.
+    pub async fn transform(&self, event: Event) -> Result<Result<Vec<Event>, wit::TransformError>, PluginError> {
+        let Pre::Transform(pre) = &self.pre else { return Err(self.wrong_role(Role::Transform)) };
+        let mut store = self.store(Some(event.id.clone()));
+        let event = wit::Event::from(event);
+        let result = {
+            let store_ref = &mut store;
+            let fut = async {
+                let instance: Transform = pre.instantiate_async(&mut *store_ref).await?;
+                instance.call_transform(&mut *store_ref, &event).await
+            };
+            tokio::time::timeout(self.wall(), fut).await
+        };
+        self.finish(&store, result).map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+    }
+
+    /// Sink: delivers one event.
+    pub async fn deliver(&self, event: Event) -> Result<wit::DeliveryOutcome, PluginError> {
+        let Pre::Sink(pre) = &self.pre else { return Err(self.wrong_role(Role::Sink)) };
+        let mut store = self.store(Some(event.id.clone()));
+        let event = wit::Event::from(event);
+        let result = {
+            let store_ref = &mut store;
+            let fut = async {
+                let instance: Sink = pre.instantiate_async(&mut *store_ref).await?;
+                instance.call_deliver(&mut *store_ref, &event).await
+            };
+            tokio::time::timeout(self.wall(), fut).await
+        };
+        self.finish(&store, result)
+    }
+
+    fn wall(&self) -> Duration {
+        Duration::from_millis(self.limits.timeout_ms + self.limits.http_timeout_ms)
+    }
+
+    fn finish<R>(
+        &self,
+        store: &Store<StoreState>,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        let plugin = self.ctx.name.clone();
+        match result {
+            Err(_) => Err(PluginError::WallLimit { plugin, limit_ms: self.wall().as_millis() as u64 }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(self.classify(store, PluginError::Trap { plugin, detail: format!("{e:#}") })),
+        }
+    }
+}
+
+/// Finds the component file of a built-in plugin (`http-post` → `http_post.wasm`).
+pub fn builtin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WEFT_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR));
+    dir.join(format!("{}.wasm", name.replace('-', "_")))
+}

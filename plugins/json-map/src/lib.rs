@@ -1,0 +1,165 @@
+//! `json-map`: a transform that reshapes JSON event data by a declarative
+//! mapping, for the "my systems disagree on the data format" problem.
+//!
+//! Config:
+//! * `mapping`: an array of operations applied in order, each a table with `op`:
+//!   - `rename` `from` → `to` (moves the value),
+//!   - `copy` `from` → `to`,
+//!   - `drop` `path`,
+//!   - `set` `path` = `value` (any JSON value),
+//!   - `count` the array at `from` into `to`,
+//!   - `sum` the numbers at `field` (a pointer inside each element, or the
+//!     element itself if absent) of the array at `from` into `to`,
+//!   - `multiply` the number at `from` by `by` (a number) or by the number at
+//!     `by_path`, into `to` (default: in place).
+//!   A missing `from` skips the operation, unless the operation has `required = true`:
+//!   then the event is rejected permanently.
+//! * `type`: optional new event type for the output event.
+//!
+//! Paths are JSON pointers (`/customer/email`).
+
+use serde_json::Value;
+use weft_sdk::{config, Event, JsonExt, Transform, TransformError};
+
+/// The mapping transform.
+pub struct JsonMap;
+
+fn permanent(msg: impl Into<String>) -> TransformError {
+    TransformError::Permanent(msg.into())
+}
+
+fn field<'a>(op: &'a Value, name: &str) -> Result<&'a str, TransformError> {
+    op.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| permanent(format!("mapping operation {op} lacks the string field `{name}`")))
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn to_json_number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        Value::from(x as i64)
+    } else {
+        // Round to cents-level noise to keep sums of prices readable.
+        let rounded = (x * 1e9).round() / 1e9;
+        serde_json::Number::from_f64(rounded).map(Value::Number).unwrap_or(Value::Null)
+    }
+}
+
+/// Applies one mapping operation to `doc`.
+pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
+    let kind = field(op, "op")?;
+    let required = op.get("required").and_then(Value::as_bool).unwrap_or(false);
+    let missing = |from: &str| -> Result<(), TransformError> {
+        if required {
+            Err(permanent(format!("required field {from} is missing")))
+        } else {
+            Ok(())
+        }
+    };
+    let set = |doc: &mut Value, to: &str, v: Value| -> Result<(), TransformError> {
+        if doc.set_pointer(to, v) {
+            Ok(())
+        } else {
+            Err(permanent(format!("cannot write {to}: a parent is not an object")))
+        }
+    };
+    match kind {
+        "rename" => {
+            let (from, to) = (field(op, "from")?, field(op, "to")?);
+            match doc.take_pointer(from) {
+                Some(v) => set(doc, to, v),
+                None => missing(from),
+            }
+        }
+        "copy" => {
+            let (from, to) = (field(op, "from")?, field(op, "to")?);
+            match doc.pointer(from).cloned() {
+                Some(v) => set(doc, to, v),
+                None => missing(from),
+            }
+        }
+        "drop" => {
+            doc.take_pointer(field(op, "path")?);
+            Ok(())
+        }
+        "set" => {
+            let value = op.get("value").cloned().unwrap_or(Value::Null);
+            set(doc, field(op, "path")?, value)
+        }
+        "count" => {
+            let (from, to) = (field(op, "from")?, field(op, "to")?);
+            match doc.pointer(from) {
+                Some(Value::Array(items)) => {
+                    let n = items.len();
+                    set(doc, to, Value::from(n))
+                }
+                Some(other) => Err(permanent(format!("count: {from} is not an array but {other}"))),
+                None => missing(from),
+            }
+        }
+        "sum" => {
+            let (from, to) = (field(op, "from")?, field(op, "to")?);
+            let inner = op.get("field").and_then(Value::as_str).unwrap_or("");
+            let total = match doc.pointer(from) {
+                Some(Value::Array(items)) => {
+                    let mut total = 0.0;
+                    for item in items {
+                        let v = item.pointer(inner).and_then(number).ok_or_else(|| {
+                            permanent(format!("sum: element {item} of {from} has no number at '{inner}'"))
+                        })?;
+                        total += v;
+                    }
+                    total
+                }
+                Some(other) => return Err(permanent(format!("sum: {from} is not an array but {other}"))),
+                None => return missing(from),
+            };
+            set(doc, to, to_json_number(total))
+        }
+        "multiply" => {
+            let from = field(op, "from")?;
+            let to = op.get("to").and_then(Value::as_str).unwrap_or(from);
+            let Some(value) = doc.pointer(from) else { return missing(from) };
+            let x = number(value).ok_or_else(|| permanent(format!("multiply: {from} is not a number")))?;
+            let by = match (op.get("by"), op.get("by_path").and_then(Value::as_str)) {
+                (Some(by), _) => number(by).ok_or_else(|| permanent("multiply: `by` is not a number"))?,
+                (None, Some(path)) => doc
+                    .pointer(path)
+                    .and_then(number)
+                    .ok_or_else(|| permanent(format!("multiply: {path} is not a number")))?,
+                (None, None) => return Err(permanent("multiply needs `by` or `by_path`")),
+            };
+            set(doc, to, to_json_number(x * by))
+        }
+        other => Err(permanent(format!("unknown mapping operation `{other}`"))),
+    }
+}
+
+impl Transform for JsonMap {
+    fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
+        let mapping = match config::json("mapping") {
+            Some(Ok(Value::Array(ops))) => ops,
+            Some(Ok(_)) => return Err(permanent("config `mapping` must be an array of operations")),
+            Some(Err(e)) => return Err(permanent(format!("config `mapping` is not valid JSON: {e}"))),
+            None => Vec::new(),
+        };
+        let mut doc = event.json().map_err(|e| permanent(format!("event data is not JSON: {e}")))?;
+        for op in &mapping {
+            apply(&mut doc, op)?;
+        }
+        event.set_json(&doc);
+        if let Some(ty) = config::get("type") {
+            event.type_ = ty;
+        }
+        Ok(vec![event])
+    }
+}
+
+weft_sdk::export_transform!(JsonMap);

@@ -1,0 +1,140 @@
+//! `webhook-json`: a source that turns a JSON webhook into events.
+//!
+//! Config (all optional):
+//! * `source`: the CloudEvents `source` of the events (default `/hooks/webhook`).
+//! * `type`: a fixed event type (default `webhook.received`), or
+//!   `type_pointer`: a JSON pointer into the body whose value is the type.
+//! * `id_pointer`: JSON pointer to the event id. Without it, the `webhook-id`
+//!   header is used, else a SHA-256 of the body (so a re-sent body keeps its id).
+//! * `subject_pointer`: JSON pointer to the subject (e.g. `/order_id`).
+//! * `split_array`: `true` makes each element of a top-level array one event.
+//! * `signing_secret`: the name of a host secret; when set, requests must carry
+//!   a valid Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
+//!   `webhook-signature`: HMAC-SHA256 over `id.timestamp.body`).
+//! * `tolerance_secs`: allowed clock skew for signatures (default 300).
+
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use weft_sdk::{config, secrets, Event, Rejection, RejectionKind, Source, WebhookRequest};
+
+/// The JSON webhook source.
+pub struct WebhookJson;
+
+fn reject(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
+    Rejection::new(kind, reason)
+}
+
+/// Reads a string (or number) at `pointer`.
+fn text_at(body: &Value, pointer: &str) -> Option<String> {
+    match body.pointer(pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Constant-time byte comparison.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Rejection> {
+    let missing = |h: &str| reject(RejectionKind::Unauthorized, format!("missing {h} header"));
+    let id = request.header("webhook-id").ok_or_else(|| missing("webhook-id"))?;
+    let timestamp = request.header("webhook-timestamp").ok_or_else(|| missing("webhook-timestamp"))?;
+    let signatures = request.header("webhook-signature").ok_or_else(|| missing("webhook-signature"))?;
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| reject(RejectionKind::Unauthorized, "webhook-timestamp is not a number"))?;
+    let tolerance: i64 = config::get("tolerance_secs").and_then(|s| s.parse().ok()).unwrap_or(300);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if (now - ts).abs() > tolerance {
+        return Err(reject(RejectionKind::Unauthorized, "webhook-timestamp outside the tolerance window"));
+    }
+    let mut message = Vec::with_capacity(id.len() + timestamp.len() + request.body.len() + 2);
+    message.extend_from_slice(id.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(timestamp.as_bytes());
+    message.push(b'.');
+    message.extend_from_slice(&request.body);
+    let expected = secrets::hmac_sha256(secret, &message)
+        .map_err(|e| reject(RejectionKind::Unauthorized, format!("signature check unavailable: {e}")))?;
+    let valid = signatures.split_whitespace().any(|candidate| {
+        let Some(encoded) = candidate.strip_prefix("v1,") else { return false };
+        match base64::engine::general_purpose::STANDARD.decode(encoded) {
+            Ok(sig) => same(&sig, &expected),
+            Err(_) => false,
+        }
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(reject(RejectionKind::Unauthorized, "invalid webhook signature"))
+    }
+}
+
+fn make_event(body: &Value, raw: Vec<u8>, request: &WebhookRequest, index: Option<usize>) -> Result<Event, Rejection> {
+    let source = config::get_or("source", "/hooks/webhook");
+    let ty = match config::get("type_pointer") {
+        Some(p) => text_at(body, &p)
+            .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event type at {p}")))?,
+        None => config::get_or("type", "webhook.received"),
+    };
+    let id = match config::get("id_pointer") {
+        Some(p) => text_at(body, &p).ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
+        None => {
+            let base = match request.header("webhook-id") {
+                Some(id) => id.to_string(),
+                None => hex::encode(Sha256::digest(&request.body)),
+            };
+            match index {
+                Some(i) => format!("{base}-{i}"),
+                None => base,
+            }
+        }
+    };
+    let mut event = Event::new(id, source, ty, raw);
+    event.datacontenttype = Some("application/json".to_string());
+    if let Some(p) = config::get("subject_pointer") {
+        event.subject = text_at(body, &p);
+    }
+    Ok(event)
+}
+
+impl Source for WebhookJson {
+    fn receive(request: WebhookRequest) -> Result<Vec<Event>, Rejection> {
+        if request.method != "POST" {
+            return Err(reject(RejectionKind::BadRequest, "only POST is accepted"));
+        }
+        if let Some(ct) = request.header("content-type") {
+            if !ct.to_ascii_lowercase().contains("json") {
+                return Err(reject(RejectionKind::UnsupportedMediaType, format!("expected JSON, got {ct}")));
+            }
+        }
+        if let Some(secret) = config::get("signing_secret") {
+            verify_signature(&request, &secret)?;
+        }
+        let body: Value = serde_json::from_slice(&request.body)
+            .map_err(|e| reject(RejectionKind::BadRequest, format!("body is not valid JSON: {e}")))?;
+        let split = config::get("split_array").as_deref() == Some("true");
+        match body {
+            Value::Array(items) if split => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| make_event(item, serde_json::to_vec(item).unwrap_or_default(), &request, Some(i)))
+                .collect(),
+            Value::Object(_) | Value::Array(_) => Ok(vec![make_event(&body, request.body.clone(), &request, None)?]),
+            _ => Err(reject(RejectionKind::Unprocessable, "body must be a JSON object or array")),
+        }
+    }
+}
+
+weft_sdk::export_source!(WebhookJson);

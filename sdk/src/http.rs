@@ -1,0 +1,228 @@
+//! A small blocking HTTP client over the standard `wasi:http/outgoing-handler`.
+//!
+//! The host lets a request through only to the hosts the plugin's config
+//! grants (`allowed_hosts`); anything else fails with [`HttpError::Denied`]
+//! style errors reported by the host. Redirects are never followed.
+
+use crate::bindings::wasi::http::outgoing_handler;
+use crate::bindings::wasi::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
+use crate::bindings::wasi::io::streams::StreamError;
+use crate::DeliveryOutcome;
+
+/// Why a request failed before a response arrived.
+#[derive(Debug)]
+pub enum HttpError {
+    /// The URL could not be parsed.
+    InvalidUrl(String),
+    /// The host refused or the transport failed (includes "not allowed" denials).
+    Transport(String),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::InvalidUrl(u) => write!(f, "invalid url: {u}"),
+            HttpError::Transport(e) => write!(f, "http transport error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// A response with its body fully read.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| k.to_ascii_lowercase() == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// An outgoing request under construction.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    timeout_ms: Option<u64>,
+}
+
+impl Request {
+    /// A request with any method.
+    pub fn new(method: &str, url: &str) -> Self {
+        Request { method: method.to_string(), url: url.to_string(), headers: Vec::new(), body: Vec::new(), timeout_ms: None }
+    }
+
+    /// A GET request.
+    pub fn get(url: &str) -> Self {
+        Self::new("GET", url)
+    }
+
+    /// A POST request.
+    pub fn post(url: &str) -> Self {
+        Self::new("POST", url)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Sets connect and first-byte timeouts (the host also enforces its own).
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sends the request and reads the whole response.
+    pub fn send(self) -> Result<Response, HttpError> {
+        let url = ParsedUrl::parse(&self.url)?;
+        let fields = Fields::new();
+        for (name, value) in &self.headers {
+            fields
+                .append(name, value.as_bytes())
+                .map_err(|e| HttpError::Transport(format!("header {name}: {e:?}")))?;
+        }
+        let request = OutgoingRequest::new(fields);
+        let method = match self.method.to_ascii_uppercase().as_str() {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "HEAD" => Method::Head,
+            "OPTIONS" => Method::Options,
+            other => Method::Other(other.to_string()),
+        };
+        let bad = |what: &str| HttpError::InvalidUrl(format!("{what} in {}", self.url));
+        request.set_method(&method).map_err(|_| bad("method"))?;
+        request.set_scheme(Some(&url.scheme)).map_err(|_| bad("scheme"))?;
+        request.set_authority(Some(&url.authority)).map_err(|_| bad("authority"))?;
+        request.set_path_with_query(Some(&url.path_and_query)).map_err(|_| bad("path"))?;
+
+        let body = request.body().map_err(|_| HttpError::Transport("request body taken".into()))?;
+        {
+            let stream = body.write().map_err(|_| HttpError::Transport("request body stream".into()))?;
+            for chunk in self.body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| HttpError::Transport(format!("writing body: {e:?}")))?;
+            }
+        }
+        let options = self.timeout_ms.map(|ms| {
+            let options = RequestOptions::new();
+            let ns = ms.saturating_mul(1_000_000);
+            let _ = options.set_connect_timeout(Some(ns));
+            let _ = options.set_first_byte_timeout(Some(ns));
+            let _ = options.set_between_bytes_timeout(Some(ns));
+            options
+        });
+        let future = outgoing_handler::handle(request, options)
+            .map_err(|e| HttpError::Transport(describe(&e)))?;
+        OutgoingBody::finish(body, None).map_err(|e| HttpError::Transport(describe(&e)))?;
+        future.subscribe().block();
+        let incoming = match future.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(e))) => return Err(HttpError::Transport(describe(&e))),
+            Some(Err(())) | None => return Err(HttpError::Transport("response already taken".into())),
+        };
+        let status = incoming.status();
+        let headers = incoming.headers().entries();
+        let body = incoming.consume().map_err(|_| HttpError::Transport("response body taken".into()))?;
+        let mut bytes = Vec::new();
+        {
+            let stream = body.stream().map_err(|_| HttpError::Transport("response body stream".into()))?;
+            loop {
+                match stream.blocking_read(64 * 1024) {
+                    Ok(chunk) => bytes.extend_from_slice(&chunk),
+                    Err(StreamError::Closed) => break,
+                    Err(StreamError::LastOperationFailed(e)) => {
+                        return Err(HttpError::Transport(format!("reading body: {}", e.to_debug_string())))
+                    }
+                }
+            }
+        }
+        let _ = IncomingBody::finish(body);
+        Ok(Response { status, headers, body: bytes })
+    }
+}
+
+fn describe(e: &ErrorCode) -> String {
+    match e {
+        ErrorCode::InternalError(Some(msg)) => msg.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+struct ParsedUrl {
+    scheme: Scheme,
+    authority: String,
+    path_and_query: String,
+}
+
+impl ParsedUrl {
+    fn parse(url: &str) -> Result<Self, HttpError> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| HttpError::InvalidUrl(url.to_string()))?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => Scheme::Other(other.to_string()),
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err(HttpError::InvalidUrl(url.to_string()));
+        }
+        let path_and_query = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+        Ok(ParsedUrl { scheme, authority: authority.to_string(), path_and_query })
+    }
+}
+
+/// Parses a `Retry-After` header given in seconds into milliseconds.
+pub fn retry_after_ms(response: &Response) -> Option<u64> {
+    response.header("retry-after")?.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
+
+/// The usual webhook-delivery reading of a response: 2xx delivered; 408, 429
+/// and 5xx retried (honoring `Retry-After`); redirects and other 4xx rejected.
+pub fn classify(response: &Response) -> DeliveryOutcome {
+    let status = response.status;
+    let snippet = String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
+    match status {
+        200..=299 => DeliveryOutcome::Delivered,
+        408 | 429 | 500..=599 => {
+            let reason = format!("HTTP {status}: {snippet}");
+            match retry_after_ms(response) {
+                Some(ms) => DeliveryOutcome::retry_after(reason, ms),
+                None => DeliveryOutcome::retry(reason),
+            }
+        }
+        300..=399 => DeliveryOutcome::rejected(format!("HTTP {status}: redirects are not followed")),
+        _ => DeliveryOutcome::rejected(format!("HTTP {status}: {snippet}")),
+    }
+}
