@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Events handled concurrently by the delivery workers.
     pub workers: usize,
+    /// Webhook requests handled at once; more are answered 503 with Retry-After.
+    pub max_concurrent_requests: usize,
     /// Time given to in-flight attempts on shutdown before they are abandoned
     /// (they stay queued and run again after a restart).
     pub shutdown_grace_ms: u64,
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 30_000,
             workers: 64,
+            max_concurrent_requests: 1024,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -103,13 +106,15 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Directory of the sled database and the compiled-plugin cache.
+    /// Directory of the sled database (and, by default, the compiled-plugin cache).
     pub data_dir: PathBuf,
+    /// Where compiled plugins are cached (default: `<data_dir>/cache`).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("weft-data") }
+        StorageConfig { data_dir: PathBuf::from("weft-data"), cache_dir: None }
     }
 }
 
@@ -391,6 +396,14 @@ impl Config {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)
+        }
+    }
+
+    /// The compiled-plugin cache directory, resolved.
+    pub fn cache_dir(&self) -> PathBuf {
+        match &self.storage.cache_dir {
+            Some(dir) => self.resolve(dir),
+            None => self.data_dir().join("cache"),
         }
     }
 

@@ -4,8 +4,16 @@
 //! WebAssembly plugins and delivers them, at least once.
 //! See `docs/ARCHITECTURE.md` for the data flow.
 
+pub mod admin;
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
+pub mod ingress;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
+pub mod router;
 pub mod runtime;
+pub mod server;

@@ -1,1 +1,5 @@
-fn main(){}
+//! The `weft` binary; everything lives in the library (see `weft::cli`).
+
+fn main() -> anyhow::Result<()> {
+    weft::cli::main()
+}

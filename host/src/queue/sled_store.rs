@@ -133,6 +133,11 @@ impl SledQueue {
         })
     }
 
+    /// The private state tree of a plugin (kept in the same database).
+    pub fn state_tree(&self, plugin: &str) -> Result<sled::Tree, QueueError> {
+        self.shared.tree.open_tree(format!("state/{plugin}")).map_err(storage)
+    }
+
     /// Where the sled files are.
     pub fn path(&self) -> &Path {
         &self.path

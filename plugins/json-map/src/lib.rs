@@ -9,7 +9,9 @@
 //!   - `set` `path` = `value` (any JSON value),
 //!   - `count` the array at `from` into `to`,
 //!   - `sum` the numbers at `field` (a pointer inside each element, or the
-//!     element itself if absent) of the array at `from` into `to`,
+//!     element itself if absent) of the array at `from` into `to`; with
+//!     `times` (another pointer inside each element) it sums `field × times`,
+//!     e.g. unit price × quantity,
 //!   - `multiply` the number at `from` by `by` (a number) or by the number at
 //!     `by_path`, into `to` (default: in place).
 //!   A missing `from` skips the operation, unless the operation has `required = true`:
@@ -107,6 +109,7 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
         "sum" => {
             let (from, to) = (field(op, "from")?, field(op, "to")?);
             let inner = op.get("field").and_then(Value::as_str).unwrap_or("");
+            let times = op.get("times").and_then(Value::as_str);
             let total = match doc.pointer(from) {
                 Some(Value::Array(items)) => {
                     let mut total = 0.0;
@@ -114,7 +117,13 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                         let v = item.pointer(inner).and_then(number).ok_or_else(|| {
                             permanent(format!("sum: element {item} of {from} has no number at '{inner}'"))
                         })?;
-                        total += v;
+                        let factor = match times {
+                            Some(t) => item.pointer(t).and_then(number).ok_or_else(|| {
+                                permanent(format!("sum: element {item} of {from} has no number at '{t}'"))
+                            })?,
+                            None => 1.0,
+                        };
+                        total += v * factor;
                     }
                     total
                 }

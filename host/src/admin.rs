@@ -1,0 +1,151 @@
+//! The admin API, metrics and the dashboard page.
+//!
+//! * `GET /healthz`: liveness, no token.
+//! * `GET /`: the dashboard (a static page; it asks for the token and calls the API).
+//! * `GET /metrics`: Prometheus text. Token required.
+//! * `GET /api/status`: routes, plugins, queue counts, counters.
+//! * `GET /api/dead-letters?limit=N`: dead letters with their attempt history.
+//! * `POST /api/dead-letters/{id}/replay`: puts a dead letter back in the queue.
+//!
+//! Every endpoint but `/healthz` and `/` needs `Authorization: Bearer <token>`.
+
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::runtime::Plugin;
+use crate::server::{error, json, text, Reply};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// State of the admin listener.
+pub struct Admin {
+    /// The router (queue access, replay).
+    pub router: Arc<Router>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Loaded plugins.
+    pub plugins: HashMap<String, Arc<Plugin>>,
+    /// The bearer token.
+    pub token: String,
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(value) = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some(token) = value.strip_prefix("Bearer ") else { return false };
+        constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let stats = self.router.queue().stats();
+        let mut routes: Vec<_> = self
+            .router
+            .routes()
+            .values()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "source": r.source,
+                    "transforms": r.transforms.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                    "sinks": r.sinks.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| r["name"].as_str().unwrap_or("").to_string());
+        let mut plugins: Vec<_> = self
+            .plugins
+            .values()
+            .map(|p| serde_json::json!({ "name": p.name(), "role": p.role(), "sha256": p.digest }))
+            .collect();
+        plugins.sort_by_key(|p| p["name"].as_str().unwrap_or("").to_string());
+        let counters: serde_json::Map<String, serde_json::Value> =
+            self.metrics.snapshot().into_iter().map(|(k, _, v)| (k.to_string(), v.into())).collect();
+        serde_json::json!({
+            "routes": routes,
+            "plugins": plugins,
+            "queue": { "pending": stats.pending, "dead": stats.dead },
+            "counters": counters,
+        })
+    }
+
+    /// Handles one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => return json(200, &serde_json::json!({ "status": "ok" })),
+            (&Method::GET, "/") => return text(200, "text/html; charset=utf-8", DASHBOARD),
+            _ => {}
+        }
+        if !self.authorized(&req) {
+            let mut r = error(401, "missing or wrong admin token (Authorization: Bearer <token>)");
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                let stats = self.router.queue().stats();
+                let body = self.metrics.render(&[
+                    ("weft_queue_pending", "Records waiting to be processed or retried", stats.pending),
+                    ("weft_queue_dead", "Records in the dead-letter store", stats.dead),
+                ]);
+                text(200, "text/plain; version=0.0.4", body)
+            }
+            (&Method::GET, "/api/status") => json(200, &self.status()),
+            (&Method::GET, "/api/dead-letters") => {
+                let limit = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100usize)
+                    .min(10_000);
+                match self.router.queue().dead_letters(limit).await {
+                    Ok(letters) => {
+                        let items: Vec<_> = letters
+                            .into_iter()
+                            .map(|d| {
+                                serde_json::json!({
+                                    "id": d.record.id,
+                                    "route": d.record.route,
+                                    "stage": d.record.stage,
+                                    "event": {
+                                        "id": d.record.event.id,
+                                        "source": d.record.event.source,
+                                        "type": d.record.event.ty,
+                                        "subject": d.record.event.subject,
+                                        "data": d.record.event.data_text(),
+                                    },
+                                    "error": d.error,
+                                    "dead_at_ms": d.dead_at_ms,
+                                    "attempts": d.record.attempts,
+                                })
+                            })
+                            .collect();
+                        json(200, &serde_json::json!({ "dead_letters": items }))
+                    }
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
+            (&Method::POST, p) if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
+                let id = p.trim_start_matches("/api/dead-letters/").trim_end_matches("/replay");
+                let Ok(id) = id.parse::<u64>() else { return error(400, format!("bad dead-letter id \"{id}\"")) };
+                match self.router.replay(id).await {
+                    Ok(record) => json(200, &serde_json::json!({ "replayed": id, "event": record.event.id })),
+                    Err(crate::queue::QueueError::NotFound(_)) => error(404, format!("no dead letter with id {id}")),
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
+            _ => error(404, format!("no such endpoint {method} {path}")),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The webhook listener: `POST /hooks/{source}` runs the source plugin on the
+//! request, stores its events durably, and only then answers `202 Accepted`
+//! with their ids. Rejections get the plugin's 4xx and are never stored.
+
+use crate::metrics::{add_elapsed, inc, Metrics};
+use crate::router::{IngestError, Router};
+use crate::runtime::bindings::wit;
+use crate::runtime::Plugin;
+use crate::server::{error, json, Reply};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// State of the webhook listener.
+pub struct Ingress {
+    /// Source plugins by name.
+    pub sources: HashMap<String, Arc<Plugin>>,
+    /// Where events go.
+    pub router: Arc<Router>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Time to receive the whole body.
+    pub body_timeout: Duration,
+    /// Requests handled at once; more get 503.
+    pub slots: Semaphore,
+}
+
+/// The HTTP status of a rejection kind.
+pub fn rejection_status(kind: wit::RejectionKind) -> u16 {
+    use wit::RejectionKind as K;
+    match kind {
+        K::BadRequest => 400,
+        K::Unauthorized => 401,
+        K::Forbidden => 403,
+        K::Conflict => 409,
+        K::PayloadTooLarge => 413,
+        K::UnsupportedMediaType => 415,
+        K::Unprocessable => 422,
+        K::TooManyRequests => 429,
+    }
+}
+
+/// The WIT name of a rejection kind (`bad-request`...).
+pub fn rejection_kind_name(kind: wit::RejectionKind) -> &'static str {
+    use wit::RejectionKind as K;
+    match kind {
+        K::BadRequest => "bad-request",
+        K::Unauthorized => "unauthorized",
+        K::Forbidden => "forbidden",
+        K::Conflict => "conflict",
+        K::PayloadTooLarge => "payload-too-large",
+        K::UnsupportedMediaType => "unsupported-media-type",
+        K::Unprocessable => "unprocessable",
+        K::TooManyRequests => "too-many-requests",
+    }
+}
+
+impl Ingress {
+    /// Handles one request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let Some(name) = path.strip_prefix("/hooks/").filter(|n| !n.is_empty() && !n.contains('/')) else {
+            return error(404, format!("no such endpoint {path}; webhooks are POST /hooks/{{source}}"));
+        };
+        let name = name.to_string();
+        let Some(source) = self.sources.get(&name).cloned() else {
+            return error(404, format!("no source named \"{name}\""));
+        };
+        if !self.router.has_source(&name) {
+            return error(404, format!("no route starts at source \"{name}\""));
+        }
+        let Ok(_slot) = self.slots.try_acquire() else {
+            let mut r = error(503, "too many concurrent webhook requests; retry shortly");
+            r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return r;
+        };
+        inc(&self.metrics.webhooks_received);
+        let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            inc(&self.metrics.webhooks_rejected);
+            return error(413, format!("body larger than {} bytes", self.max_body_bytes));
+        }
+        let (parts, body) = req.into_parts();
+        let body = match tokio::time::timeout(self.body_timeout, Limited::new(body, self.max_body_bytes).collect()).await {
+            Err(_) => {
+                inc(&self.metrics.webhooks_rejected);
+                return error(408, "timed out reading the request body");
+            }
+            Ok(Err(e)) => {
+                inc(&self.metrics.webhooks_rejected);
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return error(413, format!("body larger than {} bytes", self.max_body_bytes));
+                }
+                return error(400, format!("could not read the request body: {e}"));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let request = wit::WebhookRequest {
+            method: parts.method.as_str().to_string(),
+            path: path.clone(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            headers,
+            body: body.to_vec(),
+        };
+        let started = Instant::now();
+        let result = source.receive(request).await;
+        add_elapsed(&self.metrics.source_ns, started);
+        let events = match result {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => {
+                inc(&self.metrics.webhooks_rejected);
+                let status = rejection_status(rejection.kind);
+                tracing::info!(source = %name, status, reason = %rejection.reason, "webhook rejected");
+                return json(status, &serde_json::json!({ "error": rejection.reason, "kind": rejection_kind_name(rejection.kind) }));
+            }
+            Err(e) => {
+                inc(&self.metrics.plugin_failures);
+                tracing::error!(source = %name, error = %e, "source plugin failed; nothing was accepted");
+                return error(500, "the source plugin failed; nothing was accepted, please retry");
+            }
+        };
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        match self.router.ingest(&name, events).await {
+            Ok(()) => {
+                for id in &ids {
+                    tracing::debug!(event = %id, source = %name, "accepted");
+                }
+                json(202, &serde_json::json!({ "accepted": ids.len(), "ids": ids }))
+            }
+            Err(IngestError::ShuttingDown) => error(503, "shutting down; nothing was accepted, please retry"),
+            Err(e) => {
+                tracing::error!(source = %name, error = %e, "could not store events; nothing was accepted");
+                error(503, "could not store the events; nothing was accepted, please retry")
+            }
+        }
+    }
+}
