@@ -46,7 +46,7 @@ impl ComponentCache {
         }
         let compiled = engine.precompile_component(wasm)?;
         if let Err(e) = std::fs::create_dir_all(&self.dir).and_then(|_| {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand::random::<u64>()));
             std::fs::write(&tmp, &compiled)?;
             std::fs::rename(&tmp, &path)
         }) {

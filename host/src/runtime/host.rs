@@ -9,8 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Bytes of guest stderr kept per call.
+const STDERR_CAPACITY: usize = 4096;
+/// Characters of guest stderr quoted in an error.
+const STDERR_TAIL: usize = 400;
 
 /// Longest state key a plugin may use.
 pub const MAX_STATE_KEY: usize = 1024;
@@ -67,15 +73,34 @@ pub struct StoreState {
     event_id: Option<String>,
     /// Set when the call used up its CPU budget.
     pub cpu_exhausted: bool,
+    /// What the guest wrote to stderr (a Rust panic message lands here).
+    stderr: MemoryOutputPipe,
 }
 
 impl StoreState {
     /// A fresh state for one call. The WASI context grants nothing: no
     /// files, no environment, no arguments, no sockets, no stdio.
     pub fn new(plugin: Arc<PluginContext>, client: HttpClient, limits: StoreLimits, event_id: Option<String>) -> Self {
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stderr(stderr.clone())
+            .build();
         let hooks = EgressHooks { policy: plugin.egress.clone(), client, event_id: event_id.clone() };
-        StoreState { wasi, table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks, limits, plugin, event_id, cpu_exhausted: false }
+        StoreState { wasi, table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks, limits, plugin, event_id, cpu_exhausted: false, stderr }
+    }
+}
+
+impl StoreState {
+    /// The end of what the guest wrote to stderr, for error reports.
+    pub fn stderr_tail(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        let start = text.char_indices().rev().nth(STDERR_TAIL).map(|(i, _)| i).unwrap_or(0);
+        text[start..].to_string()
     }
 }
 

@@ -392,7 +392,18 @@ impl Plugin {
         match result {
             Err(_) => Err(PluginError::WallLimit { plugin, limit_ms: self.wall().as_millis() as u64 }),
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.classify(store, PluginError::Trap { plugin, detail: format!("{e:#}") })),
+            Ok(Err(e)) => {
+                let mut detail = match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => format!("{e:#}"),
+                };
+                let said = store.data().stderr_tail();
+                if !said.is_empty() {
+                    detail = format!("{detail}; plugin stderr: {said}");
+                }
+                tracing::debug!(plugin = %self.ctx.name, error = %format!("{e:?}"), "plugin call failed");
+                Err(self.classify(store, PluginError::Trap { plugin, detail }))
+            }
         }
     }
 }

@@ -1,0 +1,47 @@
+//! `chaos`: a transform that misbehaves when the event asks it to.
+//!
+//! The event's JSON field `chaos` selects the misbehaviour:
+//! `trap` panics, `loop` spins forever, `alloc` allocates without bound,
+//! `egress` tries to reach `url` without a grant, `secret` asks for a secret it
+//! was not granted. Anything else passes the event through unchanged.
+
+use weft_sdk::{http, secrets, Event, Transform, TransformError};
+
+/// The misbehaving transform.
+pub struct Chaos;
+
+impl Transform for Chaos {
+    fn transform(event: Event) -> Result<Vec<Event>, TransformError> {
+        let data = event.json().unwrap_or_default();
+        match data["chaos"].as_str() {
+            Some("trap") => panic!("chaos: trapping on purpose"),
+            Some("loop") => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            Some("alloc") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("egress") => {
+                let url = data["url"].as_str().unwrap_or("http://127.0.0.1:9/");
+                match http::Request::get(url).send() {
+                    Ok(r) => Err(TransformError::Permanent(format!("egress reached the host: HTTP {}", r.status))),
+                    Err(e) => Err(TransformError::Permanent(format!("egress failed: {e}"))),
+                }
+            }
+            Some("secret") => match secrets::hmac_sha256("not-mine", b"x") {
+                Ok(_) => Err(TransformError::Permanent("secret was readable".into())),
+                Err(e) => Err(TransformError::Permanent(format!("secret refused: {e}"))),
+            },
+            _ => Ok(vec![event]),
+        }
+    }
+}
+
+weft_sdk::export_transform!(Chaos);

@@ -1,0 +1,326 @@
+//! Helpers for Weft's end-to-end tests.
+//!
+//! Everything here is real: [`FakeApi`] is an HTTP server on loopback standing
+//! in for a third-party API, [`TestHost`] runs the real Weft (in-process, with
+//! a real sled directory and real components), and [`WeftProcess`] runs the
+//! real `weft` binary as a child process that tests can SIGKILL.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub use weft;
+
+/// A built-in plugin component (built from `plugins/` by the host's build script).
+pub fn builtin(name: &str) -> PathBuf {
+    weft::runtime::builtin_path(name)
+}
+
+/// A test plugin component (built from `tests/plugins/`).
+pub fn test_plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("WEFT_TEST_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A compiled-component cache shared by all tests, so each plugin compiles once.
+pub fn shared_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("weft-test-cache")
+}
+
+/// One request a [`FakeApi`] received.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// When it arrived.
+    pub at: Instant,
+    /// Path.
+    pub path: String,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// The status the fake answered.
+    pub status: u16,
+}
+
+impl ApiRequest {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct ApiState {
+    script: VecDeque<(u16, Vec<(String, String)>)>,
+    default_status: u16,
+    requests: Vec<ApiRequest>,
+}
+
+/// A stand-in for a third-party HTTP API: answers from a script (then a
+/// default status) and records every request.
+#[derive(Clone)]
+pub struct FakeApi {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ApiState>>,
+}
+
+impl FakeApi {
+    /// Starts on a free loopback port, answering 200.
+    pub async fn start() -> FakeApi {
+        Self::start_on(0).await
+    }
+
+    /// Starts on a given loopback port (0 = any).
+    pub async fn start_on(port: u16) -> FakeApi {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake api");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(ApiState { default_status: 200, ..Default::default() }));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let shared = shared.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .collect();
+                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let (status, extra) = {
+                                let mut s = shared.lock().unwrap();
+                                let (status, extra) = s.script.pop_front().unwrap_or((s.default_status, vec![]));
+                                s.requests.push(ApiRequest { at: Instant::now(), path, headers, body, status });
+                                (status, extra)
+                            };
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{{\"status\":{status}}}"))));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            for (k, v) in extra {
+                                resp.headers_mut().insert(
+                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    http::HeaderValue::from_str(&v).unwrap(),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        FakeApi { addr, state }
+    }
+
+    /// The next `n` requests get `status` (with extra response headers).
+    pub fn fail_next(&self, n: usize, status: u16, headers: &[(&str, &str)]) {
+        let mut s = self.state.lock().unwrap();
+        for _ in 0..n {
+            s.script.push_back((status, headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
+        }
+    }
+
+    /// The status answered once the script is used up.
+    pub fn set_default(&self, status: u16) {
+        self.state.lock().unwrap().default_status = status;
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests answered with a 2xx.
+    pub fn delivered(&self) -> Vec<ApiRequest> {
+        self.requests().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Sends a request; returns status and body text.
+pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let uri: http::Uri = url.parse().expect("url");
+    let host = uri.host().expect("host").to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, format!("{host}:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned();
+    (status, text)
+}
+
+/// POSTs JSON.
+pub async fn post_json(url: &str, body: &str) -> (u16, String) {
+    send("POST", url, body, &[("content-type", "application/json")]).await
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+/// (A bound on waiting, not a timing assertion: tests assert on the outcome.)
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A Weft running in this process on a fresh data directory.
+pub struct TestHost {
+    /// The running instance.
+    pub running: weft::app::Running,
+    /// Its data directory (deleted on drop).
+    pub dir: tempfile::TempDir,
+}
+
+/// The `[storage]` section for a test: a fresh data dir, the shared cache.
+pub fn storage_section(dir: &Path) -> String {
+    format!(
+        "[storage]\ndata_dir = \"{}\"\ncache_dir = \"{}\"\n",
+        dir.display(),
+        shared_cache_dir().display()
+    )
+}
+
+impl TestHost {
+    /// Starts Weft on `config` (TOML without a `[storage]` section; listeners
+    /// default to free loopback ports).
+    pub async fn start(config: &str) -> TestHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(config, dir).await
+    }
+
+    /// Starts Weft with an existing data directory.
+    pub async fn start_in(config: &str, dir: tempfile::TempDir) -> TestHost {
+        let text = with_defaults(config, dir.path());
+        let config = weft::config::Config::parse(&text, "test.toml", dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let running = weft::app::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+        TestHost { running, dir }
+    }
+
+    /// `http://ADDR/hooks/NAME`
+    pub fn hook(&self, source: &str) -> String {
+        format!("http://{}/hooks/{source}", self.running.webhook_addr)
+    }
+
+    /// `http://ADMIN_ADDR`
+    pub fn admin(&self) -> String {
+        format!("http://{}", self.running.admin_addr.expect("admin enabled"))
+    }
+
+    /// GET an admin endpoint with the token; returns status and JSON.
+    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.running.admin_token);
+        let (status, body) = send("GET", &format!("{}{path}", self.admin()), "", &[("authorization", &auth)]).await;
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    }
+
+    /// POST an admin endpoint with the token.
+    pub async fn admin_post(&self, path: &str) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.running.admin_token);
+        let (status, body) = send("POST", &format!("{}{path}", self.admin()), "", &[("authorization", &auth)]).await;
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+    }
+
+    /// Queue counts.
+    pub fn stats(&self) -> weft::queue::QueueStats {
+        self.running.router.queue().stats()
+    }
+
+    /// Stops it and returns the data directory (to restart on it).
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.running.shutdown().await;
+        self.dir
+    }
+}
+
+/// Adds `[storage]` and loopback `[server]` defaults to a test config.
+pub fn with_defaults(config: &str, dir: &Path) -> String {
+    let mut text = storage_section(dir);
+    if !config.contains("[server]") {
+        text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
+    }
+    text.push_str(config);
+    text
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The real `weft` binary as a child process.
+pub struct WeftProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// Its webhook address.
+    pub webhook: SocketAddr,
+    /// Its admin address.
+    pub admin: SocketAddr,
+}
+
+impl WeftProcess {
+    /// Runs `weft serve --config PATH`, where the config listens on the given
+    /// ports, and waits for its admin `/healthz`.
+    pub async fn spawn(binary: &Path, config: &Path, webhook: SocketAddr, admin: SocketAddr, log: &Path) -> WeftProcess {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = std::process::Command::new(binary)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn weft");
+        let healthy = eventually(Duration::from_secs(120), || std::net::TcpStream::connect(admin).is_ok()).await;
+        assert!(healthy, "weft did not come up on {admin}");
+        // The admin listener binds after the webhook listener: both are up.
+        WeftProcess { child, webhook, admin }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}

@@ -1,0 +1,186 @@
+//! Retries, backoff, Retry-After, dead letters and replay.
+
+use std::time::Duration;
+use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
+
+fn relay_config(api: &FakeApi, retry: &str) -> String {
+    format!(
+        r#"
+[retry]
+{retry}
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver", timeout_ms = 2000 }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#,
+        origin = api.origin()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_schedule() {
+    let api = FakeApi::start().await;
+    api.fail_next(3, 503, &[]);
+    let host = TestHost::start(&relay_config(&api, "initial_ms = 200\nmultiplier = 2.0\nmax_delay_ms = 5000\nmax_attempts = 6\njitter = 0.1")).await;
+
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"flaky-1\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+
+    let requests = api.requests();
+    assert_eq!(requests.len(), 4, "3 failures then one success");
+    assert_eq!(api.delivered().len(), 1, "exactly one successful delivery");
+    assert!(requests.iter().all(|r| r.header("ce-id") == Some("flaky-1")));
+    // Gaps follow the schedule: 200, 400, 800 ms, each at least (1 - jitter) of it.
+    for (i, pair) in requests.windows(2).enumerate() {
+        let gap = pair[1].at.duration_since(pair[0].at).as_millis() as u64;
+        let minimum = (200.0 * 2f64.powi(i as i32) * 0.9) as u64;
+        assert!(gap >= minimum, "retry {} came after {gap} ms, schedule says at least {minimum} ms", i + 1);
+    }
+    assert_eq!(host.stats().dead, 0);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_the_sink_is_honored() {
+    let api = FakeApi::start().await;
+    api.fail_next(1, 429, &[("retry-after", "1")]);
+    let host = TestHost::start(&relay_config(&api, "initial_ms = 10\nmax_attempts = 3\njitter = 0.0")).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"slow-down\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
+    let r = api.requests();
+    assert_eq!(r.len(), 2);
+    let gap = r[1].at.duration_since(r[0].at);
+    assert!(gap >= Duration::from_millis(1000), "Retry-After: 1 asked for a second, got {gap:?}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_and_can_be_replayed() {
+    let api = FakeApi::start().await;
+    api.set_default(503);
+    let host = TestHost::start(&relay_config(&api, "initial_ms = 50\nmultiplier = 1.5\nmax_attempts = 3\njitter = 0.0")).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"doomed\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    assert_eq!(host.stats().pending, 0);
+    assert_eq!(api.requests().len(), 3);
+
+    let (status, body) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(status, 200);
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter["event"]["id"], "doomed");
+    assert_eq!(letter["route"], "relay");
+    assert!(letter["error"].as_str().unwrap().contains("HTTP 503"), "{letter}");
+    let attempts = letter["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["plugin"] == "out" && a["outcome"] == "retry"));
+
+    // The API recovers; replay delivers it.
+    api.set_default(200);
+    let id = letter["id"].as_u64().unwrap();
+    let (status, body) = host.admin_post(&format!("/api/dead-letters/{id}/replay")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0 && host.stats().dead == 0).await);
+    let (status, _) = host.admin_post(&format!("/api/dead-letters/{id}/replay")).await;
+    assert_eq!(status, 404);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_rejection_is_dead_lettered_at_once() {
+    let api = FakeApi::start().await;
+    api.set_default(422);
+    let host = TestHost::start(&relay_config(&api, "initial_ms = 50\nmax_attempts = 5")).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"bad-data\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    assert_eq!(api.requests().len(), 1, "a 4xx is not retried");
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(body["dead_letters"][0]["attempts"][0]["outcome"], "rejected");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_retries_only_the_failing_sink() {
+    let good = FakeApi::start().await;
+    let flaky = FakeApi::start().await;
+    flaky.fail_next(2, 500, &[]);
+    let config = format!(
+        r#"
+[retry]
+initial_ms = 50
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.good]
+builtin = "http-post"
+config = {{ url = "{g}/x" }}
+allowed_hosts = ["{g}"]
+
+[plugins.flaky]
+builtin = "http-post"
+config = {{ url = "{f}/y" }}
+allowed_hosts = ["{f}"]
+
+[[routes]]
+name = "fan"
+source = "in"
+sinks = ["good", "flaky"]
+"#,
+        g = good.origin(),
+        f = flaky.origin()
+    );
+    let host = TestHost::start(&config).await;
+    for i in 0..5 {
+        let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"e{i}\"}}")).await;
+        assert_eq!(status, 202);
+    }
+    assert!(eventually(Duration::from_secs(30), || flaky.delivered().len() == 5 && good.delivered().len() == 5).await);
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+    assert_eq!(good.requests().len(), 5, "the healthy sink saw each event once");
+    assert_eq!(flaky.requests().len(), 7);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_its_token() {
+    let api = FakeApi::start().await;
+    let host = TestHost::start(&relay_config(&api, "max_attempts = 2")).await;
+    let (status, _) = send("GET", &format!("{}/api/status", host.admin()), "", &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = send("GET", &format!("{}/metrics", host.admin()), "", &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(status, 401);
+    let (status, _) = send("GET", &format!("{}/healthz", host.admin()), "", &[]).await;
+    assert_eq!(status, 200);
+    let (status, page) = send("GET", &format!("{}/", host.admin()), "", &[]).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Weft</title>"));
+    let (status, body) = host.admin_get("/api/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["routes"][0]["name"], "relay");
+    assert_eq!(body["plugins"].as_array().unwrap().len(), 2);
+    let auth = format!("Bearer {}", host.running.admin_token);
+    let (status, metrics) = send("GET", &format!("{}/metrics", host.admin()), "", &[("authorization", &auth)]).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("weft_queue_pending 0"), "{metrics}");
+    host.stop().await;
+}

@@ -1,0 +1,181 @@
+//! The shop route end to end, and webhooks that must be refused.
+
+use std::time::Duration;
+use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
+
+fn shop_config(inventory: &FakeApi, accounting: &FakeApi) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop/weft.toml")).unwrap();
+    // Keep the example's plugins and routes; point it at the fake services.
+    let from = text.find("[retry]").unwrap();
+    text[from..]
+        .replace("127.0.0.1:9101", &inventory.addr.to_string())
+        .replace("127.0.0.1:9102", &accounting.addr.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_orders_reach_inventory_and_accounting_mapped() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+
+    let order = serde_json::json!({
+        "order_id": "ORD-1",
+        "customer": { "email": "ada@example.com", "name": "Ada" },
+        "items": [
+            { "sku": "MUG", "quantity": 2, "unit_price": 8.5 },
+            { "sku": "TEE", "quantity": 1, "unit_price": 19.0 }
+        ]
+    });
+    let (status, body) = post_json(&host.hook("shop-orders"), &order.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack["ids"], serde_json::json!(["ORD-1"]));
+
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1 && accounting.delivered().len() == 1).await);
+
+    // Inventory: binary-mode CloudEvent, data is the mapped order.
+    let inv = &inventory.delivered()[0];
+    assert_eq!(inv.path, "/stock-movements");
+    assert_eq!(inv.header("ce-id"), Some("ORD-1"));
+    assert_eq!(inv.header("ce-type"), Some("com.shop.order.summary"));
+    assert_eq!(inv.header("ce-source"), Some("/shop/orders"));
+    assert_eq!(inv.header("idempotency-key"), Some("ORD-1"));
+    let data = inv.json();
+    assert_eq!(data["customer_email"], "ada@example.com");
+    assert!(data.get("customer").is_none(), "customer object dropped: {data}");
+    assert_eq!(data["line_count"], 2);
+    assert_eq!(data["units"], 3);
+    assert_eq!(data["total"], 36);
+    assert_eq!(data["vat"].as_f64(), Some(7.2));
+    assert_eq!(data["currency"], "EUR");
+
+    // Accounting: structured-mode CloudEvent carrying the same data.
+    let acc = accounting.delivered()[0].json();
+    assert_eq!(acc["specversion"], "1.0");
+    assert_eq!(acc["id"], "ORD-1");
+    assert_eq!(acc["subject"], "ORD-1");
+    assert_eq!(acc["data"], data);
+
+    // Nothing left behind.
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+    assert_eq!(host.stats().dead, 0);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n{}", shop_config(&inventory, &accounting));
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("shop-orders");
+
+    let (status, body) = post_json(&hook, "{ not json").await;
+    assert_eq!(status, 400, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["kind"], "bad-request");
+    assert!(err["error"].as_str().unwrap().contains("not valid JSON"));
+
+    let (status, _) = send("POST", &hook, "a,b", &[("content-type", "text/csv")]).await;
+    assert_eq!(status, 415);
+
+    let (status, body) = post_json(&hook, "{\"no_order_id\": true}").await;
+    assert_eq!(status, 422, "{body}");
+
+    let (status, _) = post_json(&hook, "\"just a string\"").await;
+    assert_eq!(status, 422);
+
+    let big = format!("{{\"order_id\":\"X\",\"pad\":\"{}\"}}", "x".repeat(8000));
+    let (status, _) = post_json(&hook, &big).await;
+    assert_eq!(status, 413);
+
+    let (status, _) = post_json(&format!("http://{}/hooks/nope", host.running.webhook_addr), "{}").await;
+    assert_eq!(status, 404);
+
+    let (status, _) = send("GET", &hook, "", &[]).await;
+    assert_eq!(status, 400);
+
+    // None of it was stored or delivered.
+    let counters = host.running.metrics.snapshot();
+    let accepted = counters.iter().find(|(n, _, _)| *n == "weft_events_accepted_total").unwrap().2;
+    assert_eq!(accepted, 0);
+    assert_eq!(host.stats().pending, 0);
+    assert_eq!(host.stats().dead, 0);
+
+    // And a good one still goes through.
+    let (status, _) = post_json(&hook, "{\"order_id\":\"OK-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    assert_eq!(inventory.requests().len(), 1);
+    host.stop().await;
+}
+
+fn sign(secret_b64: &str, id: &str, ts: i64, body: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let key = base64::engine::general_purpose::STANDARD.decode(secret_b64).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_signatures_are_checked() {
+    let api = FakeApi::start().await;
+    let secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let env_var = "WEFT_TEST_SIGNING_SECRET";
+    std::env::set_var(env_var, format!("whsec_{secret}"));
+    let config = format!(
+        r#"
+[plugins.signed]
+builtin = "webhook-json"
+config = {{ signing_secret = "shop", type = "signed.event" }}
+secrets = {{ shop = {{ env = "{env_var}" }} }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/in" }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "r"
+source = "signed"
+sinks = ["out"]
+"#,
+        origin = api.origin()
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("signed");
+    let body = "{\"hello\":\"world\"}";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+
+    let good = sign(secret, "msg_1", now, body);
+    let ts = now.to_string();
+    let headers = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", good.as_str())];
+    let (status, resp) = send("POST", &hook, body, &headers).await;
+    assert_eq!(status, 202, "{resp}");
+    assert!(resp.contains("msg_1"), "the webhook-id is the event id: {resp}");
+
+    // Tampered body.
+    let (status, _) = send("POST", &hook, "{\"hello\":\"evil\"}", &headers).await;
+    assert_eq!(status, 401);
+    // Wrong key.
+    let bad = sign("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "msg_1", now, body);
+    let headers_bad = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", bad.as_str())];
+    let (status, _) = send("POST", &hook, body, &headers_bad).await;
+    assert_eq!(status, 401);
+    // Stale timestamp, correctly signed.
+    let old = now - 3600;
+    let stale = sign(secret, "msg_1", old, body);
+    let old_ts = old.to_string();
+    let headers_old = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", old_ts.as_str()), ("webhook-signature", stale.as_str())];
+    let (status, _) = send("POST", &hook, body, &headers_old).await;
+    assert_eq!(status, 401);
+    // Unsigned.
+    let (status, _) = post_json(&hook, body).await;
+    assert_eq!(status, 401);
+
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
+    assert_eq!(api.requests().len(), 1, "only the correctly signed webhook was delivered");
+    host.stop().await;
+}

@@ -1,0 +1,119 @@
+//! Plugins that trap, loop, hoard memory, or reach for what they were not
+//! granted are stopped; the host keeps serving.
+
+use std::time::Duration;
+use weft_tests::{eventually, post_json, test_plugin, FakeApi, TestHost};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
+    let out = FakeApi::start().await;
+    let victim = FakeApi::start().await;
+    let config = format!(
+        r#"
+[retry]
+max_attempts = 1
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.chaos]
+path = "{chaos}"
+limits = {{ timeout_ms = 300, memory_mib = 32 }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/ok" }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "chaotic"
+source = "in"
+transforms = ["chaos"]
+sinks = ["out"]
+"#,
+        chaos = test_plugin("chaos").display(),
+        origin = out.origin()
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
+    let events = [
+        serde_json::json!({ "id": "trap", "chaos": "trap" }),
+        serde_json::json!({ "id": "loop", "chaos": "loop" }),
+        serde_json::json!({ "id": "alloc", "chaos": "alloc" }),
+        serde_json::json!({ "id": "egress", "chaos": "egress", "url": format!("{}/steal", victim.origin()) }),
+        serde_json::json!({ "id": "secret", "chaos": "secret" }),
+    ];
+    for e in &events {
+        let (status, body) = post_json(&hook, &e.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 5).await, "all five misbehaviours were dead-lettered");
+
+    // The host still serves: a well-behaved event goes through.
+    let (status, _) = post_json(&hook, "{\"id\":\"fine\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 1).await);
+    assert_eq!(out.delivered()[0].header("ce-id"), Some("fine"));
+
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    let error_of = |id: &str| -> String {
+        body["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event"]["id"] == id)
+            .map(|d| d["error"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {body}"))
+    };
+    assert!(error_of("trap").contains("trapped"), "{}", error_of("trap"));
+    assert!(error_of("trap").contains("chaos: trapping on purpose"), "the panic message is kept: {}", error_of("trap"));
+    assert!(error_of("loop").contains("CPU time limit"), "{}", error_of("loop"));
+    assert!(error_of("alloc").contains("trapped"), "{}", error_of("alloc"));
+    assert!(error_of("egress").contains("HttpRequestDenied"), "{}", error_of("egress"));
+    assert!(error_of("secret").contains("not granted"), "{}", error_of("secret"));
+    assert!(victim.requests().is_empty(), "a plugin without a grant reached a host");
+
+    let failures = host.running.metrics.snapshot().iter().find(|(n, _, _)| *n == "weft_plugin_failures_total").unwrap().2;
+    assert_eq!(failures, 3, "trap, loop and alloc are plugin failures; egress and secret are the plugin's own errors");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_a_grant_cannot_reach_any_host() {
+    let api = FakeApi::start().await;
+    let config = format!(
+        r#"
+[retry]
+max_attempts = 1
+
+[plugins.in]
+builtin = "webhook-json"
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/x" }}
+
+[plugins.elsewhere]
+builtin = "http-post"
+config = {{ url = "{origin}/y" }}
+allowed_hosts = ["http://127.0.0.1:1"]
+
+[[routes]]
+name = "r"
+source = "in"
+sinks = ["out", "elsewhere"]
+"#,
+        origin = api.origin()
+    );
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"a\":1}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 2).await);
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    for d in body["dead_letters"].as_array().unwrap() {
+        assert!(d["error"].as_str().unwrap().contains("HttpRequestDenied"), "{d}");
+    }
+    assert!(api.requests().is_empty());
+    host.stop().await;
+}
