@@ -1,0 +1,453 @@
+//! The webhook relay benchmark: clients POST ~1 KiB JSON orders; Weft runs
+//! source → json-map → http-post to a local sink server. Beside it, in the
+//! same run, a plain non-durable hyper relay (receive, forward, answer) on the
+//! same workload, as the yardstick.
+//!
+//! Reports delivered events/s, end-to-end p50/p99 (client send → sink
+//! receipt), host CPU per event (and the share of the storage writer thread),
+//! peak RSS, and per-stage wall time from Weft's own counters; then a
+//! micro-benchmark of one plugin hop (instantiate from the pool + call with a
+//! 1 KiB event).
+//!
+//! `cargo bench -p weft-tests --bench relay [-- SECONDS]`
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+const WARMUP: Duration = Duration::from_secs(2);
+
+fn wall_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn order(i: u64, client: usize) -> String {
+    let pad = "x".repeat(600);
+    format!(
+        r#"{{"order_id":"c{client}-{i}","sent_ns":{},"customer":{{"email":"buyer{i}@example.com","name":"Buyer {i}"}},"items":[{{"sku":"MUG-01","quantity":2,"unit_price":8.5}},{{"sku":"TEE-M","quantity":1,"unit_price":19.0}}],"note":"{pad}"}}"#,
+        wall_ns()
+    )
+}
+
+/// The downstream service: answers 200 and records latency from `sent_ns`.
+struct Sink {
+    addr: SocketAddr,
+    measuring: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<u64>>>,
+}
+
+async fn start_sink() -> Sink {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(1 << 20)));
+    let (m, c, l) = (measuring.clone(), count.clone(), latencies.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (m, c, l) = (m.clone(), c.clone(), l.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (m, c, l) = (m.clone(), c.clone(), l.clone());
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        if m.load(Ordering::Relaxed) {
+                            let now = wall_ns();
+                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                                if let Some(sent) = v["sent_ns"].as_u64() {
+                                    l.lock().unwrap().push(now.saturating_sub(sent));
+                                }
+                            }
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Sink { addr, measuring, count, latencies }
+}
+
+/// The plain relay (run in a child process): receive, forward, answer.
+async fn plain_relay(port: u16, sink: String) {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let sink: Arc<str> = sink.into();
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let client = client.clone();
+                let sink = sink.clone();
+                async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let fwd = Request::post(&*sink).header("content-type", "application/json").body(Full::new(body)).unwrap();
+                    let status = match client.request(fwd).await {
+                        Ok(r) => {
+                            let s = r.status();
+                            let _ = r.into_body().collect().await;
+                            s
+                        }
+                        Err(_) => http::StatusCode::BAD_GATEWAY,
+                    };
+                    let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Clients POST as fast as they get answers, until `stop`.
+async fn load(url: String, clients: usize, stop: Arc<AtomicBool>) -> u64 {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (addr, path, stop) = (addr.clone(), uri.path().to_string(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let _ = stream.set_nodelay(true);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut ok = 0u64;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let req = Request::post(&path)
+                    .header("host", &addr)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(order(i, c))))
+                    .unwrap();
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                match sender.send_request(req).await {
+                    Ok(r) => {
+                        if r.status().is_success() {
+                            ok += 1;
+                        }
+                        let _ = r.into_body().collect().await;
+                    }
+                    Err(_) => break,
+                }
+            }
+            ok
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total
+}
+
+/// utime + stime of a process (or one of its threads), in seconds.
+fn cpu_seconds(stat_path: &Path) -> f64 {
+    let text = std::fs::read_to_string(stat_path).unwrap_or_default();
+    let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// CPU seconds of the threads of `pid` whose name starts with `prefix`.
+fn thread_cpu(pid: u32, prefix: &str) -> f64 {
+    let mut total = 0.0;
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in entries.flatten() {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim().starts_with(prefix) {
+                total += cpu_seconds(&e.path().join("stat"));
+            }
+        }
+    }
+    total
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1e6
+}
+
+struct Result {
+    name: String,
+    clients: usize,
+    acked_per_s: f64,
+    delivered_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_ms_per_event: f64,
+    storage_cpu_ms_per_event: f64,
+    rss_mib: f64,
+    stages: String,
+}
+
+async fn measure(name: &str, pid: u32, url: String, sink: &Sink, clients: usize, seconds: u64, weft_admin: Option<(SocketAddr, String)>) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_task = tokio::spawn(load(url, clients, stop.clone()));
+    tokio::time::sleep(WARMUP).await;
+    sink.latencies.lock().unwrap().clear();
+    sink.count.store(0, Ordering::Relaxed);
+    let stat = format!("/proc/{pid}/stat");
+    let cpu0 = cpu_seconds(Path::new(&stat));
+    let storage0 = thread_cpu(pid, "weft-queue") + thread_cpu(pid, "sled");
+    let stages0 = match &weft_admin {
+        Some((a, t)) => counters(*a, t).await,
+        None => Vec::new(),
+    };
+    sink.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    sink.measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(Path::new(&stat)) - cpu0;
+    let storage = thread_cpu(pid, "weft-queue") + thread_cpu(pid, "sled") - storage0;
+    let stages1 = match &weft_admin {
+        Some((a, t)) => counters(*a, t).await,
+        None => Vec::new(),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let acked = load_task.await.unwrap_or(0);
+    let delivered = sink.count.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *sink.latencies.lock().unwrap());
+    lat.sort_unstable();
+    let per_event = |s: f64| if delivered > 0 { s * 1e3 / delivered as f64 } else { f64::NAN };
+    let stages = if stages0.is_empty() {
+        String::new()
+    } else {
+        let delta = |k: &str| {
+            let a = stages0.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0);
+            let b = stages1.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0);
+            (b - a) as f64 / 1e6 / delivered.max(1) as f64
+        };
+        format!(
+            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms",
+            delta("weft_source_seconds_total"),
+            delta("weft_storage_seconds_total"),
+            delta("weft_transform_seconds_total"),
+            delta("weft_sink_seconds_total")
+        )
+    };
+    Result {
+        name: name.to_string(),
+        clients,
+        acked_per_s: acked as f64 / (elapsed + WARMUP.as_secs_f64()),
+        delivered_per_s: delivered as f64 / elapsed,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+        cpu_ms_per_event: per_event(cpu),
+        storage_cpu_ms_per_event: per_event(storage),
+        rss_mib: peak_rss_mib(pid),
+        stages,
+    }
+}
+
+async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
+    let (status, body) = weft_tests::send("GET", &format!("http://{admin}/api/status"), "", &[("authorization", &format!("Bearer {token}"))]).await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["counters"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
+}
+
+fn weft_config(dir: &Path, webhook: u16, admin: u16, sink: SocketAddr) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{webhook}"
+admin_listen = "127.0.0.1:{admin}"
+admin_token = {{ file = "token" }}
+
+[storage]
+data_dir = "{data}"
+cache_dir = "{cache}"
+
+[plugins.orders]
+builtin = "webhook-json"
+config = {{ id_pointer = "/order_id", type = "com.shop.order.created" }}
+
+[plugins.map]
+builtin = "json-map"
+config = {{ mapping = '[{{"op":"rename","from":"/customer/email","to":"/customer_email"}},{{"op":"count","from":"/items","to":"/line_count"}},{{"op":"sum","from":"/items","field":"/unit_price","times":"/quantity","to":"/total"}},{{"op":"drop","path":"/note"}}]' }}
+
+[plugins.post]
+builtin = "http-post"
+config = {{ url = "http://{sink}/orders" }}
+allowed_hosts = ["http://{sink}"]
+
+[[routes]]
+name = "relay"
+source = "orders"
+transforms = ["map"]
+sinks = ["post"]
+"#,
+        data = dir.join("data").display(),
+        cache = weft_tests::shared_cache_dir().display(),
+    );
+    std::fs::write(dir.join("token"), "bench-token").unwrap();
+    let path = dir.join("weft.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn wait_port(port: u16) {
+    let up = weft_tests::eventually(Duration::from_secs(120), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+    assert!(up, "port {port} never opened");
+}
+
+/// One plugin hop: instantiate a transform from its InstancePre and call it with a 1 KiB event.
+async fn plugin_hop(path: &Path) -> (f64, usize) {
+    use weft::runtime::egress::EgressPolicy;
+    use weft::runtime::host::PluginContext;
+    let cache = weft_tests::shared_cache_dir();
+    let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let mut config = std::collections::BTreeMap::new();
+    config.insert(
+        "mapping".to_string(),
+        r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"}]"#.to_string(),
+    );
+    let ctx = PluginContext {
+        name: "map".into(),
+        config,
+        secrets: Default::default(),
+        state: db.open_tree("s").unwrap(),
+        egress: Arc::new(EgressPolicy { plugin: "map".into(), allowed: vec![], inject: vec![], timeout: Duration::from_secs(1), max_response_bytes: 1 << 20 }),
+    };
+    let plugin = runtime.load(ctx, path, weft::config::Limits::default()).unwrap();
+    let data = order(1, 0).into_bytes();
+    let event = weft::event::Event {
+        id: "e".into(),
+        source: "/b".into(),
+        ty: "t".into(),
+        subject: None,
+        time: None,
+        datacontenttype: Some("application/json".into()),
+        data,
+        extensions: vec![],
+    };
+    let size = event.data.len();
+    for _ in 0..2_000 {
+        plugin.transform(event.clone()).await.unwrap().unwrap();
+    }
+    let n = 20_000;
+    let started = Instant::now();
+    for _ in 0..n {
+        plugin.transform(event.clone()).await.unwrap().unwrap();
+    }
+    (started.elapsed().as_secs_f64() * 1e6 / n as f64, size)
+}
+
+async fn hops() {
+    let (us, size) = plugin_hop(&weft_tests::test_plugin("echo")).await;
+    println!("plugin hop, identity transform (instantiate from InstancePre + call with a {size}-byte event): {us:.2} µs");
+    let (us, size) = plugin_hop(&weft_tests::builtin("json-map")).await;
+    println!("plugin hop, json-map (parse config + event JSON, 2 operations, serialize; {size}-byte event): {us:.2} µs");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("plain-relay") {
+        let port: u16 = args[2].parse().unwrap();
+        let sink = args[3].clone();
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(plain_relay(port, sink));
+        return;
+    }
+    if args.iter().any(|a| a == "hop") {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(hops());
+        return;
+    }
+    let seconds: u64 = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let sink = start_sink().await;
+        let me = std::env::current_exe().unwrap();
+        let weft_bin = env!("CARGO_BIN_EXE_weft-under-test");
+        let mut results = Vec::new();
+        for clients in [16usize, 64] {
+            // The plain relay.
+            let port = weft_tests::free_port();
+            let mut child = std::process::Command::new(&me)
+                .args(["plain-relay", &port.to_string(), &format!("http://{}/orders", sink.addr)])
+                .spawn()
+                .unwrap();
+            wait_port(port).await;
+            results.push(measure("plain hyper relay (not durable)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
+            let _ = child.kill();
+            let _ = child.wait();
+
+            // Weft.
+            let dir = tempfile::tempdir().unwrap();
+            let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
+            let config = weft_config(dir.path(), webhook, admin, sink.addr);
+            let mut child = std::process::Command::new(weft_bin)
+                .args(["--log-level", "warn", "serve", "--config"])
+                .arg(&config)
+                .spawn()
+                .unwrap();
+            wait_port(admin).await;
+            let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+            results.push(
+                measure("weft (durable)", child.id(), format!("http://127.0.0.1:{webhook}/hooks/orders"), &sink, clients, seconds, Some((admin_addr, "bench-token".into()))).await,
+            );
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        println!();
+        println!("| relay | clients | acked/s | delivered/s | p50 ms | p99 ms | host CPU ms/event | storage thread CPU ms/event | peak RSS MiB |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &results {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {:.0} |",
+                r.name, r.clients, r.acked_per_s, r.delivered_per_s, r.p50_ms, r.p99_ms, r.cpu_ms_per_event, r.storage_cpu_ms_per_event, r.rss_mib
+            );
+        }
+        println!();
+        for r in results.iter().filter(|r| !r.stages.is_empty()) {
+            println!("weft, {} clients, wall time per delivered event: {}", r.clients, r.stages);
+        }
+        for pair in results.chunks(2) {
+            if let [plain, weft] = pair {
+                println!("{} clients: weft delivers {:.0}% of the plain relay's rate", weft.clients, 100.0 * weft.delivered_per_s / plain.delivered_per_s);
+            }
+        }
+        hops().await;
+    });
+}
