@@ -9,8 +9,12 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.parent().expect("host/ is inside the workspace").to_path_buf();
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("host/ is inside the workspace")
+        .to_path_buf();
     let out = weft_build::build_plugins(&root, &root.join("plugins"));
     println!("cargo:rustc-env=WEFT_BUILTIN_PLUGIN_DIR={}", out.display());
     for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {

@@ -38,10 +38,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(value) = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return false;
         };
-        let Some(token) = value.strip_prefix("Bearer ") else { return false };
+        let Some(token) = value.strip_prefix("Bearer ") else {
+            return false;
+        };
         constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
     }
 
@@ -67,8 +73,12 @@ impl Admin {
             .map(|p| serde_json::json!({ "name": p.name(), "role": p.role(), "sha256": p.digest }))
             .collect();
         plugins.sort_by_key(|p| p["name"].as_str().unwrap_or("").to_string());
-        let counters: serde_json::Map<String, serde_json::Value> =
-            self.metrics.snapshot().into_iter().map(|(k, _, v)| (k.to_string(), v.into())).collect();
+        let counters: serde_json::Map<String, serde_json::Value> = self
+            .metrics
+            .snapshot()
+            .into_iter()
+            .map(|(k, _, v)| (k.to_string(), v.into()))
+            .collect();
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
@@ -87,16 +97,30 @@ impl Admin {
             _ => {}
         }
         if !self.authorized(&req) {
-            let mut r = error(401, "missing or wrong admin token (Authorization: Bearer <token>)");
-            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            let mut r = error(
+                401,
+                "missing or wrong admin token (Authorization: Bearer <token>)",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
             return r;
         }
         match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
                 let stats = self.router.queue().stats();
                 let body = self.metrics.render(&[
-                    ("weft_queue_pending", "Records waiting to be processed or retried", stats.pending),
-                    ("weft_queue_dead", "Records in the dead-letter store", stats.dead),
+                    (
+                        "weft_queue_pending",
+                        "Records waiting to be processed or retried",
+                        stats.pending,
+                    ),
+                    (
+                        "weft_queue_dead",
+                        "Records in the dead-letter store",
+                        stats.dead,
+                    ),
                 ]);
                 text(200, "text/plain; version=0.0.4", body)
             }
@@ -137,11 +161,20 @@ impl Admin {
                 }
             }
             (&Method::POST, p) if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
-                let id = p.trim_start_matches("/api/dead-letters/").trim_end_matches("/replay");
-                let Ok(id) = id.parse::<u64>() else { return error(400, format!("bad dead-letter id \"{id}\"")) };
+                let id = p
+                    .trim_start_matches("/api/dead-letters/")
+                    .trim_end_matches("/replay");
+                let Ok(id) = id.parse::<u64>() else {
+                    return error(400, format!("bad dead-letter id \"{id}\""));
+                };
                 match self.router.replay(id).await {
-                    Ok(record) => json(200, &serde_json::json!({ "replayed": id, "event": record.event.id })),
-                    Err(crate::queue::QueueError::NotFound(_)) => error(404, format!("no dead letter with id {id}")),
+                    Ok(record) => json(
+                        200,
+                        &serde_json::json!({ "replayed": id, "event": record.event.id }),
+                    ),
+                    Err(crate::queue::QueueError::NotFound(_)) => {
+                        error(404, format!("no dead letter with id {id}"))
+                    }
                     Err(e) => error(500, e.to_string()),
                 }
             }

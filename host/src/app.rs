@@ -82,7 +82,11 @@ pub struct Running {
 }
 
 /// Loads every plugin of the config (compiling or reading the cache).
-pub fn load_plugins(config: &Config, runtime: &Arc<Runtime>, queue: Option<&SledQueue>) -> Result<HashMap<String, Arc<Plugin>>, StartError> {
+pub fn load_plugins(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+    queue: Option<&SledQueue>,
+) -> Result<HashMap<String, Arc<Plugin>>, StartError> {
     let mut plugins = HashMap::new();
     for (name, pc) in &config.plugins {
         let plugin = load_plugin(config, name, pc, runtime, queue)?;
@@ -92,33 +96,62 @@ pub fn load_plugins(config: &Config, runtime: &Arc<Runtime>, queue: Option<&Sled
     Ok(plugins)
 }
 
-fn load_plugin(config: &Config, name: &str, pc: &PluginConfig, runtime: &Arc<Runtime>, queue: Option<&SledQueue>) -> Result<Plugin, StartError> {
+fn load_plugin(
+    config: &Config,
+    name: &str,
+    pc: &PluginConfig,
+    runtime: &Arc<Runtime>,
+    queue: Option<&SledQueue>,
+) -> Result<Plugin, StartError> {
     let path = match (&pc.path, &pc.builtin) {
         (Some(p), _) => config.resolve(p),
         (None, Some(b)) => builtin_path(b),
-        (None, None) => return Err(StartError::Io(format!("plugins.{name}: no path or builtin"))),
+        (None, None) => {
+            return Err(StartError::Io(format!(
+                "plugins.{name}: no path or builtin"
+            )))
+        }
     };
     let mut secrets = BTreeMap::new();
     for (secret, r) in &pc.secrets {
-        let value = r.resolve(&config.base_dir).map_err(|reason| StartError::Secret { plugin: name.into(), secret: secret.clone(), reason })?;
+        let value = r
+            .resolve(&config.base_dir)
+            .map_err(|reason| StartError::Secret {
+                plugin: name.into(),
+                secret: secret.clone(),
+                reason,
+            })?;
         secrets.insert(secret.clone(), Secret(value));
     }
     let mut inject = Vec::new();
     for i in &pc.inject {
-        let secret = secrets.get(&i.secret).ok_or_else(|| StartError::Secret { plugin: name.into(), secret: i.secret.clone(), reason: "not declared".into() })?;
+        let secret = secrets.get(&i.secret).ok_or_else(|| StartError::Secret {
+            plugin: name.into(),
+            secret: i.secret.clone(),
+            reason: "not declared".into(),
+        })?;
         let mut value = i.prefix.as_bytes().to_vec();
         value.extend_from_slice(&secret.0);
-        let mut value = http::HeaderValue::from_bytes(&value)
-            .map_err(|_| StartError::Secret { plugin: name.into(), secret: i.secret.clone(), reason: "not a valid header value".into() })?;
+        let mut value = http::HeaderValue::from_bytes(&value).map_err(|_| StartError::Secret {
+            plugin: name.into(),
+            secret: i.secret.clone(),
+            reason: "not a valid header value".into(),
+        })?;
         value.set_sensitive(true);
         inject.push(Injection {
             host: HostPattern::parse(&i.host).map_err(StartError::Io)?,
-            header: http::HeaderName::from_bytes(i.header.as_bytes()).map_err(|e| StartError::Io(e.to_string()))?,
+            header: http::HeaderName::from_bytes(i.header.as_bytes())
+                .map_err(|e| StartError::Io(e.to_string()))?,
             value,
         });
     }
     let limits = pc.limits(&config.limits);
-    let allowed = pc.allowed_hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<Vec<_>, _>>().map_err(StartError::Io)?;
+    let allowed = pc
+        .allowed_hosts
+        .iter()
+        .map(|h| HostPattern::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Io)?;
     let egress = Arc::new(EgressPolicy {
         plugin: name.to_string(),
         allowed,
@@ -128,35 +161,75 @@ fn load_plugin(config: &Config, name: &str, pc: &PluginConfig, runtime: &Arc<Run
     });
     let state = match queue {
         Some(q) => q.state_tree(name)?,
-        None => sled::Config::new().temporary(true).open().map_err(|e| StartError::Io(e.to_string()))?.open_tree("state").map_err(|e| StartError::Io(e.to_string()))?,
+        None => sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|e| StartError::Io(e.to_string()))?
+            .open_tree("state")
+            .map_err(|e| StartError::Io(e.to_string()))?,
     };
-    let ctx = PluginContext { name: name.to_string(), config: pc.config_strings(), secrets, state, egress };
+    let ctx = PluginContext {
+        name: name.to_string(),
+        config: pc.config_strings(),
+        secrets,
+        state,
+        egress,
+    };
     Ok(runtime.load(ctx, &path, limits)?)
 }
 
 /// Resolves routes to plugins and checks every plugin is used in its role.
-pub fn resolve_routes(config: &Config, plugins: &HashMap<String, Arc<Plugin>>) -> Result<Vec<Route>, StartError> {
+pub fn resolve_routes(
+    config: &Config,
+    plugins: &HashMap<String, Arc<Plugin>>,
+) -> Result<Vec<Route>, StartError> {
     let mut routes = Vec::new();
     for rc in &config.routes {
         let route_name = rc.name.get_ref().clone();
         let get = |name: &str, expected: Role| -> Result<Arc<Plugin>, StartError> {
-            let plugin = plugins.get(name).cloned().ok_or_else(|| StartError::Io(format!("route {route_name}: unknown plugin {name}")))?;
+            let plugin = plugins.get(name).cloned().ok_or_else(|| {
+                StartError::Io(format!("route {route_name}: unknown plugin {name}"))
+            })?;
             if plugin.role() != expected {
-                return Err(StartError::Role { route: route_name.clone(), plugin: name.into(), actual: plugin.role(), expected });
+                return Err(StartError::Role {
+                    route: route_name.clone(),
+                    plugin: name.into(),
+                    actual: plugin.role(),
+                    expected,
+                });
             }
             Ok(plugin)
         };
         get(rc.source.get_ref(), Role::Source)?;
-        let transforms = rc.transforms.iter().map(|t| get(t.get_ref(), Role::Transform)).collect::<Result<_, _>>()?;
-        let sinks = rc.sinks.iter().map(|s| get(s.get_ref(), Role::Sink)).collect::<Result<_, _>>()?;
-        routes.push(Route { name: route_name.clone(), source: rc.source.get_ref().clone(), transforms, sinks });
+        let transforms = rc
+            .transforms
+            .iter()
+            .map(|t| get(t.get_ref(), Role::Transform))
+            .collect::<Result<_, _>>()?;
+        let sinks = rc
+            .sinks
+            .iter()
+            .map(|s| get(s.get_ref(), Role::Sink))
+            .collect::<Result<_, _>>()?;
+        routes.push(Route {
+            name: route_name.clone(),
+            source: rc.source.get_ref().clone(),
+            transforms,
+            sinks,
+        });
     }
     Ok(routes)
 }
 
 fn admin_token(config: &Config, data_dir: &Path) -> Result<String, StartError> {
     if let Some(r) = &config.server.admin_token {
-        let v = r.resolve(&config.base_dir).map_err(|reason| StartError::Secret { plugin: "server".into(), secret: "admin_token".into(), reason })?;
+        let v = r
+            .resolve(&config.base_dir)
+            .map_err(|reason| StartError::Secret {
+                plugin: "server".into(),
+                secret: "admin_token".into(),
+                reason,
+            })?;
         return Ok(String::from_utf8_lossy(&v).into_owned());
     }
     let path = data_dir.join("admin-token");
@@ -179,28 +252,40 @@ fn admin_token(config: &Config, data_dir: &Path) -> Result<String, StartError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(token.as_bytes()).map_err(|e| StartError::Io(e.to_string()))?;
+    f.write_all(token.as_bytes())
+        .map_err(|e| StartError::Io(e.to_string()))?;
     tracing::info!(path = %path.display(), "generated an admin token (no server.admin_token configured)");
     Ok(token)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Starts Weft with `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|e| StartError::Io(format!("cannot create data dir {}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        StartError::Io(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
     let queue = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || SledQueue::open(&dir)).await.map_err(|e| StartError::Io(e.to_string()))??
+        tokio::task::spawn_blocking(move || SledQueue::open(&dir))
+            .await
+            .map_err(|e| StartError::Io(e.to_string()))??
     };
     let queue = Arc::new(queue);
     let runtime = Arc::new(Runtime::new(&config.cache_dir())?);
     let plugins = {
         let (config, runtime, queue) = (config.clone(), runtime.clone(), queue.clone());
-        tokio::task::spawn_blocking(move || load_plugins(&config, &runtime, Some(&queue))).await.map_err(|e| StartError::Io(e.to_string()))??
+        tokio::task::spawn_blocking(move || load_plugins(&config, &runtime, Some(&queue)))
+            .await
+            .map_err(|e| StartError::Io(e.to_string()))??
     };
     let routes = resolve_routes(&config, &plugins)?;
     let metrics = Arc::new(Metrics::default());
@@ -215,7 +300,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     let resumed = router.resume().await?;
     if resumed > 0 {
-        tracing::info!(records = resumed, "resuming pending work from the previous run");
+        tracing::info!(
+            records = resumed,
+            "resuming pending work from the previous run"
+        );
     }
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let header_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
@@ -223,8 +311,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(router.clone().start(workers, grace)));
 
     let listener = bind(config.server.listen).await?;
-    let webhook_addr = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-    let sources = plugins.iter().filter(|(_, p)| p.role() == Role::Source).map(|(n, p)| (n.clone(), p.clone())).collect();
+    let webhook_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let sources = plugins
+        .iter()
+        .filter(|(_, p)| p.role() == Role::Source)
+        .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
     let ingress = Arc::new(Ingress {
         sources,
         router: router.clone(),
@@ -234,21 +328,49 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         slots: Semaphore::new(config.server.max_concurrent_requests),
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
-    tasks.push(tokio::spawn(crate::server::serve(listener, handler, header_timeout, shutdown_rx.clone(), grace)));
+    tasks.push(tokio::spawn(crate::server::serve(
+        listener,
+        handler,
+        header_timeout,
+        shutdown_rx.clone(),
+        grace,
+    )));
     tracing::info!(addr = %webhook_addr, "accepting webhooks at POST /hooks/{{source}}");
 
     let token = admin_token(&config, &data_dir)?;
     let mut admin_addr = None;
     if let Some(addr) = config.server.admin_listen {
         let listener = bind(addr).await?;
-        let local = listener.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         admin_addr = Some(local);
-        let admin = Arc::new(Admin { router: router.clone(), metrics: metrics.clone(), plugins: plugins.clone(), token: token.clone() });
+        let admin = Arc::new(Admin {
+            router: router.clone(),
+            metrics: metrics.clone(),
+            plugins: plugins.clone(),
+            token: token.clone(),
+        });
         let handler = Arc::new(move |req| admin.clone().handle(req));
-        tasks.push(tokio::spawn(crate::server::serve(listener, handler, header_timeout, shutdown_rx.clone(), grace)));
+        tasks.push(tokio::spawn(crate::server::serve(
+            listener,
+            handler,
+            header_timeout,
+            shutdown_rx.clone(),
+            grace,
+        )));
         tracing::info!(addr = %local, "admin API and dashboard listening");
     }
-    Ok(Running { webhook_addr, admin_addr, admin_token: token, router, metrics, shutdown: shutdown_tx, tasks, queue })
+    Ok(Running {
+        webhook_addr,
+        admin_addr,
+        admin_token: token,
+        router,
+        metrics,
+        shutdown: shutdown_tx,
+        tasks,
+        queue,
+    })
 }
 
 impl Running {

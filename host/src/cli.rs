@@ -58,7 +58,9 @@ pub enum Command {
 fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
@@ -93,7 +95,10 @@ pub async fn shutdown_signal() {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(run(cli))
 }
 
@@ -114,10 +119,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
             let _ = std::fs::remove_dir_all(&cache);
-            println!("{}: ok ({} plugins, {} routes)", path.display(), plugins.len(), routes.len());
+            println!(
+                "{}: ok ({} plugins, {} routes)",
+                path.display(),
+                plugins.len(),
+                routes.len()
+            );
             Ok(())
         }
-        Command::Demo { orders, keep_running } => crate::demo::run(orders, keep_running).await,
+        Command::Demo {
+            orders,
+            keep_running,
+        } => crate::demo::run(orders, keep_running).await,
     }
 }
 

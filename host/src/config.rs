@@ -114,7 +114,10 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("weft-data"), cache_dir: None }
+        StorageConfig {
+            data_dir: PathBuf::from("weft-data"),
+            cache_dir: None,
+        }
     }
 }
 
@@ -136,7 +139,13 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { initial_ms: 1_000, multiplier: 2.0, max_delay_ms: 300_000, max_attempts: 10, jitter: 0.2 }
+        RetryConfig {
+            initial_ms: 1_000,
+            multiplier: 2.0,
+            max_delay_ms: 300_000,
+            max_attempts: 10,
+            jitter: 0.2,
+        }
     }
 }
 
@@ -156,7 +165,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_mib: 64, timeout_ms: 5_000, http_timeout_ms: 10_000, max_response_bytes: 16 * 1024 * 1024 }
+        Limits {
+            memory_mib: 64,
+            timeout_ms: 5_000,
+            http_timeout_ms: 10_000,
+            max_response_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -228,8 +242,14 @@ impl PluginConfig {
         Limits {
             memory_mib: self.limits.memory_mib.unwrap_or(defaults.memory_mib),
             timeout_ms: self.limits.timeout_ms.unwrap_or(defaults.timeout_ms),
-            http_timeout_ms: self.limits.http_timeout_ms.unwrap_or(defaults.http_timeout_ms),
-            max_response_bytes: self.limits.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+            http_timeout_ms: self
+                .limits
+                .http_timeout_ms
+                .unwrap_or(defaults.http_timeout_ms),
+            max_response_bytes: self
+                .limits
+                .max_response_bytes
+                .unwrap_or(defaults.max_response_bytes),
         }
     }
 
@@ -274,8 +294,10 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, &path.display().to_string(), &base)
     }
@@ -284,7 +306,12 @@ impl Config {
     pub fn parse(text: &str, name: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let invalid = |offset: usize, message: String| {
             let (line, column) = position(text, offset);
-            ConfigError::Invalid { path: name.to_string(), line, column, message }
+            ConfigError::Invalid {
+                path: name.to_string(),
+                line,
+                column,
+                message,
+            }
         };
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
@@ -308,14 +335,29 @@ impl Config {
         };
         for (name, plugin) in &self.plugins {
             let at = plugin_offset(name);
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(invalid(at, format!("plugins.{name}: names may use only letters, digits, '-' and '_'")));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}: names may use only letters, digits, '-' and '_'"),
+                ));
             }
             match (&plugin.path, &plugin.builtin) {
                 (Some(_), Some(_)) => {
-                    return Err(invalid(at, format!("plugins.{name}: set either `path` or `builtin`, not both")))
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}: set either `path` or `builtin`, not both"),
+                    ))
                 }
-                (None, None) => return Err(invalid(at, format!("plugins.{name}: missing field `path` or `builtin`"))),
+                (None, None) => {
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}: missing field `path` or `builtin`"),
+                    ))
+                }
                 _ => {}
             }
             for host in &plugin.allowed_hosts {
@@ -327,7 +369,9 @@ impl Config {
                 if r.env.is_some() == r.file.is_some() {
                     return Err(invalid(
                         at,
-                        format!("plugins.{name}.secrets.{secret}: set exactly one of `env` or `file`"),
+                        format!(
+                            "plugins.{name}.secrets.{secret}: set exactly one of `env` or `file`"
+                        ),
                     ));
                 }
             }
@@ -342,19 +386,35 @@ impl Config {
                     return Err(invalid(at, format!("plugins.{name}.inject.host: {e}")));
                 }
                 if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
-                    return Err(invalid(at, format!("plugins.{name}.inject.header: invalid header name \"{}\"", inject.header)));
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "plugins.{name}.inject.header: invalid header name \"{}\"",
+                            inject.header
+                        ),
+                    ));
                 }
             }
             let limits = plugin.limits(&self.limits);
             if limits.memory_mib == 0 || limits.memory_mib > 4096 {
-                return Err(invalid(at, format!("plugins.{name}.limits.memory_mib: must be 1..=4096")));
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.memory_mib: must be 1..=4096"),
+                ));
             }
             if limits.timeout_ms == 0 {
-                return Err(invalid(at, format!("plugins.{name}.limits.timeout_ms: must be > 0")));
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.timeout_ms: must be > 0"),
+                ));
             }
         }
         let r = &self.retry;
-        if r.max_attempts == 0 || !(r.multiplier >= 1.0) || !(0.0..1.0).contains(&r.jitter) {
+        if r.max_attempts == 0
+            || r.multiplier.is_nan()
+            || r.multiplier < 1.0
+            || !(0.0..1.0).contains(&r.jitter)
+        {
             let at = text.find("[retry]").unwrap_or(0);
             return Err(invalid(
                 at,
@@ -362,18 +422,33 @@ impl Config {
             ));
         }
         if self.server.workers == 0 {
-            return Err(invalid(text.find("workers").unwrap_or(0), "server.workers: must be > 0".into()));
+            return Err(invalid(
+                text.find("workers").unwrap_or(0),
+                "server.workers: must be > 0".into(),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             if !names.insert(route.name.get_ref().clone()) {
-                return Err(invalid(route.name.span().start, format!("routes[{i}].name: duplicate route \"{}\"", route.name.get_ref())));
+                return Err(invalid(
+                    route.name.span().start,
+                    format!(
+                        "routes[{i}].name: duplicate route \"{}\"",
+                        route.name.get_ref()
+                    ),
+                ));
             }
             let check = |field: &str, plugin: &Spanned<String>| -> Result<(), ConfigError> {
                 if self.plugins.contains_key(plugin.get_ref()) {
                     Ok(())
                 } else {
-                    Err(invalid(plugin.span().start, format!("routes[{i}].{field}: unknown plugin \"{}\"", plugin.get_ref())))
+                    Err(invalid(
+                        plugin.span().start,
+                        format!(
+                            "routes[{i}].{field}: unknown plugin \"{}\"",
+                            plugin.get_ref()
+                        ),
+                    ))
                 }
             };
             check("source", &route.source)?;
@@ -381,7 +456,10 @@ impl Config {
                 check("transforms", t)?;
             }
             if route.sinks.is_empty() {
-                return Err(invalid(route.name.span().start, format!("routes[{i}].sinks: a route needs at least one sink")));
+                return Err(invalid(
+                    route.name.span().start,
+                    format!("routes[{i}].sinks: a route needs at least one sink"),
+                ));
             }
             for s in &route.sinks {
                 check("sinks", s)?;
@@ -422,8 +500,13 @@ impl SecretRef {
                 .map_err(|_| format!("environment variable {var} is not set"));
         }
         if let Some(file) = &self.file {
-            let path = if file.is_absolute() { file.clone() } else { base.join(file) };
-            let data = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let path = if file.is_absolute() {
+                file.clone()
+            } else {
+                base.join(file)
+            };
+            let data =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let trimmed = String::from_utf8_lossy(&data).trim().as_bytes().to_vec();
             return Ok(trimmed);
         }
@@ -441,7 +524,10 @@ mod tests {
 
     #[test]
     fn missing_field_names_line_and_field() {
-        let err = parse("[plugins.a]\nbuiltin = \"json-map\"\n\n[[routes]]\nname = \"r\"\nsource = \"a\"\n").unwrap_err();
+        let err = parse(
+            "[plugins.a]\nbuiltin = \"json-map\"\n\n[[routes]]\nname = \"r\"\nsource = \"a\"\n",
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("weft.toml:4:"), "{msg}");
         assert!(msg.contains("sinks"), "{msg}");
@@ -450,7 +536,10 @@ mod tests {
     #[test]
     fn unknown_plugin_in_route_points_at_it() {
         let err = parse("[plugins.a]\nbuiltin = \"x\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n").unwrap_err();
-        assert_eq!(err.to_string(), "weft.toml:6:10: routes[0].sinks: unknown plugin \"b\"");
+        assert_eq!(
+            err.to_string(),
+            "weft.toml:6:10: routes[0].sinks: unknown plugin \"b\""
+        );
     }
 
     #[test]
@@ -464,6 +553,9 @@ mod tests {
     fn unknown_field_is_rejected() {
         let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("lisen") && msg.starts_with("weft.toml:3:1:"), "{msg}");
+        assert!(
+            msg.contains("lisen") && msg.starts_with("weft.toml:3:1:"),
+            "{msg}"
+        );
     }
 }

@@ -56,16 +56,34 @@ impl Recorder {
                             let headers = req
                                 .headers()
                                 .iter()
-                                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
                                 .collect();
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             if let Ok(mut s) = store.lock() {
-                                s.push(Received { path, headers, body });
+                                s.push(Received {
+                                    path,
+                                    headers,
+                                    body,
+                                });
                             }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}"))))
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"{\"ok\":true}"),
+                            )))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -97,7 +115,12 @@ pub async fn post_json(url: &str, body: &str) -> anyhow::Result<(u16, String)> {
 }
 
 fn sample_order(i: usize) -> serde_json::Value {
-    let skus = [("MUG-01", 8.5), ("TEE-M", 19.0), ("CAP-RED", 12.25), ("POSTER", 5.0)];
+    let skus = [
+        ("MUG-01", 8.5),
+        ("TEE-M", 19.0),
+        ("CAP-RED", 12.25),
+        ("POSTER", 5.0),
+    ];
     let lines: Vec<_> = (0..(i % 3) + 1)
         .map(|j| {
             let (sku, price) = skus[(i + j) % skus.len()];
@@ -131,17 +154,29 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
     println!();
     println!("Weft demo: the shop example (examples/shop/weft.toml)");
     println!("  webhook:    POST {hook}");
-    println!("  inventory:  http://{}/stock-movements (a stand-in for the inventory API)", inventory.addr);
-    println!("  accounting: http://{}/ledger/entries (a stand-in for the accounting API)", accounting.addr);
+    println!(
+        "  inventory:  http://{}/stock-movements (a stand-in for the inventory API)",
+        inventory.addr
+    );
+    println!(
+        "  accounting: http://{}/ledger/entries (a stand-in for the accounting API)",
+        accounting.addr
+    );
     if let Some(admin) = running.admin_addr {
-        println!("  dashboard:  http://{admin}/  (admin token: in {}/admin-token)", data.display());
+        println!(
+            "  dashboard:  http://{admin}/  (admin token: in {}/admin-token)",
+            data.display()
+        );
     }
     println!();
 
     for i in 0..orders {
         let order = sample_order(i);
         let (status, body) = post_json(&hook, &order.to_string()).await?;
-        println!("Posted order {} → HTTP {status} {body}", order["order_id"].as_str().unwrap_or("?"));
+        println!(
+            "Posted order {} → HTTP {status} {body}",
+            order["order_id"].as_str().unwrap_or("?")
+        );
     }
     let (status, body) = post_json(&hook, "{ this is not json").await?;
     println!("Posted a malformed webhook → HTTP {status} {body} (rejected, nothing stored)");
@@ -152,17 +187,31 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    for r in inventory.received.lock().map(|r| r.clone()).unwrap_or_default() {
+    for r in inventory
+        .received
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default()
+    {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
         println!(
             "Inventory API received {}: {} units on {} lines (event {})",
             v["order_id"].as_str().unwrap_or("?"),
             v["units"],
             v["line_count"],
-            r.headers.iter().find(|(k, _)| k == "ce-id").map(|(_, v)| v.as_str()).unwrap_or("?"),
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "ce-id")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("?"),
         );
     }
-    for r in accounting.received.lock().map(|r| r.clone()).unwrap_or_default() {
+    for r in accounting
+        .received
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default()
+    {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
         let d = &v["data"];
         println!(

@@ -65,8 +65,14 @@ impl Ingress {
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
-        let Some(name) = path.strip_prefix("/hooks/").filter(|n| !n.is_empty() && !n.contains('/')) else {
-            return error(404, format!("no such endpoint {path}; webhooks are POST /hooks/{{source}}"));
+        let Some(name) = path
+            .strip_prefix("/hooks/")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+        else {
+            return error(
+                404,
+                format!("no such endpoint {path}; webhooks are POST /hooks/{{source}}"),
+            );
         };
         let name = name.to_string();
         let Some(source) = self.sources.get(&name).cloned() else {
@@ -77,25 +83,45 @@ impl Ingress {
         }
         let Ok(_slot) = self.slots.try_acquire() else {
             let mut r = error(503, "too many concurrent webhook requests; retry shortly");
-            r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
             return r;
         };
         inc(&self.metrics.webhooks_received);
-        let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             inc(&self.metrics.webhooks_rejected);
-            return error(413, format!("body larger than {} bytes", self.max_body_bytes));
+            return error(
+                413,
+                format!("body larger than {} bytes", self.max_body_bytes),
+            );
         }
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(self.body_timeout, Limited::new(body, self.max_body_bytes).collect()).await {
+        let body = match tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, self.max_body_bytes).collect(),
+        )
+        .await
+        {
             Err(_) => {
                 inc(&self.metrics.webhooks_rejected);
                 return error(408, "timed out reading the request body");
             }
             Ok(Err(e)) => {
                 inc(&self.metrics.webhooks_rejected);
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    return error(413, format!("body larger than {} bytes", self.max_body_bytes));
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return error(
+                        413,
+                        format!("body larger than {} bytes", self.max_body_bytes),
+                    );
                 }
                 return error(400, format!("could not read the request body: {e}"));
             }
@@ -104,7 +130,12 @@ impl Ingress {
         let headers = parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let request = wit::WebhookRequest {
             method: parts.method.as_str().to_string(),
@@ -122,12 +153,18 @@ impl Ingress {
                 inc(&self.metrics.webhooks_rejected);
                 let status = rejection_status(rejection.kind);
                 tracing::info!(source = %name, status, reason = %rejection.reason, "webhook rejected");
-                return json(status, &serde_json::json!({ "error": rejection.reason, "kind": rejection_kind_name(rejection.kind) }));
+                return json(
+                    status,
+                    &serde_json::json!({ "error": rejection.reason, "kind": rejection_kind_name(rejection.kind) }),
+                );
             }
             Err(e) => {
                 inc(&self.metrics.plugin_failures);
                 tracing::error!(source = %name, error = %e, "source plugin failed; nothing was accepted");
-                return error(500, "the source plugin failed; nothing was accepted, please retry");
+                return error(
+                    500,
+                    "the source plugin failed; nothing was accepted, please retry",
+                );
             }
         };
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
@@ -136,12 +173,20 @@ impl Ingress {
                 for id in &ids {
                     tracing::debug!(event = %id, source = %name, "accepted");
                 }
-                json(202, &serde_json::json!({ "accepted": ids.len(), "ids": ids }))
+                json(
+                    202,
+                    &serde_json::json!({ "accepted": ids.len(), "ids": ids }),
+                )
             }
-            Err(IngestError::ShuttingDown) => error(503, "shutting down; nothing was accepted, please retry"),
+            Err(IngestError::ShuttingDown) => {
+                error(503, "shutting down; nothing was accepted, please retry")
+            }
             Err(e) => {
                 tracing::error!(source = %name, error = %e, "could not store events; nothing was accepted");
-                error(503, "could not store the events; nothing was accepted, please retry")
+                error(
+                    503,
+                    "could not store the events; nothing was accepted, please retry",
+                )
             }
         }
     }

@@ -49,18 +49,66 @@ impl Metrics {
     pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
-            ("weft_webhooks_received_total", "Webhook requests received", g(&self.webhooks_received)),
-            ("weft_webhooks_rejected_total", "Webhook requests rejected with a 4xx", g(&self.webhooks_rejected)),
-            ("weft_events_accepted_total", "Events durably accepted", g(&self.events_accepted)),
-            ("weft_deliveries_total", "Successful deliveries to sinks", g(&self.deliveries)),
-            ("weft_retries_total", "Failed attempts scheduled for retry", g(&self.retries)),
-            ("weft_dead_lettered_total", "Records moved to the dead-letter store", g(&self.dead_lettered)),
-            ("weft_plugin_failures_total", "Plugin calls that trapped or hit a limit", g(&self.plugin_failures)),
-            ("weft_filtered_total", "Events filtered out by transforms", g(&self.filtered)),
-            ("weft_source_seconds_total", "Time spent in source plugins (ns)", g(&self.source_ns)),
-            ("weft_storage_seconds_total", "Time waiting for durable appends (ns)", g(&self.storage_ns)),
-            ("weft_transform_seconds_total", "Time spent in transform plugins (ns)", g(&self.transform_ns)),
-            ("weft_sink_seconds_total", "Time spent in sink plugins incl. HTTP (ns)", g(&self.sink_ns)),
+            (
+                "weft_webhooks_received_total",
+                "Webhook requests received",
+                g(&self.webhooks_received),
+            ),
+            (
+                "weft_webhooks_rejected_total",
+                "Webhook requests rejected with a 4xx",
+                g(&self.webhooks_rejected),
+            ),
+            (
+                "weft_events_accepted_total",
+                "Events durably accepted",
+                g(&self.events_accepted),
+            ),
+            (
+                "weft_deliveries_total",
+                "Successful deliveries to sinks",
+                g(&self.deliveries),
+            ),
+            (
+                "weft_retries_total",
+                "Failed attempts scheduled for retry",
+                g(&self.retries),
+            ),
+            (
+                "weft_dead_lettered_total",
+                "Records moved to the dead-letter store",
+                g(&self.dead_lettered),
+            ),
+            (
+                "weft_plugin_failures_total",
+                "Plugin calls that trapped or hit a limit",
+                g(&self.plugin_failures),
+            ),
+            (
+                "weft_filtered_total",
+                "Events filtered out by transforms",
+                g(&self.filtered),
+            ),
+            (
+                "weft_source_seconds_total",
+                "Time spent in source plugins (ns)",
+                g(&self.source_ns),
+            ),
+            (
+                "weft_storage_seconds_total",
+                "Time waiting for durable appends (ns)",
+                g(&self.storage_ns),
+            ),
+            (
+                "weft_transform_seconds_total",
+                "Time spent in transform plugins (ns)",
+                g(&self.transform_ns),
+            ),
+            (
+                "weft_sink_seconds_total",
+                "Time spent in sink plugins incl. HTTP (ns)",
+                g(&self.sink_ns),
+            ),
         ]
     }
 
@@ -70,13 +118,24 @@ impl Metrics {
         for (name, help, value) in self.snapshot() {
             if let Some(base) = name.strip_suffix("_seconds_total") {
                 let name = format!("{base}_seconds_total");
-                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter\n{name} {}", help.replace(" (ns)", ""), value as f64 / 1e9);
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {}\n# TYPE {name} counter\n{name} {}",
+                    help.replace(" (ns)", ""),
+                    value as f64 / 1e9
+                );
             } else {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
             }
         }
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

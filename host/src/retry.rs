@@ -29,7 +29,11 @@ impl RetryPolicy {
         }
         let exp = attempts.saturating_sub(1).min(60) as i32;
         let base = (c.initial_ms as f64 * c.multiplier.powi(exp)).min(c.max_delay_ms as f64);
-        let spread = if c.jitter > 0.0 { rand::thread_rng().gen_range(-c.jitter..=c.jitter) } else { 0.0 };
+        let spread = if c.jitter > 0.0 {
+            rand::thread_rng().gen_range(-c.jitter..=c.jitter)
+        } else {
+            0.0
+        };
         (base * (1.0 + spread)).max(0.0) as u64
     }
 
@@ -49,7 +53,13 @@ mod tests {
 
     #[test]
     fn grows_exponentially_within_jitter_and_caps() {
-        let p = RetryPolicy::new(RetryConfig { initial_ms: 100, multiplier: 2.0, max_delay_ms: 1000, max_attempts: 5, jitter: 0.1 });
+        let p = RetryPolicy::new(RetryConfig {
+            initial_ms: 100,
+            multiplier: 2.0,
+            max_delay_ms: 1000,
+            max_attempts: 5,
+            jitter: 0.1,
+        });
         for _ in 0..100 {
             let d1 = p.delay_ms(1, None);
             assert!((90..=110).contains(&d1), "{d1}");

@@ -78,11 +78,29 @@ impl Router {
         let (tx, rx) = mpsc::channel(workers * 16);
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         for r in &routes {
-            by_source.entry(r.source.clone()).or_default().push(r.name.clone());
+            by_source
+                .entry(r.source.clone())
+                .or_default()
+                .push(r.name.clone());
         }
         let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
-        let router = Arc::new(Router { queue, routes, by_source, retry, work: tx, metrics, shutdown });
-        (router, Workers { rx, slots: Arc::new(Semaphore::new(workers)), size: workers })
+        let router = Arc::new(Router {
+            queue,
+            routes,
+            by_source,
+            retry,
+            work: tx,
+            metrics,
+            shutdown,
+        });
+        (
+            router,
+            Workers {
+                rx,
+                slots: Arc::new(Semaphore::new(workers)),
+                size: workers,
+            },
+        )
     }
 
     /// The queue.
@@ -104,7 +122,10 @@ impl Router {
     /// them to the workers. Returns once they are durable: the caller may
     /// acknowledge them.
     pub async fn ingest(&self, source: &str, events: Vec<Event>) -> Result<(), IngestError> {
-        let routes = self.by_source.get(source).ok_or_else(|| IngestError::NoRoute(source.to_string()))?;
+        let routes = self
+            .by_source
+            .get(source)
+            .ok_or_else(|| IngestError::NoRoute(source.to_string()))?;
         if *self.shutdown.borrow() {
             return Err(IngestError::ShuttingDown);
         }
@@ -125,7 +146,9 @@ impl Router {
         let started = Instant::now();
         self.queue.append(records.clone()).await?;
         add_elapsed(&self.metrics.storage_ns, started);
-        self.metrics.events_accepted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .events_accepted
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         for record in records {
             // Durable already: if the workers are gone (shutdown), the record
             // runs after the next start.
@@ -163,7 +186,11 @@ impl Router {
     /// Runs the dispatcher until shutdown, then waits up to `grace` for
     /// in-flight attempts. Unfinished ones stay stored and run after a restart.
     pub async fn start(self: Arc<Self>, workers: Workers, grace: Duration) {
-        let Workers { mut rx, slots, size } = workers;
+        let Workers {
+            mut rx,
+            slots,
+            size,
+        } = workers;
         let mut shutdown = self.shutdown.clone();
         loop {
             let record = tokio::select! {
@@ -189,18 +216,34 @@ impl Router {
     }
 
     fn attempt(plugin: &str, outcome: &str, detail: impl Into<String>) -> Attempt {
-        Attempt { at_ms: now_ms(), plugin: plugin.to_string(), outcome: outcome.to_string(), detail: detail.into() }
+        Attempt {
+            at_ms: now_ms(),
+            plugin: plugin.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.into(),
+        }
     }
 
     /// Decides what follows a failed attempt: a retry later, or the dead-letter store.
-    fn after_failure(&self, mut record: Record, attempt: Attempt, permanent: bool, requested_ms: Option<u64>, ops: &mut Vec<Op>) -> Option<Record> {
+    fn after_failure(
+        &self,
+        mut record: Record,
+        attempt: Attempt,
+        permanent: bool,
+        requested_ms: Option<u64>,
+        ops: &mut Vec<Op>,
+    ) -> Option<Record> {
         let detail = attempt.detail.clone();
         record.attempts.push(attempt);
         let made = record.attempts.len() as u32;
         if permanent || made >= self.retry.max_attempts() {
             tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, error = %detail, "dead-lettered");
             inc(&self.metrics.dead_lettered);
-            ops.push(Op::Dead(DeadLetter { record, error: detail, dead_at_ms: now_ms() }));
+            ops.push(Op::Dead(DeadLetter {
+                record,
+                error: detail,
+                dead_at_ms: now_ms(),
+            }));
             None
         } else {
             let delay = self.retry.delay_ms(made, requested_ms);
@@ -215,7 +258,11 @@ impl Router {
     async fn process(self: &Arc<Self>, record: Record) {
         let Some(route) = self.routes.get(&record.route).cloned() else {
             let mut ops = Vec::new();
-            let attempt = Self::attempt("", "failed", format!("route \"{}\" is no longer configured", record.route));
+            let attempt = Self::attempt(
+                "",
+                "failed",
+                format!("route \"{}\" is no longer configured", record.route),
+            );
             self.after_failure(record, attempt, true, None, &mut ops);
             self.commit(ops, Vec::new());
             return;
@@ -226,7 +273,11 @@ impl Router {
                 Some(plugin) => self.run_delivery(plugin.clone(), record).await,
                 None => {
                     let mut ops = Vec::new();
-                    let attempt = Self::attempt(&sink, "failed", format!("sink \"{sink}\" is no longer on route \"{}\"", route.name));
+                    let attempt = Self::attempt(
+                        &sink,
+                        "failed",
+                        format!("sink \"{sink}\" is no longer on route \"{}\"", route.name),
+                    );
                     self.after_failure(record, attempt, true, None, &mut ops);
                     self.commit(ops, Vec::new());
                 }
@@ -301,7 +352,9 @@ impl Router {
                 let delivery = Record {
                     id: self.queue.next_id(),
                     route: route.name.clone(),
-                    stage: Stage::Deliver { sink: sink.name().to_string() },
+                    stage: Stage::Deliver {
+                        sink: sink.name().to_string(),
+                    },
                     event,
                     attempts: record.attempts.clone(),
                     not_before_ms: 0,
@@ -326,8 +379,12 @@ impl Router {
                 tracing::debug!(event = %event.id, sink = %sink, "delivered");
                 None
             }
-            Ok(wit::DeliveryOutcome::Retry(r)) => Some((Self::attempt(sink, "retry", r.reason), false, r.after_ms)),
-            Ok(wit::DeliveryOutcome::Rejected(reason)) => Some((Self::attempt(sink, "rejected", reason), true, None)),
+            Ok(wit::DeliveryOutcome::Retry(r)) => {
+                Some((Self::attempt(sink, "retry", r.reason), false, r.after_ms))
+            }
+            Ok(wit::DeliveryOutcome::Rejected(reason)) => {
+                Some((Self::attempt(sink, "rejected", reason), true, None))
+            }
             Err(e) => {
                 inc(&self.metrics.plugin_failures);
                 tracing::warn!(event = %event.id, sink = %sink, error = %e, "sink plugin failed");

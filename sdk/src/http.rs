@@ -66,7 +66,13 @@ pub struct Request {
 impl Request {
     /// A request with any method.
     pub fn new(method: &str, url: &str) -> Self {
-        Request { method: method.to_string(), url: url.to_string(), headers: Vec::new(), body: Vec::new(), timeout_ms: None }
+        Request {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: None,
+        }
     }
 
     /// A GET request.
@@ -119,13 +125,23 @@ impl Request {
         };
         let bad = |what: &str| HttpError::InvalidUrl(format!("{what} in {}", self.url));
         request.set_method(&method).map_err(|_| bad("method"))?;
-        request.set_scheme(Some(&url.scheme)).map_err(|_| bad("scheme"))?;
-        request.set_authority(Some(&url.authority)).map_err(|_| bad("authority"))?;
-        request.set_path_with_query(Some(&url.path_and_query)).map_err(|_| bad("path"))?;
+        request
+            .set_scheme(Some(&url.scheme))
+            .map_err(|_| bad("scheme"))?;
+        request
+            .set_authority(Some(&url.authority))
+            .map_err(|_| bad("authority"))?;
+        request
+            .set_path_with_query(Some(&url.path_and_query))
+            .map_err(|_| bad("path"))?;
 
-        let body = request.body().map_err(|_| HttpError::Transport("request body taken".into()))?;
+        let body = request
+            .body()
+            .map_err(|_| HttpError::Transport("request body taken".into()))?;
         {
-            let stream = body.write().map_err(|_| HttpError::Transport("request body stream".into()))?;
+            let stream = body
+                .write()
+                .map_err(|_| HttpError::Transport("request body stream".into()))?;
             for chunk in self.body.chunks(4096) {
                 stream
                     .blocking_write_and_flush(chunk)
@@ -147,26 +163,39 @@ impl Request {
         let incoming = match future.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(e))) => return Err(HttpError::Transport(describe(&e))),
-            Some(Err(())) | None => return Err(HttpError::Transport("response already taken".into())),
+            Some(Err(())) | None => {
+                return Err(HttpError::Transport("response already taken".into()))
+            }
         };
         let status = incoming.status();
         let headers = incoming.headers().entries();
-        let body = incoming.consume().map_err(|_| HttpError::Transport("response body taken".into()))?;
+        let body = incoming
+            .consume()
+            .map_err(|_| HttpError::Transport("response body taken".into()))?;
         let mut bytes = Vec::new();
         {
-            let stream = body.stream().map_err(|_| HttpError::Transport("response body stream".into()))?;
+            let stream = body
+                .stream()
+                .map_err(|_| HttpError::Transport("response body stream".into()))?;
             loop {
                 match stream.blocking_read(64 * 1024) {
                     Ok(chunk) => bytes.extend_from_slice(&chunk),
                     Err(StreamError::Closed) => break,
                     Err(StreamError::LastOperationFailed(e)) => {
-                        return Err(HttpError::Transport(format!("reading body: {}", e.to_debug_string())))
+                        return Err(HttpError::Transport(format!(
+                            "reading body: {}",
+                            e.to_debug_string()
+                        )))
                     }
                 }
             }
         }
         let _ = IncomingBody::finish(body);
-        Ok(Response { status, headers, body: bytes })
+        Ok(Response {
+            status,
+            headers,
+            body: bytes,
+        })
     }
 }
 
@@ -185,7 +214,9 @@ struct ParsedUrl {
 
 impl ParsedUrl {
     fn parse(url: &str) -> Result<Self, HttpError> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| HttpError::InvalidUrl(url.to_string()))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| HttpError::InvalidUrl(url.to_string()))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -198,21 +229,35 @@ impl ParsedUrl {
         if authority.is_empty() {
             return Err(HttpError::InvalidUrl(url.to_string()));
         }
-        let path_and_query = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
-        Ok(ParsedUrl { scheme, authority: authority.to_string(), path_and_query })
+        let path_and_query = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(ParsedUrl {
+            scheme,
+            authority: authority.to_string(),
+            path_and_query,
+        })
     }
 }
 
 /// Parses a `Retry-After` header given in seconds into milliseconds.
 pub fn retry_after_ms(response: &Response) -> Option<u64> {
-    response.header("retry-after")?.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+    response
+        .header("retry-after")?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.saturating_mul(1000))
 }
 
 /// The usual webhook-delivery reading of a response: 2xx delivered; 408, 429
 /// and 5xx retried (honoring `Retry-After`); redirects and other 4xx rejected.
 pub fn classify(response: &Response) -> DeliveryOutcome {
     let status = response.status;
-    let snippet = String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
+    let snippet =
+        String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
     match status {
         200..=299 => DeliveryOutcome::Delivered,
         408 | 429 | 500..=599 => {
@@ -222,7 +267,9 @@ pub fn classify(response: &Response) -> DeliveryOutcome {
                 None => DeliveryOutcome::retry(reason),
             }
         }
-        300..=399 => DeliveryOutcome::rejected(format!("HTTP {status}: redirects are not followed")),
+        300..=399 => {
+            DeliveryOutcome::rejected(format!("HTTP {status}: redirects are not followed"))
+        }
         _ => DeliveryOutcome::rejected(format!("HTTP {status}: {snippet}")),
     }
 }

@@ -84,6 +84,7 @@ macro_rules! role_bindings {
     ($name:ident, $world:literal, $macro_name:literal, $module:literal) => {
         #[doc = concat!("Generated bindings for the `", $world, "` world.")]
         #[doc(hidden)]
+        #[allow(clippy::too_many_arguments)]
         pub mod $name {
             wit_bindgen::generate!({
                 world: $world,
@@ -109,9 +110,24 @@ macro_rules! role_bindings {
     };
 }
 
-role_bindings!(source_world, "source", "__weft_export_source_world", "weft_sdk::source_world");
-role_bindings!(transform_world, "transform", "__weft_export_transform_world", "weft_sdk::transform_world");
-role_bindings!(sink_world, "sink", "__weft_export_sink_world", "weft_sdk::sink_world");
+role_bindings!(
+    source_world,
+    "source",
+    "__weft_export_source_world",
+    "weft_sdk::source_world"
+);
+role_bindings!(
+    transform_world,
+    "transform",
+    "__weft_export_transform_world",
+    "weft_sdk::transform_world"
+);
+role_bindings!(
+    sink_world,
+    "sink",
+    "__weft_export_sink_world",
+    "weft_sdk::sink_world"
+);
 
 pub use bindings::weft::connector::types::{
     DeliveryOutcome, Event, Rejection, RejectionKind, RetryRequest, TransformError, WebhookRequest,
@@ -205,7 +221,12 @@ macro_rules! export_sink {
 
 impl Event {
     /// A new event with the required CloudEvents attributes; the optional ones empty.
-    pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>, data: Vec<u8>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        source: impl Into<String>,
+        ty: impl Into<String>,
+        data: Vec<u8>,
+    ) -> Self {
         Event {
             id: id.into(),
             source: source.into(),
@@ -232,7 +253,10 @@ impl Event {
 
     /// The value of an extension attribute, if set.
     pub fn extension(&self, key: &str) -> Option<&str> {
-        self.extensions.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.extensions
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -240,26 +264,38 @@ impl WebhookRequest {
     /// The first value of a header (names are lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 impl Rejection {
     /// A rejection of the given kind.
     pub fn new(kind: RejectionKind, reason: impl Into<String>) -> Self {
-        Rejection { kind, reason: reason.into() }
+        Rejection {
+            kind,
+            reason: reason.into(),
+        }
     }
 }
 
 impl DeliveryOutcome {
     /// A temporary failure without a requested delay: the host backs off.
     pub fn retry(reason: impl Into<String>) -> Self {
-        DeliveryOutcome::Retry(RetryRequest { reason: reason.into(), after_ms: None })
+        DeliveryOutcome::Retry(RetryRequest {
+            reason: reason.into(),
+            after_ms: None,
+        })
     }
 
     /// A temporary failure where the remote asked to wait `after_ms`.
     pub fn retry_after(reason: impl Into<String>, after_ms: u64) -> Self {
-        DeliveryOutcome::Retry(RetryRequest { reason: reason.into(), after_ms: Some(after_ms) })
+        DeliveryOutcome::Retry(RetryRequest {
+            reason: reason.into(),
+            after_ms: Some(after_ms),
+        })
     }
 
     /// A permanent failure: the event goes to the dead-letter store.
@@ -323,12 +359,15 @@ pub mod secrets {
 
 /// Structured logging into the host's log.
 pub mod log {
-    pub use crate::bindings::weft::connector::log::Level;
     use crate::bindings::weft::connector::log as raw;
+    pub use crate::bindings::weft::connector::log::Level;
 
     /// Writes a log line with key/value fields.
     pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         raw::log(level, message, &fields);
     }
 

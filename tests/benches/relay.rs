@@ -26,7 +26,10 @@ use tokio::net::TcpListener;
 const WARMUP: Duration = Duration::from_secs(2);
 
 fn wall_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn order(i: u64, client: usize) -> String {
@@ -60,7 +63,12 @@ async fn start_sink() -> Sink {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (m, c, l) = (m.clone(), c.clone(), l.clone());
                     async move {
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         if m.load(Ordering::Relaxed) {
                             let now = wall_ns();
                             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -70,20 +78,31 @@ async fn start_sink() -> Sink {
                             }
                             c.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
-    Sink { addr, measuring, count, latencies }
+    Sink {
+        addr,
+        measuring,
+        count,
+        latencies,
+    }
 }
 
 /// The plain relay (run in a child process): receive, forward, answer.
 async fn plain_relay(port: u16, sink: String) {
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let sink: Arc<str> = sink.into();
     while let Ok((stream, _)) = listener.accept().await {
@@ -95,8 +114,16 @@ async fn plain_relay(port: u16, sink: String) {
                 let client = client.clone();
                 let sink = sink.clone();
                 async move {
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let fwd = Request::post(&*sink).header("content-type", "application/json").body(Full::new(body)).unwrap();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let fwd = Request::post(&*sink)
+                        .header("content-type", "application/json")
+                        .body(Full::new(body))
+                        .unwrap();
                     let status = match client.request(fwd).await {
                         Ok(r) => {
                             let s = r.status();
@@ -110,7 +137,9 @@ async fn plain_relay(port: u16, sink: String) {
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -125,7 +154,9 @@ async fn load(url: String, clients: usize, stop: Arc<AtomicBool>) -> u64 {
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
             let _ = stream.set_nodelay(true);
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             let mut ok = 0u64;
             let mut i = 0u64;
@@ -164,7 +195,8 @@ fn cpu_seconds(stat_path: &Path) -> f64 {
     let text = std::fs::read_to_string(stat_path).unwrap_or_default();
     let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / hz
@@ -216,7 +248,15 @@ struct Result {
     stages: String,
 }
 
-async fn measure(name: &str, pid: u32, url: String, sink: &Sink, clients: usize, seconds: u64, weft_admin: Option<(SocketAddr, String)>) -> Result {
+async fn measure(
+    name: &str,
+    pid: u32,
+    url: String,
+    sink: &Sink,
+    clients: usize,
+    seconds: u64,
+    weft_admin: Option<(SocketAddr, String)>,
+) -> Result {
     let stop = Arc::new(AtomicBool::new(false));
     let load_task = tokio::spawn(load(url, clients, stop.clone()));
     tokio::time::sleep(WARMUP).await;
@@ -245,13 +285,27 @@ async fn measure(name: &str, pid: u32, url: String, sink: &Sink, clients: usize,
     let delivered = sink.count.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *sink.latencies.lock().unwrap());
     lat.sort_unstable();
-    let per_event = |s: f64| if delivered > 0 { s * 1e3 / delivered as f64 } else { f64::NAN };
+    let per_event = |s: f64| {
+        if delivered > 0 {
+            s * 1e3 / delivered as f64
+        } else {
+            f64::NAN
+        }
+    };
     let stages = if stages0.is_empty() {
         String::new()
     } else {
         let delta = |k: &str| {
-            let a = stages0.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0);
-            let b = stages1.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or(0);
+            let a = stages0
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(0);
+            let b = stages1
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(0);
             (b - a) as f64 / 1e6 / delivered.max(1) as f64
         };
         format!(
@@ -277,12 +331,25 @@ async fn measure(name: &str, pid: u32, url: String, sink: &Sink, clients: usize,
 }
 
 async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
-    let (status, body) = weft_tests::send("GET", &format!("http://{admin}/api/status"), "", &[("authorization", &format!("Bearer {token}"))]).await;
+    let (status, body) = weft_tests::send(
+        "GET",
+        &format!("http://{admin}/api/status"),
+        "",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     if status != 200 {
         return Vec::new();
     }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["counters"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
+    v["counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn weft_config(dir: &Path, webhook: u16, admin: u16, sink: SocketAddr) -> std::path::PathBuf {
@@ -326,7 +393,10 @@ sinks = ["post"]
 }
 
 async fn wait_port(port: u16) {
-    let up = weft_tests::eventually(Duration::from_secs(120), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+    let up = weft_tests::eventually(Duration::from_secs(120), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
     assert!(up, "port {port} never opened");
 }
 
@@ -347,9 +417,17 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
         config,
         secrets: Default::default(),
         state: db.open_tree("s").unwrap(),
-        egress: Arc::new(EgressPolicy { plugin: "map".into(), allowed: vec![], inject: vec![], timeout: Duration::from_secs(1), max_response_bytes: 1 << 20 }),
+        egress: Arc::new(EgressPolicy {
+            plugin: "map".into(),
+            allowed: vec![],
+            inject: vec![],
+            timeout: Duration::from_secs(1),
+            max_response_bytes: 1 << 20,
+        }),
     };
-    let plugin = runtime.load(ctx, path, weft::config::Limits::default()).unwrap();
+    let plugin = runtime
+        .load(ctx, path, weft::config::Limits::default())
+        .unwrap();
     let data = order(1, 0).into_bytes();
     let event = weft::event::Event {
         id: "e".into(),
@@ -385,16 +463,30 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("plain-relay") {
         let port: u16 = args[2].parse().unwrap();
         let sink = args[3].clone();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(plain_relay(port, sink));
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(plain_relay(port, sink));
         return;
     }
     if args.iter().any(|a| a == "hop") {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(hops());
         return;
     }
-    let seconds: u64 = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let seconds: u64 = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let sink = start_sink().await;
         let me = std::env::current_exe().unwrap();

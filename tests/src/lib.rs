@@ -52,7 +52,10 @@ pub struct ApiRequest {
 impl ApiRequest {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
@@ -85,9 +88,14 @@ impl FakeApi {
 
     /// Starts on a given loopback port (0 = any).
     pub async fn start_on(port: u16) -> FakeApi {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind fake api");
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind fake api");
         let addr = listener.local_addr().expect("local addr");
-        let state = Arc::new(Mutex::new(ApiState { default_status: 200, ..Default::default() }));
+        let state = Arc::new(Mutex::new(ApiState {
+            default_status: 200,
+            ..Default::default()
+        }));
         let shared = state.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -100,16 +108,35 @@ impl FakeApi {
                             let headers = req
                                 .headers()
                                 .iter()
-                                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
                                 .collect();
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let (status, extra) = {
                                 let mut s = shared.lock().unwrap();
-                                let (status, extra) = s.script.pop_front().unwrap_or((s.default_status, vec![]));
-                                s.requests.push(ApiRequest { at: Instant::now(), path, headers, body, status });
+                                let (status, extra) =
+                                    s.script.pop_front().unwrap_or((s.default_status, vec![]));
+                                s.requests.push(ApiRequest {
+                                    at: Instant::now(),
+                                    path,
+                                    headers,
+                                    body,
+                                    status,
+                                });
                                 (status, extra)
                             };
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{{\"status\":{status}}}"))));
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
+                                "{{\"status\":{status}}}"
+                            ))));
                             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             for (k, v) in extra {
                                 resp.headers_mut().insert(
@@ -120,7 +147,9 @@ impl FakeApi {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -131,7 +160,13 @@ impl FakeApi {
     pub fn fail_next(&self, n: usize, status: u16, headers: &[(&str, &str)]) {
         let mut s = self.state.lock().unwrap();
         for _ in 0..n {
-            s.script.push_back((status, headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()));
+            s.script.push_back((
+                status,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ));
         }
     }
 
@@ -147,7 +182,10 @@ impl FakeApi {
 
     /// Requests answered with a 2xx.
     pub fn delivered(&self) -> Vec<ApiRequest> {
-        self.requests().into_iter().filter(|r| (200..300).contains(&r.status)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
     }
 
     /// `http://127.0.0.1:PORT`
@@ -161,8 +199,12 @@ pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)])
     let uri: http::Uri = url.parse().expect("url");
     let host = uri.host().expect("host").to_string();
     let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
@@ -171,10 +213,13 @@ pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)])
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
     let resp = sender.send_request(req).await.expect("send");
     let status = resp.status().as_u16();
-    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned();
+    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
+        .into_owned();
     (status, text)
 }
 
@@ -226,8 +271,11 @@ impl TestHost {
     /// Starts Weft with an existing data directory.
     pub async fn start_in(config: &str, dir: tempfile::TempDir) -> TestHost {
         let text = with_defaults(config, dir.path());
-        let config = weft::config::Config::parse(&text, "test.toml", dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let running = weft::app::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+        let config = weft::config::Config::parse(&text, "test.toml", dir.path())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let running = weft::app::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
         TestHost { running, dir }
     }
 
@@ -244,15 +292,33 @@ impl TestHost {
     /// GET an admin endpoint with the token; returns status and JSON.
     pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
         let auth = format!("Bearer {}", self.running.admin_token);
-        let (status, body) = send("GET", &format!("{}{path}", self.admin()), "", &[("authorization", &auth)]).await;
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+        let (status, body) = send(
+            "GET",
+            &format!("{}{path}", self.admin()),
+            "",
+            &[("authorization", &auth)],
+        )
+        .await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     }
 
     /// POST an admin endpoint with the token.
     pub async fn admin_post(&self, path: &str) -> (u16, serde_json::Value) {
         let auth = format!("Bearer {}", self.running.admin_token);
-        let (status, body) = send("POST", &format!("{}{path}", self.admin()), "", &[("authorization", &auth)]).await;
-        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
+        let (status, body) = send(
+            "POST",
+            &format!("{}{path}", self.admin()),
+            "",
+            &[("authorization", &auth)],
+        )
+        .await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
     }
 
     /// Queue counts.
@@ -279,7 +345,10 @@ pub fn with_defaults(config: &str, dir: &Path) -> String {
 
 /// A free loopback port (bound and released; fine for tests on one machine).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The real `weft` binary as a child process.
@@ -295,8 +364,18 @@ pub struct WeftProcess {
 impl WeftProcess {
     /// Runs `weft serve --config PATH`, where the config listens on the given
     /// ports, and waits for its admin `/healthz`.
-    pub async fn spawn(binary: &Path, config: &Path, webhook: SocketAddr, admin: SocketAddr, log: &Path) -> WeftProcess {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    pub async fn spawn(
+        binary: &Path,
+        config: &Path,
+        webhook: SocketAddr,
+        admin: SocketAddr,
+        log: &Path,
+    ) -> WeftProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = std::process::Command::new(binary)
             .args(["serve", "--config"])
             .arg(config)
@@ -304,10 +383,17 @@ impl WeftProcess {
             .stderr(log)
             .spawn()
             .expect("spawn weft");
-        let healthy = eventually(Duration::from_secs(120), || std::net::TcpStream::connect(admin).is_ok()).await;
+        let healthy = eventually(Duration::from_secs(120), || {
+            std::net::TcpStream::connect(admin).is_ok()
+        })
+        .await;
         assert!(healthy, "weft did not come up on {admin}");
         // The admin listener binds after the webhook listener: both are up.
-        WeftProcess { child, webhook, admin }
+        WeftProcess {
+            child,
+            webhook,
+            admin,
+        }
     }
 
     /// SIGKILL, no chance to clean up.

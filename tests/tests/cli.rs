@@ -8,16 +8,30 @@ fn validate(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BINARY).args(["validate", "--config"]).arg(&path).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), all.replace(&path.display().to_string(), "bad.toml"))
+    let out = Command::new(BINARY)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        all.replace(&path.display().to_string(), "bad.toml"),
+    )
 }
 
 #[test]
 fn bad_config_errors_name_file_line_and_field() {
     let (ok, out) = validate("[plugins.in]\nbuiltin = \"webhook-json\"\n\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"missing\"]\n");
     assert!(!ok);
-    assert!(out.contains("bad.toml:7:10: routes[0].sinks: unknown plugin \"missing\""), "{out}");
+    assert!(
+        out.contains("bad.toml:7:10: routes[0].sinks: unknown plugin \"missing\""),
+        "{out}"
+    );
 
     let (ok, out) = validate("[retry]\nmax_attempts = -1\n");
     assert!(!ok);
@@ -25,7 +39,10 @@ fn bad_config_errors_name_file_line_and_field() {
 
     let (ok, out) = validate("[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"*\"]\n");
     assert!(!ok);
-    assert!(out.contains("bad.toml:1:1: plugins.x.allowed_hosts:"), "{out}");
+    assert!(
+        out.contains("bad.toml:1:1: plugins.x.allowed_hosts:"),
+        "{out}"
+    );
 
     let (ok, out) = validate("[server]\nlisten = \"not an address\"\n");
     assert!(!ok);
@@ -40,15 +57,25 @@ fn bad_config_errors_name_file_line_and_field() {
 fn a_plugin_in_the_wrong_role_is_refused() {
     let (ok, out) = validate("[plugins.a]\nbuiltin = \"http-post\"\n[plugins.b]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n");
     assert!(!ok);
-    assert!(out.contains("plugin \"a\" is a sink, but is used as a source"), "{out}");
+    assert!(
+        out.contains("plugin \"a\" is a sink, but is used as a source"),
+        "{out}"
+    );
 }
 
 #[test]
 fn the_shop_example_validates() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop/weft.toml");
-    let out = Command::new(BINARY).args(["validate", "--config", path]).output().unwrap();
+    let out = Command::new(BINARY)
+        .args(["validate", "--config", path])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("ok (4 plugins, 1 routes)"), "{stdout}");
 }
 
@@ -62,7 +89,11 @@ fn a_store_of_an_unknown_format_is_refused() {
     }
     let config = dir.path().join("weft.toml");
     std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"data\"\n").unwrap();
-    let out = Command::new(BINARY).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("format version 7"), "{err}");

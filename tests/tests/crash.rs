@@ -8,7 +8,12 @@ use weft_tests::{eventually, free_port, post_json, shared_cache_dir, FakeApi, We
 
 const BINARY: &str = env!("CARGO_BIN_EXE_weft-under-test");
 
-fn write_config(dir: &std::path::Path, api: &FakeApi, webhook: SocketAddr, admin: SocketAddr) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    api: &FakeApi,
+    webhook: SocketAddr,
+    admin: SocketAddr,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
 [server]
@@ -68,7 +73,8 @@ async fn every_acknowledged_event_survives_sigkill() {
 
     let mut acked: HashSet<String> = HashSet::new();
     for round in 0..3 {
-        let weft = WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+        let weft =
+            WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
         // 8 concurrent clients, 25 events each.
         let mut clients = Vec::new();
         for c in 0..8 {
@@ -77,7 +83,8 @@ async fn every_acknowledged_event_survives_sigkill() {
                 let mut ids = Vec::new();
                 for i in 0..25 {
                     let id = format!("r{round}-c{c}-e{i}");
-                    let (status, _) = post_json(&url, &format!("{{\"id\":\"{id}\",\"n\":{i}}}")).await;
+                    let (status, _) =
+                        post_json(&url, &format!("{{\"id\":\"{id}\",\"n\":{i}}}")).await;
                     if status == 202 {
                         ids.push(id);
                     }
@@ -93,18 +100,35 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert_eq!(acked.len(), 600, "every webhook was acknowledged");
 
     // Restart; everything acknowledged gets delivered.
-    let weft = WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+    let weft =
+        WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
     let all_delivered = eventually(Duration::from_secs(120), || {
-        let delivered: HashSet<String> =
-            api.delivered().iter().filter_map(|r| r.header("ce-id").map(str::to_string)).collect();
+        let delivered: HashSet<String> = api
+            .delivered()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect();
         acked.is_subset(&delivered)
     })
     .await;
-    let delivered: HashSet<String> = api.delivered().iter().filter_map(|r| r.header("ce-id").map(str::to_string)).collect();
+    let delivered: HashSet<String> = api
+        .delivered()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
     let missing: Vec<_> = acked.difference(&delivered).take(10).collect();
-    assert!(all_delivered, "{} acknowledged events never delivered, e.g. {missing:?}; log: {}", acked.len() - acked.intersection(&delivered).count(), log.display());
+    assert!(
+        all_delivered,
+        "{} acknowledged events never delivered, e.g. {missing:?}; log: {}",
+        acked.len() - acked.intersection(&delivered).count(),
+        log.display()
+    );
     for r in api.delivered() {
-        assert_eq!(r.json()["seen"], true, "delivered events went through the transform");
+        assert_eq!(
+            r.json()["seen"],
+            true,
+            "delivered events went through the transform"
+        );
     }
     assert!(weft.terminate(), "weft exits cleanly on SIGTERM");
 }

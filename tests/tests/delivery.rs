@@ -31,7 +31,11 @@ sinks = ["out"]
 async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_schedule() {
     let api = FakeApi::start().await;
     api.fail_next(3, 503, &[]);
-    let host = TestHost::start(&relay_config(&api, "initial_ms = 200\nmultiplier = 2.0\nmax_delay_ms = 5000\nmax_attempts = 6\njitter = 0.1")).await;
+    let host = TestHost::start(&relay_config(
+        &api,
+        "initial_ms = 200\nmultiplier = 2.0\nmax_delay_ms = 5000\nmax_attempts = 6\njitter = 0.1",
+    ))
+    .await;
 
     let (status, _) = post_json(&host.hook("in"), "{\"id\":\"flaky-1\"}").await;
     assert_eq!(status, 202);
@@ -41,12 +45,18 @@ async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_sched
     let requests = api.requests();
     assert_eq!(requests.len(), 4, "3 failures then one success");
     assert_eq!(api.delivered().len(), 1, "exactly one successful delivery");
-    assert!(requests.iter().all(|r| r.header("ce-id") == Some("flaky-1")));
+    assert!(requests
+        .iter()
+        .all(|r| r.header("ce-id") == Some("flaky-1")));
     // Gaps follow the schedule: 200, 400, 800 ms, each at least (1 - jitter) of it.
     for (i, pair) in requests.windows(2).enumerate() {
         let gap = pair[1].at.duration_since(pair[0].at).as_millis() as u64;
         let minimum = (200.0 * 2f64.powi(i as i32) * 0.9) as u64;
-        assert!(gap >= minimum, "retry {} came after {gap} ms, schedule says at least {minimum} ms", i + 1);
+        assert!(
+            gap >= minimum,
+            "retry {} came after {gap} ms, schedule says at least {minimum} ms",
+            i + 1
+        );
     }
     assert_eq!(host.stats().dead, 0);
     host.stop().await;
@@ -56,22 +66,34 @@ async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_sched
 async fn retry_after_from_the_sink_is_honored() {
     let api = FakeApi::start().await;
     api.fail_next(1, 429, &[("retry-after", "1")]);
-    let host = TestHost::start(&relay_config(&api, "initial_ms = 10\nmax_attempts = 3\njitter = 0.0")).await;
+    let host = TestHost::start(&relay_config(
+        &api,
+        "initial_ms = 10\nmax_attempts = 3\njitter = 0.0",
+    ))
+    .await;
     let (status, _) = post_json(&host.hook("in"), "{\"id\":\"slow-down\"}").await;
     assert_eq!(status, 202);
     assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
     let r = api.requests();
     assert_eq!(r.len(), 2);
     let gap = r[1].at.duration_since(r[0].at);
-    assert!(gap >= Duration::from_millis(1000), "Retry-After: 1 asked for a second, got {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1000),
+        "Retry-After: 1 asked for a second, got {gap:?}"
+    );
     host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_and_can_be_replayed() {
+async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_and_can_be_replayed()
+{
     let api = FakeApi::start().await;
     api.set_default(503);
-    let host = TestHost::start(&relay_config(&api, "initial_ms = 50\nmultiplier = 1.5\nmax_attempts = 3\njitter = 0.0")).await;
+    let host = TestHost::start(&relay_config(
+        &api,
+        "initial_ms = 50\nmultiplier = 1.5\nmax_attempts = 3\njitter = 0.0",
+    ))
+    .await;
     let (status, _) = post_json(&host.hook("in"), "{\"id\":\"doomed\"}").await;
     assert_eq!(status, 202);
     assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
@@ -85,19 +107,32 @@ async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_a
     let letter = &letters[0];
     assert_eq!(letter["event"]["id"], "doomed");
     assert_eq!(letter["route"], "relay");
-    assert!(letter["error"].as_str().unwrap().contains("HTTP 503"), "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("HTTP 503"),
+        "{letter}"
+    );
     let attempts = letter["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3);
-    assert!(attempts.iter().all(|a| a["plugin"] == "out" && a["outcome"] == "retry"));
+    assert!(attempts
+        .iter()
+        .all(|a| a["plugin"] == "out" && a["outcome"] == "retry"));
 
     // The API recovers; replay delivers it.
     api.set_default(200);
     let id = letter["id"].as_u64().unwrap();
-    let (status, body) = host.admin_post(&format!("/api/dead-letters/{id}/replay")).await;
+    let (status, body) = host
+        .admin_post(&format!("/api/dead-letters/{id}/replay"))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
-    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0 && host.stats().dead == 0).await);
-    let (status, _) = host.admin_post(&format!("/api/dead-letters/{id}/replay")).await;
+    assert!(
+        eventually(Duration::from_secs(10), || host.stats().pending == 0
+            && host.stats().dead == 0)
+        .await
+    );
+    let (status, _) = host
+        .admin_post(&format!("/api/dead-letters/{id}/replay"))
+        .await;
     assert_eq!(status, 404);
     host.stop().await;
 }
@@ -112,7 +147,10 @@ async fn a_permanent_rejection_is_dead_lettered_at_once() {
     assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
     assert_eq!(api.requests().len(), 1, "a 4xx is not retried");
     let (_, body) = host.admin_get("/api/dead-letters").await;
-    assert_eq!(body["dead_letters"][0]["attempts"][0]["outcome"], "rejected");
+    assert_eq!(
+        body["dead_letters"][0]["attempts"][0]["outcome"],
+        "rejected"
+    );
     host.stop().await;
 }
 
@@ -154,9 +192,17 @@ sinks = ["good", "flaky"]
         let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"e{i}\"}}")).await;
         assert_eq!(status, 202);
     }
-    assert!(eventually(Duration::from_secs(30), || flaky.delivered().len() == 5 && good.delivered().len() == 5).await);
+    assert!(
+        eventually(Duration::from_secs(30), || flaky.delivered().len() == 5
+            && good.delivered().len() == 5)
+        .await
+    );
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
-    assert_eq!(good.requests().len(), 5, "the healthy sink saw each event once");
+    assert_eq!(
+        good.requests().len(),
+        5,
+        "the healthy sink saw each event once"
+    );
     assert_eq!(flaky.requests().len(), 7);
     host.stop().await;
 }
@@ -167,7 +213,13 @@ async fn the_admin_api_needs_its_token() {
     let host = TestHost::start(&relay_config(&api, "max_attempts = 2")).await;
     let (status, _) = send("GET", &format!("{}/api/status", host.admin()), "", &[]).await;
     assert_eq!(status, 401);
-    let (status, _) = send("GET", &format!("{}/metrics", host.admin()), "", &[("authorization", "Bearer wrong")]).await;
+    let (status, _) = send(
+        "GET",
+        &format!("{}/metrics", host.admin()),
+        "",
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, _) = send("GET", &format!("{}/healthz", host.admin()), "", &[]).await;
     assert_eq!(status, 200);
@@ -179,7 +231,13 @@ async fn the_admin_api_needs_its_token() {
     assert_eq!(body["routes"][0]["name"], "relay");
     assert_eq!(body["plugins"].as_array().unwrap().len(), 2);
     let auth = format!("Bearer {}", host.running.admin_token);
-    let (status, metrics) = send("GET", &format!("{}/metrics", host.admin()), "", &[("authorization", &auth)]).await;
+    let (status, metrics) = send(
+        "GET",
+        &format!("{}/metrics", host.admin()),
+        "",
+        &[("authorization", &auth)],
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(metrics.contains("weft_queue_pending 0"), "{metrics}");
     host.stop().await;

@@ -4,7 +4,11 @@ use std::time::Duration;
 use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
 
 fn shop_config(inventory: &FakeApi, accounting: &FakeApi) -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop/weft.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/shop/weft.toml"
+    ))
+    .unwrap();
     // Keep the example's plugins and routes; point it at the fake services.
     let from = text.find("[retry]").unwrap();
     text[from..]
@@ -31,7 +35,11 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
     let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ack["ids"], serde_json::json!(["ORD-1"]));
 
-    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1 && accounting.delivered().len() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(30), || inventory.delivered().len() == 1
+            && accounting.delivered().len() == 1)
+        .await
+    );
 
     // Inventory: binary-mode CloudEvent, data is the mapped order.
     let inv = &inventory.delivered()[0];
@@ -42,7 +50,10 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
     assert_eq!(inv.header("idempotency-key"), Some("ORD-1"));
     let data = inv.json();
     assert_eq!(data["customer_email"], "ada@example.com");
-    assert!(data.get("customer").is_none(), "customer object dropped: {data}");
+    assert!(
+        data.get("customer").is_none(),
+        "customer object dropped: {data}"
+    );
     assert_eq!(data["line_count"], 2);
     assert_eq!(data["units"], 3);
     assert_eq!(data["total"], 36);
@@ -89,7 +100,11 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     let (status, _) = post_json(&hook, &big).await;
     assert_eq!(status, 413);
 
-    let (status, _) = post_json(&format!("http://{}/hooks/nope", host.running.webhook_addr), "{}").await;
+    let (status, _) = post_json(
+        &format!("http://{}/hooks/nope", host.running.webhook_addr),
+        "{}",
+    )
+    .await;
     assert_eq!(status, 404);
 
     let (status, _) = send("GET", &hook, "", &[]).await;
@@ -97,13 +112,21 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
 
     // None of it was stored or delivered.
     let counters = host.running.metrics.snapshot();
-    let accepted = counters.iter().find(|(n, _, _)| *n == "weft_events_accepted_total").unwrap().2;
+    let accepted = counters
+        .iter()
+        .find(|(n, _, _)| *n == "weft_events_accepted_total")
+        .unwrap()
+        .2;
     assert_eq!(accepted, 0);
     assert_eq!(host.stats().pending, 0);
     assert_eq!(host.stats().dead, 0);
 
     // And a good one still goes through.
-    let (status, _) = post_json(&hook, "{\"order_id\":\"OK-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}").await;
+    let (status, _) = post_json(
+        &hook,
+        "{\"order_id\":\"OK-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}",
+    )
+    .await;
     assert_eq!(status, 202);
     assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
     assert_eq!(inventory.requests().len(), 1);
@@ -113,10 +136,15 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
 fn sign(secret_b64: &str, id: &str, ts: i64, body: &str) -> String {
     use base64::Engine as _;
     use hmac::Mac;
-    let key = base64::engine::general_purpose::STANDARD.decode(secret_b64).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret_b64)
+        .unwrap();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,28 +175,49 @@ sinks = ["out"]
     let host = TestHost::start(&config).await;
     let hook = host.hook("signed");
     let body = "{\"hello\":\"world\"}";
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
 
     let good = sign(secret, "msg_1", now, body);
     let ts = now.to_string();
-    let headers = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", good.as_str())];
+    let headers = [
+        ("content-type", "application/json"),
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", good.as_str()),
+    ];
     let (status, resp) = send("POST", &hook, body, &headers).await;
     assert_eq!(status, 202, "{resp}");
-    assert!(resp.contains("msg_1"), "the webhook-id is the event id: {resp}");
+    assert!(
+        resp.contains("msg_1"),
+        "the webhook-id is the event id: {resp}"
+    );
 
     // Tampered body.
     let (status, _) = send("POST", &hook, "{\"hello\":\"evil\"}", &headers).await;
     assert_eq!(status, 401);
     // Wrong key.
     let bad = sign("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "msg_1", now, body);
-    let headers_bad = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", bad.as_str())];
+    let headers_bad = [
+        ("content-type", "application/json"),
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", bad.as_str()),
+    ];
     let (status, _) = send("POST", &hook, body, &headers_bad).await;
     assert_eq!(status, 401);
     // Stale timestamp, correctly signed.
     let old = now - 3600;
     let stale = sign(secret, "msg_1", old, body);
     let old_ts = old.to_string();
-    let headers_old = [("content-type", "application/json"), ("webhook-id", "msg_1"), ("webhook-timestamp", old_ts.as_str()), ("webhook-signature", stale.as_str())];
+    let headers_old = [
+        ("content-type", "application/json"),
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", old_ts.as_str()),
+        ("webhook-signature", stale.as_str()),
+    ];
     let (status, _) = send("POST", &hook, body, &headers_old).await;
     assert_eq!(status, 401);
     // Unsigned.
@@ -176,6 +225,10 @@ sinks = ["out"]
     assert_eq!(status, 401);
 
     assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
-    assert_eq!(api.requests().len(), 1, "only the correctly signed webhook was delivered");
+    assert_eq!(
+        api.requests().len(),
+        1,
+        "only the correctly signed webhook was delivered"
+    );
     host.stop().await;
 }

@@ -48,7 +48,10 @@ sinks = ["out"]
         let (status, body) = post_json(&hook, &e.to_string()).await;
         assert_eq!(status, 202, "{body}");
     }
-    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 5).await, "all five misbehaviours were dead-lettered");
+    assert!(
+        eventually(Duration::from_secs(60), || host.stats().dead == 5).await,
+        "all five misbehaviours were dead-lettered"
+    );
 
     // The host still serves: a well-behaved event goes through.
     let (status, _) = post_json(&hook, "{\"id\":\"fine\"}").await;
@@ -67,15 +70,48 @@ sinks = ["out"]
             .unwrap_or_else(|| panic!("no dead letter for {id}: {body}"))
     };
     assert!(error_of("trap").contains("trapped"), "{}", error_of("trap"));
-    assert!(error_of("trap").contains("chaos: trapping on purpose"), "the panic message is kept: {}", error_of("trap"));
-    assert!(error_of("loop").contains("CPU time limit"), "{}", error_of("loop"));
-    assert!(error_of("alloc").contains("trapped"), "{}", error_of("alloc"));
-    assert!(error_of("egress").contains("HttpRequestDenied"), "{}", error_of("egress"));
-    assert!(error_of("secret").contains("not granted"), "{}", error_of("secret"));
-    assert!(victim.requests().is_empty(), "a plugin without a grant reached a host");
+    assert!(
+        error_of("trap").contains("chaos: trapping on purpose"),
+        "the panic message is kept: {}",
+        error_of("trap")
+    );
+    assert!(
+        error_of("loop").contains("CPU time limit"),
+        "{}",
+        error_of("loop")
+    );
+    assert!(
+        error_of("alloc").contains("trapped"),
+        "{}",
+        error_of("alloc")
+    );
+    assert!(
+        error_of("egress").contains("HttpRequestDenied"),
+        "{}",
+        error_of("egress")
+    );
+    assert!(
+        error_of("secret").contains("not granted"),
+        "{}",
+        error_of("secret")
+    );
+    assert!(
+        victim.requests().is_empty(),
+        "a plugin without a grant reached a host"
+    );
 
-    let failures = host.running.metrics.snapshot().iter().find(|(n, _, _)| *n == "weft_plugin_failures_total").unwrap().2;
-    assert_eq!(failures, 3, "trap, loop and alloc are plugin failures; egress and secret are the plugin's own errors");
+    let failures = host
+        .running
+        .metrics
+        .snapshot()
+        .iter()
+        .find(|(n, _, _)| *n == "weft_plugin_failures_total")
+        .unwrap()
+        .2;
+    assert_eq!(
+        failures, 3,
+        "trap, loop and alloc are plugin failures; egress and secret are the plugin's own errors"
+    );
     host.stop().await;
 }
 
@@ -112,7 +148,10 @@ sinks = ["out", "elsewhere"]
     assert!(eventually(Duration::from_secs(30), || host.stats().dead == 2).await);
     let (_, body) = host.admin_get("/api/dead-letters").await;
     for d in body["dead_letters"].as_array().unwrap() {
-        assert!(d["error"].as_str().unwrap().contains("HttpRequestDenied"), "{d}");
+        assert!(
+            d["error"].as_str().unwrap().contains("HttpRequestDenied"),
+            "{d}"
+        );
     }
     assert!(api.requests().is_empty());
     host.stop().await;

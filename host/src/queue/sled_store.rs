@@ -82,7 +82,11 @@ impl SledQueue {
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
                 if found != FORMAT_VERSION.to_string() {
-                    return Err(QueueError::UnknownFormat { path: path.display().to_string(), found, expected: FORMAT_VERSION });
+                    return Err(QueueError::UnknownFormat {
+                        path: path.display().to_string(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
                 }
             }
             None => {
@@ -93,7 +97,8 @@ impl SledQueue {
                         expected: FORMAT_VERSION,
                     });
                 }
-                db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes()).map_err(storage)?;
+                db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(storage)?;
                 db.flush().map_err(storage)?;
             }
         }
@@ -108,7 +113,10 @@ impl SledQueue {
             max_id = max_id.max(id);
             dead += 1;
             if db.remove(key(PENDING, id)).map_err(storage)?.is_some() {
-                tracing::warn!(record = id, "record was both pending and dead-lettered; kept the dead letter");
+                tracing::warn!(
+                    record = id,
+                    "record was both pending and dead-lettered; kept the dead letter"
+                );
             }
         }
         for item in db.scan_prefix([PENDING]) {
@@ -117,7 +125,12 @@ impl SledQueue {
             pending += 1;
         }
         let log_file = File::open(path.join("db")).map_err(storage)?;
-        let shared = Arc::new(Shared { tree: db, log_file, pending: AtomicU64::new(pending), dead: AtomicU64::new(dead) });
+        let shared = Arc::new(Shared {
+            tree: db,
+            log_file,
+            pending: AtomicU64::new(pending),
+            dead: AtomicU64::new(dead),
+        });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
@@ -135,7 +148,10 @@ impl SledQueue {
 
     /// The private state tree of a plugin (kept in the same database).
     pub fn state_tree(&self, plugin: &str) -> Result<sled::Tree, QueueError> {
-        self.shared.tree.open_tree(format!("state/{plugin}")).map_err(storage)
+        self.shared
+            .tree
+            .open_tree(format!("state/{plugin}"))
+            .map_err(storage)
     }
 
     /// Where the sled files are.
@@ -157,21 +173,34 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, QueueError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, QueueError> {
-    postcard::from_bytes(v).map_err(|e| QueueError::Corrupt { key: id_of(k), reason: e.to_string() })
+    postcard::from_bytes(v).map_err(|e| QueueError::Corrupt {
+        key: id_of(k),
+        reason: e.to_string(),
+    })
 }
 
 impl Shared {
     fn put(&self, record: &Record) -> Result<usize, QueueError> {
         let value = encode(record)?;
         let len = value.len();
-        if self.tree.insert(key(PENDING, record.id), value).map_err(storage)?.is_none() {
+        if self
+            .tree
+            .insert(key(PENDING, record.id), value)
+            .map_err(storage)?
+            .is_none()
+        {
             self.pending.fetch_add(1, Ordering::Relaxed);
         }
         Ok(len)
     }
 
     fn remove(&self, id: u64) -> Result<(), QueueError> {
-        if self.tree.remove(key(PENDING, id)).map_err(storage)?.is_some() {
+        if self
+            .tree
+            .remove(key(PENDING, id))
+            .map_err(storage)?
+            .is_some()
+        {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -185,7 +214,12 @@ impl Shared {
                 let id = letter.record.id;
                 let value = encode(&letter)?;
                 let len = value.len();
-                if self.tree.insert(key(DEAD, id), value).map_err(storage)?.is_none() {
+                if self
+                    .tree
+                    .insert(key(DEAD, id), value)
+                    .map_err(storage)?
+                    .is_none()
+                {
                     self.dead.fetch_add(1, Ordering::Relaxed);
                 }
                 self.remove(id)?;
@@ -336,7 +370,11 @@ impl Queue for SledQueue {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let k = key(DEAD, id);
-                let v = shared.tree.get(k).map_err(storage)?.ok_or(QueueError::NotFound(id))?;
+                let v = shared
+                    .tree
+                    .get(k)
+                    .map_err(storage)?
+                    .ok_or(QueueError::NotFound(id))?;
                 let letter: DeadLetter = decode(&k, &v)?;
                 let mut record = letter.record;
                 record.attempts.clear();
@@ -414,10 +452,20 @@ mod tests {
             let a = record(&q, "a");
             let b = record(&q, "b");
             q.append(vec![a.clone(), b.clone()]).await.unwrap();
-            let attempt = Attempt { at_ms: 1, plugin: "sink".into(), outcome: "rejected".into(), detail: "no".into() };
+            let attempt = Attempt {
+                at_ms: 1,
+                plugin: "sink".into(),
+                outcome: "rejected".into(),
+                detail: "no".into(),
+            };
             let mut dead_b = b.clone();
             dead_b.attempts.push(attempt);
-            q.apply(vec![Op::Dead(DeadLetter { record: dead_b, error: "no".into(), dead_at_ms: 2 })]).unwrap();
+            q.apply(vec![Op::Dead(DeadLetter {
+                record: dead_b,
+                error: "no".into(),
+                dead_at_ms: 2,
+            })])
+            .unwrap();
             q.close().await.unwrap();
             (a, b)
         };

@@ -22,13 +22,17 @@ impl ComponentCache {
     pub fn new(engine: &Engine, dir: &Path) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        ComponentCache { dir: dir.to_path_buf(), engine_hash: format!("{:016x}", hasher.finish()) }
+        ComponentCache {
+            dir: dir.to_path_buf(),
+            engine_hash: format!("{:016x}", hasher.finish()),
+        }
     }
 
     /// The cache file for these component bytes.
     pub fn path_for(&self, wasm: &[u8]) -> PathBuf {
         let digest = hex::encode(Sha256::digest(wasm));
-        self.dir.join(format!("{digest}-{}.cwasm", self.engine_hash))
+        self.dir
+            .join(format!("{digest}-{}.cwasm", self.engine_hash))
     }
 
     /// Compiles `wasm` or loads its cached compilation. Returns the component
@@ -41,12 +45,18 @@ impl ComponentCache {
             // directory; deserialize checks the header as well.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache file"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache file")
+                }
             }
         }
         let compiled = engine.precompile_component(wasm)?;
         if let Err(e) = std::fs::create_dir_all(&self.dir).and_then(|_| {
-            let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand::random::<u64>()));
+            let tmp = path.with_extension(format!(
+                "tmp{}-{}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
             std::fs::write(&tmp, &compiled)?;
             std::fs::rename(&tmp, &path)
         }) {

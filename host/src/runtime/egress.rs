@@ -65,16 +65,29 @@ impl HostPattern {
         }
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-            return Err(format!("\"{text}\" must be scheme://host[:port] without path or credentials"));
+            return Err(format!(
+                "\"{text}\" must be scheme://host[:port] without path or credentials"
+            ));
         }
         let (host, port) = split_host_port(rest).map_err(|e| format!("\"{text}\": {e}"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         if host.is_empty() || host == "*" {
-            return Err(format!("\"{text}\": a host is required (\"*\" alone is not allowed)"));
+            return Err(format!(
+                "\"{text}\": a host is required (\"*\" alone is not allowed)"
+            ));
         }
         let host = match host.strip_prefix("*.") {
-            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => HostMatch::Suffix(suffix.to_string()),
-            _ if host.contains('*') => return Err(format!("\"{text}\": only a leading \"*.\" wildcard is allowed")),
+            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
+                HostMatch::Suffix(suffix.to_string())
+            }
+            _ if host.contains('*') => {
+                return Err(format!(
+                    "\"{text}\": only a leading \"*.\" wildcard is allowed"
+                ))
+            }
             _ => HostMatch::Exact(host),
         };
         let port = port.unwrap_or_else(|| default_port(&scheme));
@@ -85,14 +98,21 @@ impl HostPattern {
     pub fn matches(&self, uri: &Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
         let Some(host) = uri.host() else { return false };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
         if scheme != self.scheme || port != self.port {
             return false;
         }
         match &self.host {
             HostMatch::Exact(h) => *h == host,
-            HostMatch::Suffix(s) => host.len() > s.len() + 1 && host.ends_with(s.as_str()) && host.as_bytes()[host.len() - s.len() - 1] == b'.',
+            HostMatch::Suffix(s) => {
+                host.len() > s.len() + 1
+                    && host.ends_with(s.as_str())
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+            }
         }
     }
 }
@@ -109,7 +129,10 @@ pub fn ip_allowed(ip: IpAddr, host: &str) -> bool {
             if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() {
                 return false;
             }
-            if v4.is_loopback() || v4.is_private() || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 {
+            if v4.is_loopback()
+                || v4.is_private()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+            {
                 return literal;
             }
             true
@@ -139,7 +162,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
@@ -148,7 +175,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -178,13 +209,21 @@ impl Connection for Conn {
 }
 
 impl hyper::rt::Read for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl hyper::rt::Write for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -205,33 +244,57 @@ pub struct Connector {
 
 impl Connector {
     fn new(connect_timeout: Duration) -> Self {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|_| {
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .expect("TLS 1.3 is supported by ring")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            });
-        Connector { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), connect_timeout }
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3 is supported by ring")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        });
+        Connector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connect_timeout,
+        }
     }
 
     async fn connect(self, uri: Uri) -> Result<Conn, std::io::Error> {
         let denied = |msg: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg);
-        let host = uri.host().ok_or_else(|| denied("request has no host".into()))?.to_string();
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| denied("request has no host".into()))?
+            .to_string();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let tls = uri.scheme() == Some(&Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let addrs: Vec<SocketAddr> = tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((bare.as_str(), port)))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out"))??
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::lookup_host((bare.as_str(), port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "DNS lookup timed out"))??
+        .collect();
+        let allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| ip_allowed(a.ip(), &bare))
             .collect();
-        let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| ip_allowed(a.ip(), &bare)).collect();
         if allowed.is_empty() {
-            return Err(denied(format!("{bare} resolves only to blocked addresses ({addrs:?})")));
+            return Err(denied(format!(
+                "{bare} resolves only to blocked addresses ({addrs:?})"
+            )));
         }
         let mut last = None;
         for addr in allowed {
@@ -239,8 +302,10 @@ impl Connector {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
                     let stream = if tls {
-                        let name = rustls::pki_types::ServerName::try_from(bare.clone())
-                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+                        let name =
+                            rustls::pki_types::ServerName::try_from(bare.clone()).map_err(|e| {
+                                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                            })?;
                         Stream::Tls(Box::new(self.tls.connect(name, tcp).await?))
                     } else {
                         Stream::Plain(tcp)
@@ -248,7 +313,12 @@ impl Connector {
                     return Ok(Conn(TokioIo::new(stream)));
                 }
                 Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+                Err(_) => {
+                    last = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
@@ -293,7 +363,11 @@ pub struct Injection {
 
 impl std::fmt::Debug for Injection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Injection({} for {:?}: <redacted>)", self.header, self.host)
+        write!(
+            f,
+            "Injection({} for {:?}: <redacted>)",
+            self.header, self.host
+        )
     }
 }
 
@@ -330,8 +404,15 @@ pub struct EgressHooks {
 }
 
 type ResponseFuture = Box<
-    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>>
-        + Send,
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
 >;
 
 impl WasiHttpHooks for EgressHooks {
@@ -352,7 +433,9 @@ impl WasiHttpHooks for EgressHooks {
             }
             for injection in &policy.inject {
                 if injection.host.matches(&uri) {
-                    request.headers_mut().insert(injection.header.clone(), injection.value.clone());
+                    request
+                        .headers_mut()
+                        .insert(injection.header.clone(), injection.value.clone());
                 }
             }
             let mut timeout = policy.timeout;
@@ -377,8 +460,20 @@ impl WasiHttpHooks for EgressHooks {
             };
             let limit = policy.max_response_bytes;
             let deadline = Box::pin(tokio::time::sleep(timeout));
-            let response = response.map(|inner| GuardedBody { inner, seen: 0, limit, deadline }.boxed_unsync());
-            Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
+            let response = response.map(|inner| {
+                GuardedBody {
+                    inner,
+                    seen: 0,
+                    limit,
+                    deadline,
+                }
+                .boxed_unsync()
+            });
+            Ok((
+                response,
+                Box::new(async { Ok(()) })
+                    as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
         })
     }
 }
@@ -395,7 +490,10 @@ impl http_body::Body for GuardedBody {
     type Data = Bytes;
     type Error = HttpError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
         if this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
@@ -405,7 +503,9 @@ impl http_body::Body for GuardedBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.seen)))));
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
+                            this.seen,
+                        )))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -456,11 +556,20 @@ mod tests {
 
     #[test]
     fn blocked_addresses() {
-        assert!(!ip_allowed("169.254.169.254".parse().unwrap(), "169.254.169.254"));
+        assert!(!ip_allowed(
+            "169.254.169.254".parse().unwrap(),
+            "169.254.169.254"
+        ));
         assert!(!ip_allowed("0.0.0.0".parse().unwrap(), "0.0.0.0"));
         assert!(ip_allowed("127.0.0.1".parse().unwrap(), "127.0.0.1"));
-        assert!(!ip_allowed("127.0.0.1".parse().unwrap(), "evil.example.com"));
-        assert!(!ip_allowed("10.1.2.3".parse().unwrap(), "internal.example.com"));
+        assert!(!ip_allowed(
+            "127.0.0.1".parse().unwrap(),
+            "evil.example.com"
+        ));
+        assert!(!ip_allowed(
+            "10.1.2.3".parse().unwrap(),
+            "internal.example.com"
+        ));
         assert!(ip_allowed("93.184.216.34".parse().unwrap(), "example.com"));
     }
 }

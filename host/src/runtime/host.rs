@@ -80,7 +80,12 @@ pub struct StoreState {
 impl StoreState {
     /// A fresh state for one call. The WASI context grants nothing: no
     /// files, no environment, no arguments, no sockets, no stdio.
-    pub fn new(plugin: Arc<PluginContext>, client: HttpClient, limits: StoreLimits, event_id: Option<String>) -> Self {
+    pub fn new(
+        plugin: Arc<PluginContext>,
+        client: HttpClient,
+        limits: StoreLimits,
+        event_id: Option<String>,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -88,8 +93,22 @@ impl StoreState {
             .allow_ip_name_lookup(false)
             .stderr(stderr.clone())
             .build();
-        let hooks = EgressHooks { policy: plugin.egress.clone(), client, event_id: event_id.clone() };
-        StoreState { wasi, table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks, limits, plugin, event_id, cpu_exhausted: false, stderr }
+        let hooks = EgressHooks {
+            policy: plugin.egress.clone(),
+            client,
+            event_id: event_id.clone(),
+        };
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks,
+            limits,
+            plugin,
+            event_id,
+            cpu_exhausted: false,
+            stderr,
+        }
     }
 }
 
@@ -99,20 +118,32 @@ impl StoreState {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
         let text = text.trim();
-        let start = text.char_indices().rev().nth(STDERR_TAIL).map(|(i, _)| i).unwrap_or(0);
+        let start = text
+            .char_indices()
+            .rev()
+            .nth(STDERR_TAIL)
+            .map(|(i, _)| i)
+            .unwrap_or(0);
         text[start..].to_string()
     }
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for StoreState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -125,14 +156,28 @@ impl log::Host for StoreState {
         let fields = if fields.is_empty() {
             String::new()
         } else {
-            fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            fields
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         match level {
-            log::Level::Trace => tracing::trace!(plugin = %plugin, event = %event, fields = %fields, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin = %plugin, event = %event, fields = %fields, "{message}"),
-            log::Level::Info => tracing::info!(plugin = %plugin, event = %event, fields = %fields, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin = %plugin, event = %event, fields = %fields, "{message}"),
-            log::Level::Error => tracing::error!(plugin = %plugin, event = %event, fields = %fields, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(plugin = %plugin, event = %event, fields = %fields, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(plugin = %plugin, event = %event, fields = %fields, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(plugin = %plugin, event = %event, fields = %fields, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(plugin = %plugin, event = %event, fields = %fields, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(plugin = %plugin, event = %event, fields = %fields, "{message}")
+            }
         }
     }
 }
@@ -143,7 +188,11 @@ impl config::Host for StoreState {
     }
 
     fn entries(&mut self) -> Vec<(String, String)> {
-        self.plugin.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.plugin
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -165,7 +214,11 @@ impl state::Host for StoreState {
         if value.len() > MAX_STATE_VALUE {
             return Err(format!("state value larger than {MAX_STATE_VALUE} bytes"));
         }
-        self.plugin.state.insert(key.as_bytes(), value).map(|_| ()).map_err(|e| e.to_string())
+        self.plugin
+            .state
+            .insert(key.as_bytes(), value)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn delete(&mut self, key: String) {
@@ -181,7 +234,8 @@ impl secrets::Host for StoreState {
             tracing::warn!(plugin = %self.plugin.name, secret = %secret, "plugin asked for a secret it is not granted");
             return Err(format!("secret \"{secret}\" is not granted to this plugin"));
         };
-        let mut mac = Hmac::<Sha256>::new_from_slice(&value.hmac_key()).map_err(|e| e.to_string())?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&value.hmac_key()).map_err(|e| e.to_string())?;
         mac.update(&message);
         Ok(mac.finalize().into_bytes().to_vec())
     }

@@ -28,7 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
 
 /// Milliseconds per epoch tick: the granularity of CPU limits.
 pub const TICK_MS: u64 = 10;
@@ -62,7 +65,9 @@ pub enum LoadError {
         detail: String,
     },
     /// It imports something the host does not offer.
-    #[error("plugin {plugin}: cannot be linked (it imports something Weft does not provide): {detail}")]
+    #[error(
+        "plugin {plugin}: cannot be linked (it imports something Weft does not provide): {detail}"
+    )]
     Link {
         /// Plugin name.
         plugin: String,
@@ -70,7 +75,9 @@ pub enum LoadError {
         detail: String,
     },
     /// It exports none of the three roles.
-    #[error("plugin {plugin}: exports none of the weft:connector worlds (source, transform, sink)")]
+    #[error(
+        "plugin {plugin}: exports none of the weft:connector worlds (source, transform, sink)"
+    )]
     NoRole {
         /// Plugin name.
         plugin: String,
@@ -153,12 +160,14 @@ impl Ticker {
     fn start(engine: Engine) -> Ticker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let spawned = std::thread::Builder::new().name("weft-epoch".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(TICK_MS));
-                engine.increment_epoch();
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("weft-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(TICK_MS));
+                    engine.increment_epoch();
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the epoch ticker; CPU limits will stop every call at once");
         }
@@ -221,17 +230,40 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         let link = |r: wasmtime::Result<()>| r.map_err(|e| LoadError::Engine(e.to_string()));
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
-        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+            &mut linker,
+        ))?;
         use bindings::source::weft::connector as weft;
-        link(weft::types::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
-        link(weft::log::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
-        link(weft::config::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
-        link(weft::state::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
-        link(weft::secrets::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))?;
+        link(weft::types::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(weft::log::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(weft::config::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(weft::state::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(weft::secrets::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
         let cache = ComponentCache::new(&engine, cache_dir);
         let client = egress::client(Duration::from_secs(5));
         let ticker = Ticker::start(engine.clone());
-        Ok(Runtime { engine, linker, cache, client, _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            client,
+            _ticker: ticker,
+        })
     }
 
     /// The wasmtime engine.
@@ -240,7 +272,12 @@ impl Runtime {
     }
 
     /// Compiles (or loads from cache) and links a component.
-    pub fn load(self: &Arc<Self>, ctx: PluginContext, path: &Path, limits: Limits) -> Result<Plugin, LoadError> {
+    pub fn load(
+        self: &Arc<Self>,
+        ctx: PluginContext,
+        path: &Path,
+        limits: Limits,
+    ) -> Result<Plugin, LoadError> {
         let name = ctx.name.clone();
         let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
             plugin: name.clone(),
@@ -248,20 +285,32 @@ impl Runtime {
             source,
         })?;
         let started = std::time::Instant::now();
-        let (component, cached) = self
-            .cache
-            .load(&self.engine, &wasm)
-            .map_err(|e| LoadError::Compile { plugin: name.clone(), detail: format!("{e:#}") })?;
+        let (component, cached) =
+            self.cache
+                .load(&self.engine, &wasm)
+                .map_err(|e| LoadError::Compile {
+                    plugin: name.clone(),
+                    detail: format!("{e:#}"),
+                })?;
         tracing::info!(plugin = %name, path = %path.display(), cached, ms = started.elapsed().as_secs_f64() * 1e3, "plugin compiled");
         self.link(ctx, component, limits, hex_digest(&wasm))
     }
 
-    fn link(self: &Arc<Self>, ctx: PluginContext, component: Component, limits: Limits, digest: String) -> Result<Plugin, LoadError> {
+    fn link(
+        self: &Arc<Self>,
+        ctx: PluginContext,
+        component: Component,
+        limits: Limits,
+        digest: String,
+    ) -> Result<Plugin, LoadError> {
         let name = ctx.name.clone();
-        let pre: InstancePre<StoreState> = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link { plugin: name.clone(), detail: format!("{e:#}") })?;
+        let pre: InstancePre<StoreState> =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link {
+                    plugin: name.clone(),
+                    detail: format!("{e:#}"),
+                })?;
         let pre = if let Ok(p) = SinkPre::new(pre.clone()) {
             Pre::Sink(p)
         } else if let Ok(p) = TransformPre::new(pre.clone()) {
@@ -271,7 +320,13 @@ impl Runtime {
         } else {
             return Err(LoadError::NoRole { plugin: name });
         };
-        Ok(Plugin { runtime: self.clone(), ctx: Arc::new(ctx), pre, limits, digest })
+        Ok(Plugin {
+            runtime: self.clone(),
+            ctx: Arc::new(ctx),
+            pre,
+            limits,
+            digest,
+        })
     }
 }
 
@@ -306,11 +361,16 @@ impl Plugin {
     }
 
     fn wrong_role(&self, expected: Role) -> PluginError {
-        PluginError::WrongRole { plugin: self.ctx.name.clone(), actual: self.role(), expected }
+        PluginError::WrongRole {
+            plugin: self.ctx.name.clone(),
+            actual: self.role(),
+            expected,
+        }
     }
 
     fn store(&self, event_id: Option<String>) -> Store<StoreState> {
-        let bytes = usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let bytes =
+            usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let limits = StoreLimitsBuilder::new()
             .memory_size(bytes)
             .instances(64)
@@ -318,7 +378,12 @@ impl Plugin {
             .tables(64)
             .trap_on_grow_failure(true)
             .build();
-        let state = StoreState::new(self.ctx.clone(), self.runtime.client.clone(), limits, event_id);
+        let state = StoreState::new(
+            self.ctx.clone(),
+            self.runtime.client.clone(),
+            limits,
+            event_id,
+        );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limits);
         let mut ticks_left = (self.limits.timeout_ms / TICK_MS).max(1);
@@ -336,15 +401,23 @@ impl Plugin {
 
     fn classify(&self, store: &Store<StoreState>, err: PluginError) -> PluginError {
         if store.data().cpu_exhausted {
-            PluginError::CpuLimit { plugin: self.ctx.name.clone(), limit_ms: self.limits.timeout_ms }
+            PluginError::CpuLimit {
+                plugin: self.ctx.name.clone(),
+                limit_ms: self.limits.timeout_ms,
+            }
         } else {
             err
         }
     }
 
     /// Source: turns a webhook request into events, or a rejection.
-    pub async fn receive(&self, request: wit::WebhookRequest) -> Result<Result<Vec<Event>, wit::Rejection>, PluginError> {
-        let Pre::Source(pre) = &self.pre else { return Err(self.wrong_role(Role::Source)) };
+    pub async fn receive(
+        &self,
+        request: wit::WebhookRequest,
+    ) -> Result<Result<Vec<Event>, wit::Rejection>, PluginError> {
+        let Pre::Source(pre) = &self.pre else {
+            return Err(self.wrong_role(Role::Source));
+        };
         let mut store = self.store(None);
         let result = {
             let store_ref = &mut store;
@@ -354,12 +427,18 @@ impl Plugin {
             };
             tokio::time::timeout(self.wall(), fut).await
         };
-        self.finish(&store, result).map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+        self.finish(&store, result)
+            .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
     }
 
     /// Transform: one event to zero or more, or an error value.
-    pub async fn transform(&self, event: Event) -> Result<Result<Vec<Event>, wit::TransformError>, PluginError> {
-        let Pre::Transform(pre) = &self.pre else { return Err(self.wrong_role(Role::Transform)) };
+    pub async fn transform(
+        &self,
+        event: Event,
+    ) -> Result<Result<Vec<Event>, wit::TransformError>, PluginError> {
+        let Pre::Transform(pre) = &self.pre else {
+            return Err(self.wrong_role(Role::Transform));
+        };
         let mut store = self.store(Some(event.id.clone()));
         let event = wit::Event::from(event);
         let result = {
@@ -370,12 +449,15 @@ impl Plugin {
             };
             tokio::time::timeout(self.wall(), fut).await
         };
-        self.finish(&store, result).map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+        self.finish(&store, result)
+            .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
     }
 
     /// Sink: delivers one event.
     pub async fn deliver(&self, event: Event) -> Result<wit::DeliveryOutcome, PluginError> {
-        let Pre::Sink(pre) = &self.pre else { return Err(self.wrong_role(Role::Sink)) };
+        let Pre::Sink(pre) = &self.pre else {
+            return Err(self.wrong_role(Role::Sink));
+        };
         let mut store = self.store(Some(event.id.clone()));
         let event = wit::Event::from(event);
         let result = {
@@ -400,7 +482,10 @@ impl Plugin {
     ) -> Result<R, PluginError> {
         let plugin = self.ctx.name.clone();
         match result {
-            Err(_) => Err(PluginError::WallLimit { plugin, limit_ms: self.wall().as_millis() as u64 }),
+            Err(_) => Err(PluginError::WallLimit {
+                plugin,
+                limit_ms: self.wall().as_millis() as u64,
+            }),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 let mut detail = match e.downcast_ref::<wasmtime::Trap>() {
@@ -420,6 +505,8 @@ impl Plugin {
 
 /// Finds the component file of a built-in plugin (`http-post` → `http_post.wasm`).
 pub fn builtin_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WEFT_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR));
+    let dir = std::env::var_os("WEFT_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR));
     dir.join(format!("{}.wasm", name.replace('-', "_")))
 }

@@ -25,8 +25,9 @@ pub struct HttpPost;
 mod base64_free {
     /// The event data as a JSON value: parsed JSON when it is JSON, else a string.
     pub fn encode_data(data: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(data)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(data).into_owned()))
+        serde_json::from_slice(data).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(data).into_owned())
+        })
     }
 }
 
@@ -44,7 +45,10 @@ fn structured(event: &Event) -> Vec<u8> {
     }
     doc.insert(
         "datacontenttype".into(),
-        json!(event.datacontenttype.clone().unwrap_or_else(|| "application/json".into())),
+        json!(event
+            .datacontenttype
+            .clone()
+            .unwrap_or_else(|| "application/json".into())),
     );
     for (k, v) in &event.extensions {
         doc.insert(k.clone(), json!(v));
@@ -58,8 +62,12 @@ impl Sink for HttpPost {
         let Some(url) = config::get("url") else {
             return DeliveryOutcome::rejected("http-post: config `url` is not set");
         };
-        let timeout = config::get("timeout_ms").and_then(|s| s.parse().ok()).unwrap_or(10_000);
-        let mut request = http::Request::post(&url).timeout_ms(timeout).header("idempotency-key", &event.id);
+        let timeout = config::get("timeout_ms")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10_000);
+        let mut request = http::Request::post(&url)
+            .timeout_ms(timeout)
+            .header("idempotency-key", &event.id);
         if let Some(Ok(Value::Object(headers))) = config::json("headers") {
             for (name, value) in headers {
                 if let Some(v) = value.as_str() {
@@ -68,9 +76,14 @@ impl Sink for HttpPost {
             }
         }
         let request = if config::get("mode").as_deref() == Some("structured") {
-            request.header("content-type", "application/cloudevents+json").body(structured(&event))
+            request
+                .header("content-type", "application/cloudevents+json")
+                .body(structured(&event))
         } else {
-            let ct = event.datacontenttype.clone().unwrap_or_else(|| "application/json".into());
+            let ct = event
+                .datacontenttype
+                .clone()
+                .unwrap_or_else(|| "application/json".into());
             let mut r = request
                 .header("content-type", &ct)
                 .header("ce-specversion", "1.0")

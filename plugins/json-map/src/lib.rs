@@ -14,8 +14,9 @@
 //!     e.g. unit price × quantity,
 //!   - `multiply` the number at `from` by `by` (a number) or by the number at
 //!     `by_path`, into `to` (default: in place).
-//!   A missing `from` skips the operation, unless the operation has `required = true`:
-//!   then the event is rejected permanently.
+//!
+//!   A missing `from` skips the operation, unless the operation has
+//!   `required = true`: then the event is rejected permanently.
 //! * `type`: optional new event type for the output event.
 //!
 //! Paths are JSON pointers (`/customer/email`).
@@ -31,9 +32,11 @@ fn permanent(msg: impl Into<String>) -> TransformError {
 }
 
 fn field<'a>(op: &'a Value, name: &str) -> Result<&'a str, TransformError> {
-    op.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| permanent(format!("mapping operation {op} lacks the string field `{name}`")))
+    op.get(name).and_then(Value::as_str).ok_or_else(|| {
+        permanent(format!(
+            "mapping operation {op} lacks the string field `{name}`"
+        ))
+    })
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -50,7 +53,9 @@ fn to_json_number(x: f64) -> Value {
     } else {
         // Round to cents-level noise to keep sums of prices readable.
         let rounded = (x * 1e9).round() / 1e9;
-        serde_json::Number::from_f64(rounded).map(Value::Number).unwrap_or(Value::Null)
+        serde_json::Number::from_f64(rounded)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -69,7 +74,9 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
         if doc.set_pointer(to, v) {
             Ok(())
         } else {
-            Err(permanent(format!("cannot write {to}: a parent is not an object")))
+            Err(permanent(format!(
+                "cannot write {to}: a parent is not an object"
+            )))
         }
     };
     match kind {
@@ -102,7 +109,9 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                     let n = items.len();
                     set(doc, to, Value::from(n))
                 }
-                Some(other) => Err(permanent(format!("count: {from} is not an array but {other}"))),
+                Some(other) => Err(permanent(format!(
+                    "count: {from} is not an array but {other}"
+                ))),
                 None => missing(from),
             }
         }
@@ -115,11 +124,15 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                     let mut total = 0.0;
                     for item in items {
                         let v = item.pointer(inner).and_then(number).ok_or_else(|| {
-                            permanent(format!("sum: element {item} of {from} has no number at '{inner}'"))
+                            permanent(format!(
+                                "sum: element {item} of {from} has no number at '{inner}'"
+                            ))
                         })?;
                         let factor = match times {
                             Some(t) => item.pointer(t).and_then(number).ok_or_else(|| {
-                                permanent(format!("sum: element {item} of {from} has no number at '{t}'"))
+                                permanent(format!(
+                                    "sum: element {item} of {from} has no number at '{t}'"
+                                ))
                             })?,
                             None => 1.0,
                         };
@@ -127,7 +140,11 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                     }
                     total
                 }
-                Some(other) => return Err(permanent(format!("sum: {from} is not an array but {other}"))),
+                Some(other) => {
+                    return Err(permanent(format!(
+                        "sum: {from} is not an array but {other}"
+                    )))
+                }
                 None => return missing(from),
             };
             set(doc, to, to_json_number(total))
@@ -135,10 +152,15 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
         "multiply" => {
             let from = field(op, "from")?;
             let to = op.get("to").and_then(Value::as_str).unwrap_or(from);
-            let Some(value) = doc.pointer(from) else { return missing(from) };
-            let x = number(value).ok_or_else(|| permanent(format!("multiply: {from} is not a number")))?;
+            let Some(value) = doc.pointer(from) else {
+                return missing(from);
+            };
+            let x = number(value)
+                .ok_or_else(|| permanent(format!("multiply: {from} is not a number")))?;
             let by = match (op.get("by"), op.get("by_path").and_then(Value::as_str)) {
-                (Some(by), _) => number(by).ok_or_else(|| permanent("multiply: `by` is not a number"))?,
+                (Some(by), _) => {
+                    number(by).ok_or_else(|| permanent("multiply: `by` is not a number"))?
+                }
                 (None, Some(path)) => doc
                     .pointer(path)
                     .and_then(number)
@@ -155,11 +177,19 @@ impl Transform for JsonMap {
     fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
         let mapping = match config::json("mapping") {
             Some(Ok(Value::Array(ops))) => ops,
-            Some(Ok(_)) => return Err(permanent("config `mapping` must be an array of operations")),
-            Some(Err(e)) => return Err(permanent(format!("config `mapping` is not valid JSON: {e}"))),
+            Some(Ok(_)) => {
+                return Err(permanent("config `mapping` must be an array of operations"))
+            }
+            Some(Err(e)) => {
+                return Err(permanent(format!(
+                    "config `mapping` is not valid JSON: {e}"
+                )))
+            }
             None => Vec::new(),
         };
-        let mut doc = event.json().map_err(|e| permanent(format!("event data is not JSON: {e}")))?;
+        let mut doc = event
+            .json()
+            .map_err(|e| permanent(format!("event data is not JSON: {e}")))?;
         for op in &mapping {
             apply(&mut doc, op)?;
         }

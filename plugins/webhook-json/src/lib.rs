@@ -44,20 +44,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Rejection> {
     let missing = |h: &str| reject(RejectionKind::Unauthorized, format!("missing {h} header"));
-    let id = request.header("webhook-id").ok_or_else(|| missing("webhook-id"))?;
-    let timestamp = request.header("webhook-timestamp").ok_or_else(|| missing("webhook-timestamp"))?;
-    let signatures = request.header("webhook-signature").ok_or_else(|| missing("webhook-signature"))?;
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| reject(RejectionKind::Unauthorized, "webhook-timestamp is not a number"))?;
-    let tolerance: i64 = config::get("tolerance_secs").and_then(|s| s.parse().ok()).unwrap_or(300);
+    let id = request
+        .header("webhook-id")
+        .ok_or_else(|| missing("webhook-id"))?;
+    let timestamp = request
+        .header("webhook-timestamp")
+        .ok_or_else(|| missing("webhook-timestamp"))?;
+    let signatures = request
+        .header("webhook-signature")
+        .ok_or_else(|| missing("webhook-signature"))?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| {
+        reject(
+            RejectionKind::Unauthorized,
+            "webhook-timestamp is not a number",
+        )
+    })?;
+    let tolerance: i64 = config::get("tolerance_secs")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     if (now - ts).abs() > tolerance {
-        return Err(reject(RejectionKind::Unauthorized, "webhook-timestamp outside the tolerance window"));
+        return Err(reject(
+            RejectionKind::Unauthorized,
+            "webhook-timestamp outside the tolerance window",
+        ));
     }
     let mut message = Vec::with_capacity(id.len() + timestamp.len() + request.body.len() + 2);
     message.extend_from_slice(id.as_bytes());
@@ -65,10 +78,16 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
     message.extend_from_slice(timestamp.as_bytes());
     message.push(b'.');
     message.extend_from_slice(&request.body);
-    let expected = secrets::hmac_sha256(secret, &message)
-        .map_err(|e| reject(RejectionKind::Unauthorized, format!("signature check unavailable: {e}")))?;
+    let expected = secrets::hmac_sha256(secret, &message).map_err(|e| {
+        reject(
+            RejectionKind::Unauthorized,
+            format!("signature check unavailable: {e}"),
+        )
+    })?;
     let valid = signatures.split_whitespace().any(|candidate| {
-        let Some(encoded) = candidate.strip_prefix("v1,") else { return false };
+        let Some(encoded) = candidate.strip_prefix("v1,") else {
+            return false;
+        };
         match base64::engine::general_purpose::STANDARD.decode(encoded) {
             Ok(sig) => same(&sig, &expected),
             Err(_) => false,
@@ -77,19 +96,32 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
     if valid {
         Ok(())
     } else {
-        Err(reject(RejectionKind::Unauthorized, "invalid webhook signature"))
+        Err(reject(
+            RejectionKind::Unauthorized,
+            "invalid webhook signature",
+        ))
     }
 }
 
-fn make_event(body: &Value, raw: Vec<u8>, request: &WebhookRequest, index: Option<usize>) -> Result<Event, Rejection> {
+fn make_event(
+    body: &Value,
+    raw: Vec<u8>,
+    request: &WebhookRequest,
+    index: Option<usize>,
+) -> Result<Event, Rejection> {
     let source = config::get_or("source", "/hooks/webhook");
     let ty = match config::get("type_pointer") {
-        Some(p) => text_at(body, &p)
-            .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event type at {p}")))?,
+        Some(p) => text_at(body, &p).ok_or_else(|| {
+            reject(
+                RejectionKind::Unprocessable,
+                format!("no event type at {p}"),
+            )
+        })?,
         None => config::get_or("type", "webhook.received"),
     };
     let id = match config::get("id_pointer") {
-        Some(p) => text_at(body, &p).ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
+        Some(p) => text_at(body, &p)
+            .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
         None => {
             let base = match request.header("webhook-id") {
                 Some(id) => id.to_string(),
@@ -116,23 +148,45 @@ impl Source for WebhookJson {
         }
         if let Some(ct) = request.header("content-type") {
             if !ct.to_ascii_lowercase().contains("json") {
-                return Err(reject(RejectionKind::UnsupportedMediaType, format!("expected JSON, got {ct}")));
+                return Err(reject(
+                    RejectionKind::UnsupportedMediaType,
+                    format!("expected JSON, got {ct}"),
+                ));
             }
         }
         if let Some(secret) = config::get("signing_secret") {
             verify_signature(&request, &secret)?;
         }
-        let body: Value = serde_json::from_slice(&request.body)
-            .map_err(|e| reject(RejectionKind::BadRequest, format!("body is not valid JSON: {e}")))?;
+        let body: Value = serde_json::from_slice(&request.body).map_err(|e| {
+            reject(
+                RejectionKind::BadRequest,
+                format!("body is not valid JSON: {e}"),
+            )
+        })?;
         let split = config::get("split_array").as_deref() == Some("true");
         match body {
             Value::Array(items) if split => items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| make_event(item, serde_json::to_vec(item).unwrap_or_default(), &request, Some(i)))
+                .map(|(i, item)| {
+                    make_event(
+                        item,
+                        serde_json::to_vec(item).unwrap_or_default(),
+                        &request,
+                        Some(i),
+                    )
+                })
                 .collect(),
-            Value::Object(_) | Value::Array(_) => Ok(vec![make_event(&body, request.body.clone(), &request, None)?]),
-            _ => Err(reject(RejectionKind::Unprocessable, "body must be a JSON object or array")),
+            Value::Object(_) | Value::Array(_) => Ok(vec![make_event(
+                &body,
+                request.body.clone(),
+                &request,
+                None,
+            )?]),
+            _ => Err(reject(
+                RejectionKind::Unprocessable,
+                "body must be a JSON object or array",
+            )),
         }
     }
 }

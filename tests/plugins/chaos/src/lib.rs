@@ -31,7 +31,10 @@ impl Transform for Chaos {
             Some("egress") => {
                 let url = data["url"].as_str().unwrap_or("http://127.0.0.1:9/");
                 match http::Request::get(url).send() {
-                    Ok(r) => Err(TransformError::Permanent(format!("egress reached the host: HTTP {}", r.status))),
+                    Ok(r) => Err(TransformError::Permanent(format!(
+                        "egress reached the host: HTTP {}",
+                        r.status
+                    ))),
                     Err(e) => Err(TransformError::Permanent(format!("egress failed: {e}"))),
                 }
             }
