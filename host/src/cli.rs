@@ -44,6 +44,12 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write, build and test plugins.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Zero-setup demo: the shop example with its downstream services.
     Demo {
         /// How many sample orders to post.
@@ -53,6 +59,57 @@ pub enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+}
+
+/// `weft plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin that builds and passes its own sample test.
+    New {
+        /// Plugin name (lower case, digits, '-').
+        name: String,
+        /// Language.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Role: source, transform or sink.
+        #[arg(long)]
+        role: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin in a directory into a component.
+    Build {
+        /// The plugin's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a plugin standalone, in the host's sandbox, on JSON Lines input.
+    Test {
+        /// The component (.wasm).
+        plugin: PathBuf,
+        /// Input events (transform, sink) or webhook requests (source), one JSON per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Expected output lines; differences fail the run.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// A config value, `key=value` (repeatable).
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// An outbound grant, `scheme://host[:port]` (repeatable).
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+        /// A secret, `name=ENV_VAR` (repeatable).
+        #[arg(long = "secret", value_parser = parse_key_value)]
+        secrets: Vec<(String, String)>,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got \"{s}\""))
 }
 
 fn init_logging(cli: &Cli) {
@@ -131,6 +188,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             orders,
             keep_running,
         } => crate::demo::run(orders, keep_running).await,
+        Command::Plugin { command } => plugin(command).await,
+    }
+}
+
+async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New {
+            name,
+            lang,
+            role,
+            dir,
+        } => {
+            let path = crate::scaffold::new_plugin(&dir, &name, &lang, &role)?;
+            println!(
+                "created {} ({lang} {role}); next: weft plugin build --dir {}",
+                path.display(),
+                path.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { dir } => {
+            let wasm = crate::scaffold::build(&dir)?;
+            println!("{}", wasm.display());
+            Ok(())
+        }
+        PluginCommand::Test {
+            plugin,
+            input,
+            expect,
+            config,
+            allow_hosts,
+            secrets,
+        } => {
+            let opts = crate::harness::HarnessOptions {
+                plugin,
+                input,
+                config,
+                allowed_hosts: allow_hosts,
+                secrets,
+                expect,
+                limits: crate::config::Limits::default(),
+            };
+            let ok = crate::harness::run(opts).await?;
+            anyhow::ensure!(ok, "outputs differ from the expectations");
+            Ok(())
+        }
     }
 }
 

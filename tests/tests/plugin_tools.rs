@@ -1,0 +1,252 @@
+//! `weft plugin new | build | test`: scaffolding that builds and passes its own
+//! sample test, and the standalone harness on real plugins.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use weft_tests::{builtin, FakeApi};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_weft-under-test");
+
+fn weft(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(BINARY);
+    cmd.arg("--log-level").arg("warn").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run weft")
+}
+
+fn stdout_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+#[test]
+fn scaffolded_plugins_build_and_pass_their_own_sample_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let env = [("CARGO_TARGET_DIR", target.as_path())];
+    for role in ["source", "transform", "sink"] {
+        let name = format!("my-{role}");
+        let out = weft(
+            &[
+                "plugin",
+                "new",
+                &name,
+                "--lang",
+                "rust",
+                "--role",
+                role,
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plugin_dir = dir.path().join(&name);
+        let out = weft(
+            &["plugin", "build", "--dir", plugin_dir.to_str().unwrap()],
+            &env,
+        );
+        assert!(
+            out.status.success(),
+            "build {role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wasm = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(Path::new(&wasm).exists(), "{wasm}");
+        let out = weft(
+            &[
+                "plugin",
+                "test",
+                &wasm,
+                "--input",
+                plugin_dir.join("test/input.jsonl").to_str().unwrap(),
+                "--expect",
+                plugin_dir.join("test/expected.jsonl").to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{role} sample test: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("outputs as expected"));
+    }
+    let out = weft(
+        &[
+            "plugin",
+            "new",
+            "x",
+            "--lang",
+            "cobol",
+            "--role",
+            "sink",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn the_harness_runs_a_transform_and_diffs_expectations() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"o1\",\"type\":\"order\",\"data\":{\"items\":[{\"q\":2,\"p\":1.5},{\"q\":1,\"p\":4}]}}\n# comments and blank lines are skipped\n\n{\"id\":\"o2\",\"type\":\"order\",\"data\":{\"other\":true}}\n",
+    )
+    .unwrap();
+    let mapping = "mapping=[{\"op\":\"sum\",\"from\":\"/items\",\"field\":\"/p\",\"times\":\"/q\",\"to\":\"/total\",\"required\":true},{\"op\":\"drop\",\"path\":\"/items\"}]";
+    let wasm = builtin("json-map");
+    let out = weft(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            mapping,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0]["events"][0]["data"],
+        serde_json::json!({ "total": 7 })
+    );
+    assert_eq!(lines[1]["error"]["retryable"], false);
+    assert!(lines[1]["error"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("required field /items is missing"));
+
+    // The same outputs as expectations pass; a changed one fails with a diff.
+    let expect = dir.path().join("expect.jsonl");
+    std::fs::write(&expect, String::from_utf8_lossy(&out.stdout).as_ref()).unwrap();
+    let ok = weft(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            mapping,
+            "--expect",
+            expect.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok.status.success());
+    std::fs::write(
+        &expect,
+        String::from_utf8_lossy(&out.stdout).replace("\"total\":7", "\"total\":8"),
+    )
+    .unwrap();
+    let bad = weft(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            mapping,
+            "--expect",
+            expect.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("MISMATCH input line 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_classifies_sink_outcomes_against_a_live_api() {
+    let api = FakeApi::start().await;
+    api.fail_next(1, 503, &[("retry-after", "7")]);
+    api.fail_next(1, 400, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\":\"a\",\"data\":{\"n\":1}}\n{\"id\":\"b\",\"data\":{\"n\":2}}\n{\"id\":\"c\",\"data\":{\"n\":3}}\n").unwrap();
+    let url = format!("url={}/hook", api.origin());
+    let wasm = builtin("http-post");
+    let (input_s, wasm_s, origin) = (
+        input.to_str().unwrap().to_string(),
+        wasm.to_str().unwrap().to_string(),
+        api.origin(),
+    );
+    let granted = tokio::task::spawn_blocking({
+        let (input_s, wasm_s, url, origin) =
+            (input_s.clone(), wasm_s.clone(), url.clone(), origin.clone());
+        move || {
+            weft(
+                &[
+                    "plugin",
+                    "test",
+                    &wasm_s,
+                    "--input",
+                    &input_s,
+                    "--config",
+                    &url,
+                    "--allow-host",
+                    &origin,
+                ],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    let lines = stdout_lines(&granted);
+    assert_eq!(lines[0]["outcome"], "retry");
+    assert_eq!(lines[0]["after_ms"], 7000);
+    assert_eq!(lines[1]["outcome"], "rejected");
+    assert_eq!(lines[2]["outcome"], "delivered");
+    assert_eq!(api.requests().len(), 3);
+    assert_eq!(api.delivered()[0].json()["n"], 3);
+
+    // Without the grant, nothing leaves the sandbox.
+    let denied = tokio::task::spawn_blocking(move || {
+        weft(
+            &[
+                "plugin", "test", &wasm_s, "--input", &input_s, "--config", &url,
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let lines = stdout_lines(&denied);
+    assert!(
+        lines.iter().all(|l| l["outcome"] == "retry"
+            && l["reason"].as_str().unwrap().contains("HttpRequestDenied")),
+        "{lines:?}"
+    );
+    assert_eq!(api.requests().len(), 3);
+}
