@@ -1,4 +1,5 @@
-//! Builds the misbehaving test plugins in `tests/plugins/` into components.
+//! Builds the test plugins in `tests/plugins/` (Rust) and the JavaScript
+//! connectors in `plugins/*-js` into components.
 
 use std::path::PathBuf;
 
@@ -19,4 +20,18 @@ fn main() {
         manifest.join("plugins").display()
     );
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../host/build/weft_build.rs");
+    // JavaScript connectors: the pinned toolchain installs itself; if it
+    // cannot, the tests that need it fail and say why.
+    match weft_build::build_js_plugins(&root) {
+        Ok(dir) => {
+            println!("cargo:rustc-env=WEFT_JS_PLUGIN_DIR={}", dir.display());
+            println!("cargo:rustc-env=WEFT_JS_PLUGIN_ERROR=");
+        }
+        Err(reason) => {
+            println!("cargo:warning=JavaScript plugins not built: {reason}");
+            println!("cargo:rustc-env=WEFT_JS_PLUGIN_DIR=");
+            println!("cargo:rustc-env=WEFT_JS_PLUGIN_ERROR={reason}");
+        }
+    }
 }

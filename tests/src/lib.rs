@@ -410,3 +410,15 @@ impl WeftProcess {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 }
+
+/// A JavaScript connector component (built from `plugins/NAME` by the test
+/// build with componentize-js). Panics with the reason if the JavaScript
+/// toolchain could not be installed: such tests never pass silently.
+pub fn js_plugin(name: &str) -> PathBuf {
+    let error = env!("WEFT_JS_PLUGIN_ERROR");
+    assert!(
+        error.is_empty(),
+        "JavaScript plugins could not be built: {error}"
+    );
+    PathBuf::from(env!("WEFT_JS_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
