@@ -289,11 +289,11 @@ impl TestHost {
         format!("http://{}", self.running.admin_addr.expect("admin enabled"))
     }
 
-    /// GET an admin endpoint with the token; returns status and JSON.
-    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+    /// Calls an admin endpoint with the token; returns status and JSON.
+    pub async fn admin_call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
         let auth = format!("Bearer {}", self.running.admin_token);
         let (status, body) = send(
-            "GET",
+            method,
             &format!("{}{path}", self.admin()),
             "",
             &[("authorization", &auth)],
@@ -305,20 +305,14 @@ impl TestHost {
         )
     }
 
+    /// GET an admin endpoint with the token.
+    pub async fn admin_get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.admin_call("GET", path).await
+    }
+
     /// POST an admin endpoint with the token.
     pub async fn admin_post(&self, path: &str) -> (u16, serde_json::Value) {
-        let auth = format!("Bearer {}", self.running.admin_token);
-        let (status, body) = send(
-            "POST",
-            &format!("{}{path}", self.admin()),
-            "",
-            &[("authorization", &auth)],
-        )
-        .await;
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-        )
+        self.admin_call("POST", path).await
     }
 
     /// Queue counts.
