@@ -36,15 +36,6 @@ impl RetryPolicy {
         };
         (base * (1.0 + spread)).max(0.0) as u64
     }
-
-    /// The smallest delay the schedule can produce after `attempts` attempts
-    /// (the jitter at its lowest); tests use it to check spacing.
-    pub fn min_delay_ms(&self, attempts: u32) -> u64 {
-        let c = &self.config;
-        let exp = attempts.saturating_sub(1).min(60) as i32;
-        let base = (c.initial_ms as f64 * c.multiplier.powi(exp)).min(c.max_delay_ms as f64);
-        (base * (1.0 - c.jitter)) as u64
-    }
 }
 
 #[cfg(test)]
