@@ -22,6 +22,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/weft_build.rs");
+    println!("cargo:rerun-if-changed=src/toolchain.rs");
 }
 
 #[path = "build/weft_build.rs"]

@@ -1,5 +1,5 @@
 //! Builds the test plugins in `tests/plugins/` (Rust) and the JavaScript
-//! connectors in `plugins/*-js` into components.
+//! and Python connectors in `plugins/` into components.
 
 use std::path::PathBuf;
 
@@ -21,17 +21,27 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../host/build/weft_build.rs");
-    // JavaScript connectors: the pinned toolchain installs itself; if it
-    // cannot, the tests that need it fail and say why.
-    match weft_build::build_js_plugins(&root) {
-        Ok(dir) => {
-            println!("cargo:rustc-env=WEFT_JS_PLUGIN_DIR={}", dir.display());
-            println!("cargo:rustc-env=WEFT_JS_PLUGIN_ERROR=");
-        }
-        Err(reason) => {
-            println!("cargo:warning=JavaScript plugins not built: {reason}");
-            println!("cargo:rustc-env=WEFT_JS_PLUGIN_DIR=");
-            println!("cargo:rustc-env=WEFT_JS_PLUGIN_ERROR={reason}");
+    // JavaScript and Python connectors: the pinned toolchains install
+    // themselves; if one cannot, the tests that need it fail and say why.
+    for (language, tag) in [
+        (weft_build::Language::JavaScript, "JS"),
+        (weft_build::Language::Python, "PY"),
+    ] {
+        match weft_build::build_guest_plugins(&root, language) {
+            Ok(dir) => {
+                println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_DIR={}", dir.display());
+                println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_ERROR=");
+            }
+            Err(reason) => {
+                println!("cargo:warning={language:?} plugins not built: {reason}");
+                println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_DIR=");
+                println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_ERROR={reason}");
+            }
         }
     }
+    println!(
+        "cargo:rustc-env=WEFT_TOOLCHAIN_DIR={}",
+        root.join("target").join("toolchains").display()
+    );
+    println!("cargo:rerun-if-changed=../host/src/toolchain.rs");
 }

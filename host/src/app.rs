@@ -158,6 +158,7 @@ fn load_plugin(
         inject,
         timeout: Duration::from_millis(limits.http_timeout_ms),
         max_response_bytes: limits.max_response_bytes,
+        tape: None,
     });
     let state = match queue {
         Some(q) => q.state_tree(name)?,

@@ -103,6 +103,12 @@ pub enum PluginCommand {
         /// A secret, `name=ENV_VAR` (repeatable).
         #[arg(long = "secret", value_parser = parse_key_value)]
         secrets: Vec<(String, String)>,
+        /// Record the plugin's outbound HTTP exchanges into this fixture (JSON Lines).
+        #[arg(long, conflicts_with = "replay")]
+        record: Option<PathBuf>,
+        /// Answer the plugin's outbound HTTP from a recorded fixture, without network.
+        #[arg(long)]
+        replay: Option<PathBuf>,
     },
 }
 
@@ -220,6 +226,8 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             config,
             allow_hosts,
             secrets,
+            record,
+            replay,
         } => {
             let opts = crate::harness::HarnessOptions {
                 plugin,
@@ -229,6 +237,8 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 secrets,
                 expect,
                 limits: crate::config::Limits::default(),
+                record,
+                replay,
             };
             let ok = crate::harness::run(opts).await?;
             anyhow::ensure!(ok, "outputs differ from the expectations");

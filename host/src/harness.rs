@@ -15,6 +15,11 @@
 //! "rejected", "reason"?, "after_ms"?}` (sink), `{"rejected": {"status",
 //! "kind", "reason"}}` (source), or `{"failure": "..."}` when the plugin
 //! trapped or hit a limit. Plugin log lines go to stderr.
+//!
+//! With `--record FILE` the plugin's outbound HTTP exchanges (with a live API
+//! its `--allow-host` grants reach) are written to a fixture; with `--replay
+//! FILE` they are answered from it, so the connector is tested without the
+//! API (see [`crate::runtime::tape`]).
 
 use crate::config::Limits;
 use crate::event::Event;
@@ -22,6 +27,7 @@ use crate::ingress::{rejection_kind_name, rejection_status};
 use crate::runtime::bindings::wit;
 use crate::runtime::egress::{EgressPolicy, HostPattern};
 use crate::runtime::host::{PluginContext, Secret};
+use crate::runtime::tape::{Tape, TapeError};
 use crate::runtime::{Plugin, Role, Runtime};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -56,6 +62,9 @@ pub enum HarnessError {
     /// Bad option.
     #[error("{0}")]
     Usage(String),
+    /// The HTTP fixture could not be opened or read.
+    #[error(transparent)]
+    Tape(#[from] TapeError),
 }
 
 /// What to run.
@@ -75,6 +84,10 @@ pub struct HarnessOptions {
     pub expect: Option<PathBuf>,
     /// Sandbox limits.
     pub limits: Limits,
+    /// Record the plugin's outbound HTTP exchanges into this fixture.
+    pub record: Option<PathBuf>,
+    /// Answer the plugin's outbound HTTP from this fixture (no network).
+    pub replay: Option<PathBuf>,
 }
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, Value)>, HarnessError> {
@@ -275,12 +288,23 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
+    let tape = match (&opts.record, &opts.replay) {
+        (Some(_), Some(_)) => {
+            return Err(HarnessError::Usage(
+                "--record and --replay cannot be used together".into(),
+            ))
+        }
+        (Some(path), None) => Some(Arc::new(Tape::record(path)?)),
+        (None, Some(path)) => Some(Arc::new(Tape::replay(path)?)),
+        (None, None) => None,
+    };
     let egress = Arc::new(EgressPolicy {
         plugin: name.clone(),
         allowed,
         inject: Vec::new(),
         timeout: Duration::from_millis(opts.limits.http_timeout_ms),
         max_response_bytes: opts.limits.max_response_bytes,
+        tape,
     });
     let ctx = PluginContext {
         name,

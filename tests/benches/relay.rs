@@ -423,6 +423,7 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
             inject: vec![],
             timeout: Duration::from_secs(1),
             max_response_bytes: 1 << 20,
+            tape: None,
         }),
     };
     let plugin = runtime

@@ -69,6 +69,8 @@ struct ApiState {
     script: VecDeque<(u16, Vec<(String, String)>)>,
     default_status: u16,
     requests: Vec<ApiRequest>,
+    /// Fixed answers by path: status and body.
+    routes: std::collections::HashMap<String, (u16, String)>,
 }
 
 /// A stand-in for a third-party HTTP API: answers from a script (then a
@@ -121,10 +123,18 @@ impl FakeApi {
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            let (status, extra) = {
+                            let (status, extra, answer) = {
                                 let mut s = shared.lock().unwrap();
-                                let (status, extra) =
-                                    s.script.pop_front().unwrap_or((s.default_status, vec![]));
+                                let (status, extra, answer) = match s.routes.get(&path) {
+                                    Some((status, body)) => (*status, vec![], Some(body.clone())),
+                                    None => {
+                                        let (status, extra) = s
+                                            .script
+                                            .pop_front()
+                                            .unwrap_or((s.default_status, vec![]));
+                                        (status, extra, None)
+                                    }
+                                };
                                 s.requests.push(ApiRequest {
                                     at: Instant::now(),
                                     path,
@@ -132,11 +142,11 @@ impl FakeApi {
                                     body,
                                     status,
                                 });
-                                (status, extra)
+                                (status, extra, answer)
                             };
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
-                                "{{\"status\":{status}}}"
-                            ))));
+                            let body =
+                                answer.unwrap_or_else(|| format!("{{\"status\":{status}}}"));
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             for (k, v) in extra {
                                 resp.headers_mut().insert(
@@ -168,6 +178,15 @@ impl FakeApi {
                     .collect(),
             ));
         }
+    }
+
+    /// Requests for `path` always get `status` and `body` (before the script).
+    pub fn route(&self, path: &str, status: u16, body: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.to_string(), (status, body.to_string()));
     }
 
     /// The status answered once the script is used up.
@@ -415,4 +434,20 @@ pub fn js_plugin(name: &str) -> PathBuf {
         "JavaScript plugins could not be built: {error}"
     );
     PathBuf::from(env!("WEFT_JS_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A Python connector from `plugins/`, built by componentize-py.
+pub fn py_plugin(name: &str) -> PathBuf {
+    let error = env!("WEFT_PY_PLUGIN_ERROR");
+    assert!(
+        error.is_empty(),
+        "Python plugins could not be built: {error}"
+    );
+    PathBuf::from(env!("WEFT_PY_PLUGIN_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Where the build installed the pinned JavaScript and Python toolchains
+/// (handed to `weft plugin build` so tests do not install them twice).
+pub fn toolchain_dir() -> PathBuf {
+    PathBuf::from(env!("WEFT_TOOLCHAIN_DIR"))
 }

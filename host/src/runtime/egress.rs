@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use super::tape::Tape;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Which hosts a grant matches.
@@ -384,6 +385,8 @@ pub struct EgressPolicy {
     pub timeout: Duration,
     /// Largest response body the plugin may read.
     pub max_response_bytes: u64,
+    /// Record or replay exchanges (only `weft plugin test` sets this).
+    pub tape: Option<Arc<Tape>>,
 }
 
 impl EgressPolicy {
@@ -431,6 +434,19 @@ impl WasiHttpHooks for EgressHooks {
                 tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: host not in the plugin's allowed_hosts");
                 return Err(HttpError::HttpRequestDenied);
             }
+            let limit = policy.max_response_bytes;
+            let done = || {
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>
+            };
+            let mut captured = None;
+            if let Some(tape) = &policy.tape {
+                let (rebuilt, request_seen) = Tape::capture(request, limit).await?;
+                if tape.replaying() {
+                    return Ok((tape.answer(&request_seen)?, done()));
+                }
+                request = rebuilt;
+                captured = Some(request_seen);
+            }
             for injection in &policy.inject {
                 if injection.host.matches(&uri) {
                     request
@@ -458,7 +474,9 @@ impl WasiHttpHooks for EgressHooks {
                 }
                 Ok(Ok(r)) => r,
             };
-            let limit = policy.max_response_bytes;
+            if let (Some(tape), Some(request_seen)) = (&policy.tape, captured) {
+                return Ok((tape.keep(request_seen, response, limit).await?, done()));
+            }
             let deadline = Box::pin(tokio::time::sleep(timeout));
             let response = response.map(|inner| {
                 GuardedBody {
@@ -469,11 +487,7 @@ impl WasiHttpHooks for EgressHooks {
                 }
                 .boxed_unsync()
             });
-            Ok((
-                response,
-                Box::new(async { Ok(()) })
-                    as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            Ok((response, done()))
         })
     }
 }

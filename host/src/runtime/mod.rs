@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod cache;
 pub mod egress;
 pub mod host;
+pub mod tape;
 
 use crate::config::Limits;
 use crate::event::Event;

@@ -5,11 +5,18 @@
 //! orders (`status = "cancelled"`) are filtered out. Data that is not a JSON
 //! object with a numeric `total` fails permanently.
 //!
+//! With `tiers_url` set, the customer's tier is looked up over HTTP
+//! (`GET {tiers_url}/{data.customer}`, the host must grant that host): a
+//! `gold` customer is always `high`; the tier is added as `data.tier`. 404
+//! means no tier; 408, 429 and 5xx (or no answer) fail retryably; any other
+//! status, a body without a `tier`, or a customer id that is not plain
+//! (`[A-Za-z0-9_-]+`) fail permanently.
+//!
 //! The same connector is written in JavaScript in `plugins/order-priority-js`;
 //! `tests/tests/contract.rs` holds both to one contract.
 
 use serde_json::Value;
-use weft_sdk::{config, log, Event, Transform, TransformError};
+use weft_sdk::{config, http, log, Event, Transform, TransformError};
 
 /// The priority transform.
 pub struct OrderPriority;
@@ -35,7 +42,19 @@ impl Transform for OrderPriority {
         let threshold = config::get("threshold")
             .and_then(|t| t.parse::<f64>().ok())
             .unwrap_or(100.0);
-        let priority = if total >= threshold { "high" } else { "normal" };
+        let tier = match config::get("tiers_url") {
+            Some(url) => lookup_tier(&url, &data["customer"])?,
+            None => None,
+        };
+        let gold = tier.as_deref() == Some("gold");
+        if let Some(tier) = tier {
+            data["tier"] = Value::from(tier);
+        }
+        let priority = if gold || total >= threshold {
+            "high"
+        } else {
+            "normal"
+        };
         data["priority"] = Value::from(priority);
         log::log(
             log::Level::Debug,
@@ -46,6 +65,44 @@ impl Transform for OrderPriority {
         event.extensions.retain(|(k, _)| k != "priority");
         event.extensions.push(("priority".into(), priority.into()));
         Ok(vec![event])
+    }
+}
+
+/// Asks the tier service for the customer's tier; `None` when it has none.
+fn lookup_tier(base: &str, customer: &Value) -> Result<Option<String>, TransformError> {
+    let Some(customer) = customer.as_str() else {
+        return Ok(None);
+    };
+    let plain = !customer.is_empty()
+        && customer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !plain {
+        return Err(TransformError::Permanent(
+            "customer is not a plain id".into(),
+        ));
+    }
+    let url = format!("{}/{customer}", base.trim_end_matches('/'));
+    let response = http::Request::get(&url)
+        .send()
+        .map_err(|_| TransformError::Retryable("tier service unreachable".into()))?;
+    match response.status {
+        200 => {
+            let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+            match body["tier"].as_str() {
+                Some(tier) => Ok(Some(tier.to_string())),
+                None => Err(TransformError::Permanent(
+                    "tier service sent no tier".into(),
+                )),
+            }
+        }
+        404 => Ok(None),
+        s @ (408 | 429 | 500..=599) => Err(TransformError::Retryable(format!(
+            "tier service answered {s}"
+        ))),
+        s => Err(TransformError::Permanent(format!(
+            "tier service answered {s}"
+        ))),
     }
 }
 
