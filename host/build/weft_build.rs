@@ -94,6 +94,10 @@ pub fn build_guest_plugins(root: &Path, language: Language) -> Result<PathBuf, S
         .map(|e| e.path())
         .collect();
     dirs.sort();
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("sdk").join("python").display()
+    );
     for dir in dirs
         .into_iter()
         .filter(|d| Language::detect(d) == Some(language))
@@ -103,7 +107,8 @@ pub fn build_guest_plugins(root: &Path, language: Language) -> Result<PathBuf, S
             .map(|n| n.to_string_lossy().replace('-', "_"))
             .unwrap_or_default();
         let out = out_dir.join(format!("{name}.wasm"));
-        toolchain::componentize(language, &dir, &root.join("wit"), &tools, &out)?;
+        let python_path = [root.join("sdk").join("python")];
+        toolchain::componentize(language, &dir, &root.join("wit"), &tools, &out, &python_path)?;
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     Ok(out_dir)

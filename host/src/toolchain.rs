@@ -213,12 +213,15 @@ pub fn ensure_componentize_py(tools: &Path) -> Result<PathBuf, String> {
 
 /// Builds the JavaScript or Python plugin in `dir` into the component `out`
 /// against the WIT package in `wit`, installing the toolchain if needed.
+/// `python_path` lists extra module directories for Python (the plugin's own
+/// directory is always searched first).
 pub fn componentize(
     language: Language,
     dir: &Path,
     wit: &Path,
     tools: &Path,
     out: &Path,
+    python_path: &[PathBuf],
 ) -> Result<(), String> {
     let world = declared_world(dir, language)?;
     if let Some(parent) = out.parent() {
@@ -240,13 +243,18 @@ pub fn componentize(
         }
         Language::Python => {
             let bin = ensure_componentize_py(tools)?;
+            let mut cmd = Command::new(bin);
+            cmd.current_dir(dir)
+                .arg("-d")
+                .arg(wit)
+                .args(["-w", &format!("weft:connector/{world}"), "componentize", "-p", "."]);
+            for p in python_path {
+                cmd.arg("-p").arg(p);
+            }
+            // Only the paths given here: not whatever venv the caller is in.
+            cmd.env_remove("VIRTUAL_ENV");
             run(
-                Command::new(bin)
-                    .current_dir(dir)
-                    .arg("-d")
-                    .arg(wit)
-                    .args(["-w", &format!("weft:connector/{world}"), "componentize", "app", "-o"])
-                    .arg(out),
+                cmd.args(["app", "-o"]).arg(out),
                 &format!("componentize-py on {}", dir.display()),
             )
         }

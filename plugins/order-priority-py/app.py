@@ -5,21 +5,21 @@ tests/tests/contract.rs.
 Adds "priority" (high when data.total >= config threshold, default 100) to the
 event data and as an extension; drops cancelled orders; data without a numeric
 total fails permanently. With `tiers_url` set, the customer's tier is looked up
-(GET {tiers_url}/{customer}) over wasi:http, which the host routes through its
-egress policy: gold customers are always high.
+(GET {tiers_url}/{customer}) with `weft_http` (sdk/python, a small client over
+wasi:http), which the host routes through its egress policy: gold customers
+are always high.
 
 Built into a component by componentize-py (tests/build.rs):
-    componentize-py -d ../../wit -w weft:connector/transform componentize app -o out.wasm
+    componentize-py -d ../../wit -w weft:connector/transform componentize -p . -p ../../sdk/python app -o out.wasm
 """
 
 import json
 import re
-from urllib.parse import urlsplit
 
+import weft_http
 import wit_world
-from componentize_py_types import Err, Ok
-from wit_world.imports import config, log, outgoing_handler, streams
-from wit_world.imports import wasi_http_types as http
+from componentize_py_types import Err
+from wit_world.imports import config, log
 from wit_world.imports.weft_connector_types import (
     Event,
     TransformError_Permanent,
@@ -37,39 +37,6 @@ def retryable(reason: str) -> Err:
     return Err(TransformError_Retryable(reason))
 
 
-def http_get(url: str) -> tuple[int, bytes]:
-    """A blocking GET over wasi:http; raises OSError when no answer arrives."""
-    parts = urlsplit(url)
-    request = http.OutgoingRequest(http.Fields())
-    request.set_method(http.Method_Get())
-    request.set_scheme(http.Scheme_Https() if parts.scheme == "https" else http.Scheme_Http())
-    request.set_authority(parts.netloc)
-    request.set_path_with_query(parts.path + (f"?{parts.query}" if parts.query else ""))
-    try:
-        future = outgoing_handler.handle(request, None)
-    except Err as e:
-        raise OSError(f"request refused: {e.value}") from None
-    with future.subscribe() as ready:
-        ready.block()
-    answer = future.get()
-    if answer is None or isinstance(answer, Err) or isinstance(answer.value, Err):
-        raise OSError("no response")
-    chunks = []
-    # Resources are closed child-first: stream, then body, then response.
-    with answer.value.value as response:
-        status = response.status()
-        with response.consume() as body:
-            with body.stream() as stream:
-                while True:
-                    try:
-                        chunks.append(stream.blocking_read(16 * 1024))
-                    except Err as e:
-                        if isinstance(e.value, streams.StreamError_Closed):
-                            break
-                        raise OSError("response body failed") from None
-    return status, b"".join(chunks)
-
-
 def lookup_tier(base: str, customer) -> str | None:
     """The customer's tier from the tier service; None when it has none."""
     if not isinstance(customer, str):
@@ -77,9 +44,10 @@ def lookup_tier(base: str, customer) -> str | None:
     if not PLAIN_ID.match(customer):
         raise permanent("customer is not a plain id")
     try:
-        status, body = http_get(f"{base.rstrip('/')}/{customer}")
-    except OSError:
+        response = weft_http.request("GET", f"{base.rstrip('/')}/{customer}")
+    except weft_http.HttpError:
         raise retryable("tier service unreachable")
+    status, body = response.status, response.body
     if status == 200:
         try:
             tier = json.loads(body).get("tier")
