@@ -108,7 +108,14 @@ pub fn build_guest_plugins(root: &Path, language: Language) -> Result<PathBuf, S
             .unwrap_or_default();
         let out = out_dir.join(format!("{name}.wasm"));
         let python_path = [root.join("sdk").join("python")];
-        toolchain::componentize(language, &dir, &root.join("wit"), &tools, &out, &python_path)?;
+        toolchain::componentize(
+            language,
+            &dir,
+            &root.join("wit"),
+            &tools,
+            &out,
+            &python_path,
+        )?;
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     Ok(out_dir)

@@ -1,10 +1,14 @@
 //! `weft plugin new` and `weft plugin build`: start a connector in seconds.
 //!
-//! `new` writes a plugin that builds and passes its own sample test at once:
-//! the source, a JSON Lines input and the expected output for
-//! `weft plugin test`. Rust is supported today; JavaScript and Python are
-//! planned (see docs/connectors.md).
+//! `new` writes a plugin in Rust, JavaScript or Python that builds and passes
+//! its own sample test at once: the source, a JSON Lines input and the
+//! expected output for `weft plugin test` (for sinks also a recorded HTTP
+//! fixture, so the sample runs without the real API). JavaScript and Python
+//! plugins get a copy of the WIT contract in `wit/`; their toolchains
+//! (componentize-js, componentize-py, pinned) install themselves on the first
+//! `weft plugin build` (see [`crate::toolchain`]).
 
+use crate::toolchain::{self, Language};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,7 +89,10 @@ impl Transform for Plugin {{
         let mut data = event
             .json()
             .map_err(|e| TransformError::Permanent(format!("data is not JSON: {{e}}")))?;
-        data["processed_by"] = serde_json::json!("{name}");
+        let Some(fields) = data.as_object_mut() else {{
+            return Err(TransformError::Permanent("data is not a JSON object".into()));
+        }};
+        fields.insert("processed_by".into(), serde_json::json!("{name}"));
         event.set_json(&data);
         Ok(vec![event])
     }}
@@ -146,22 +153,304 @@ impl Sink for Plugin {{
 weft_sdk::export_sink!(Plugin);
 "#
         ),
-        other => {
-            return Err(ScaffoldError::Usage(format!(
-                "unknown role \"{other}\": use source, transform or sink"
-            )))
-        }
+        other => return Err(unknown_role(other)),
     })
 }
 
-fn sample_test(name: &str, role: &str) -> (String, String) {
-    match role {
-        "transform" => (
-            "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n{\"id\":\"2\",\"type\":\"demo\",\"data_text\":\"not json\"}\n".into(),
-            format!(
-                "{{\"events\":[{{\"id\":\"1\",\"source\":\"/weft/plugin-test\",\"type\":\"demo\",\"datacontenttype\":\"application/json\",\"data\":{{\"hello\":\"world\",\"processed_by\":\"{name}\"}}}}]}}\n{{\"error\":{{\"retryable\":false,\"reason\":\"data is not JSON: expected ident at line 1 column 2\"}}}}\n"
-            ),
+fn js_source(name: &str, role: &str) -> Result<String, ScaffoldError> {
+    Ok(match role {
+        "transform" => format!(
+            r#"// `{name}`: a Weft transform in JavaScript (componentize-js).
+// The contract is wit/connector.wit, world `transform`.
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+// One event in; a list of events out (empty = filtered out). Throw
+// {{ tag: 'retryable' | 'permanent', val: reason }} to fail.
+export function transform(event) {{
+  let data;
+  try {{
+    data = JSON.parse(decoder.decode(event.data));
+  }} catch (e) {{
+    throw {{ tag: 'permanent', val: 'data is not JSON' }};
+  }}
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {{
+    throw {{ tag: 'permanent', val: 'data is not a JSON object' }};
+  }}
+  data.processed_by = '{name}';
+  return [{{ ...event, data: encoder.encode(JSON.stringify(data)) }}];
+}}
+"#
         ),
+        "source" => format!(
+            r#"// `{name}`: a Weft source in JavaScript (componentize-js).
+// The contract is wit/connector.wit, world `source`.
+const decoder = new TextDecoder();
+
+// A webhook request in; events out. Throw {{ kind, reason }} to refuse it
+// with a 4xx (kinds: 'bad-request', 'unauthorized', 'unprocessable', ...).
+export function receive(request) {{
+  let body;
+  try {{
+    body = JSON.parse(decoder.decode(request.body));
+  }} catch (e) {{
+    throw {{ kind: 'bad-request', reason: 'body is not JSON' }};
+  }}
+  if (body === null || typeof body !== 'object' || typeof body.id !== 'string') {{
+    throw {{ kind: 'unprocessable', reason: 'body has no "id"' }};
+  }}
+  return [{{
+    id: body.id,
+    source: '/{name}',
+    type: '{name}.received',
+    subject: undefined,
+    time: undefined,
+    datacontenttype: 'application/json',
+    data: request.body,
+    extensions: [],
+  }}];
+}}
+"#
+        ),
+        "sink" => format!(
+            r#"// `{name}`: a Weft sink in JavaScript (componentize-js). POSTs each
+// event's data to the configured `url` with the standard `fetch`; the host
+// only lets it reach hosts granted in the plugin's `allowed_hosts`.
+// The contract is wit/connector.wit, world `sink`.
+import {{ get }} from 'weft:connector/config@0.1.0';
+
+// Outcomes: {{ tag: 'delivered' }}, {{ tag: 'retry', val: {{ reason, afterMs }} }}
+// (afterMs optional) or {{ tag: 'rejected', val: reason }}.
+export async function deliver(event) {{
+  const url = get('url');
+  if (url == null) {{
+    return {{ tag: 'rejected', val: '{name}: config `url` is not set' }};
+  }}
+  let response;
+  try {{
+    response = await fetch(url, {{
+      method: 'POST',
+      headers: {{ 'content-type': 'application/json', 'idempotency-key': event.id }},
+      body: event.data,
+    }});
+  }} catch (e) {{
+    return {{ tag: 'retry', val: {{ reason: `no response: ${{e}}` }} }};
+  }}
+  const status = response.status;
+  const snippet = (await response.text()).slice(0, 200);
+  if (status >= 200 && status < 300) {{
+    return {{ tag: 'delivered' }};
+  }}
+  if (status === 408 || status === 429 || status >= 500) {{
+    const seconds = Number(response.headers.get('retry-after'));
+    const afterMs = Number.isInteger(seconds) && seconds >= 0 ? BigInt(seconds * 1000) : undefined;
+    return {{ tag: 'retry', val: {{ reason: `HTTP ${{status}}: ${{snippet}}`, afterMs }} }};
+  }}
+  if (status >= 300 && status < 400) {{
+    return {{ tag: 'rejected', val: `HTTP ${{status}}: redirects are not followed` }};
+  }}
+  return {{ tag: 'rejected', val: `HTTP ${{status}}: ${{snippet}}` }};
+}}
+
+// Several events at once (the host may batch): one outcome per event.
+export async function deliverBatch(events) {{
+  const outcomes = [];
+  for (const event of events) {{
+    outcomes.push(await deliver(event));
+  }}
+  return outcomes;
+}}
+"#
+        ),
+        other => return Err(unknown_role(other)),
+    })
+}
+
+fn py_source(name: &str, role: &str) -> Result<String, ScaffoldError> {
+    Ok(match role {
+        "transform" => format!(
+            r#""""`{name}`: a Weft transform in Python (componentize-py).
+
+The contract is wit/connector.wit, world `transform`.
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports.weft_connector_types import Event, TransformError_Permanent
+
+
+class WitWorld(wit_world.WitWorld):
+    def transform(self, event: Event) -> list[Event]:
+        """One event in; a list of events out (empty = filtered out).
+
+        Raise Err(TransformError_Retryable(reason)) or
+        Err(TransformError_Permanent(reason)) to fail.
+        """
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            raise Err(TransformError_Permanent("data is not JSON"))
+        if not isinstance(data, dict):
+            raise Err(TransformError_Permanent("data is not a JSON object"))
+        data["processed_by"] = "{name}"
+        event.data = json.dumps(data).encode()
+        return [event]
+"#
+        ),
+        "source" => format!(
+            r#""""`{name}`: a Weft source in Python (componentize-py).
+
+The contract is wit/connector.wit, world `source`.
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports.weft_connector_types import (
+    Event,
+    Rejection,
+    RejectionKind,
+    WebhookRequest,
+)
+
+
+class WitWorld(wit_world.WitWorld):
+    def receive(self, request: WebhookRequest) -> list[Event]:
+        """A webhook request in; events out. Raise Err(Rejection(...)) to
+        refuse it with a 4xx."""
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            raise Err(Rejection(RejectionKind.BAD_REQUEST, "body is not JSON"))
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise Err(Rejection(RejectionKind.UNPROCESSABLE, 'body has no "id"'))
+        return [
+            Event(
+                id=body["id"],
+                source="/{name}",
+                type="{name}.received",
+                subject=None,
+                time=None,
+                datacontenttype="application/json",
+                data=request.body,
+                extensions=[],
+            )
+        ]
+"#
+        ),
+        "sink" => format!(
+            r#""""`{name}`: a Weft sink in Python (componentize-py). POSTs each event's
+data to the configured `url` with `weft_http` (a small client over wasi:http);
+the host only lets it reach hosts granted in the plugin's `allowed_hosts`.
+
+The contract is wit/connector.wit, world `sink`.
+"""
+
+import weft_http
+import wit_world
+from wit_world.imports import config
+from wit_world.imports.weft_connector_types import (
+    DeliveryOutcome,
+    DeliveryOutcome_Delivered,
+    DeliveryOutcome_Rejected,
+    DeliveryOutcome_Retry,
+    Event,
+    RetryRequest,
+)
+
+
+class WitWorld(wit_world.WitWorld):
+    def deliver(self, event: Event) -> DeliveryOutcome:
+        url = config.get("url")
+        if url is None:
+            return DeliveryOutcome_Rejected("{name}: config `url` is not set")
+        try:
+            response = weft_http.request(
+                "POST",
+                url,
+                [("content-type", "application/json"), ("idempotency-key", event.id)],
+                event.data,
+            )
+        except weft_http.HttpError as e:
+            return DeliveryOutcome_Retry(RetryRequest(f"no response: {{e}}", None))
+        status = response.status
+        snippet = response.body[:200].decode(errors="replace")
+        if 200 <= status < 300:
+            return DeliveryOutcome_Delivered()
+        if status in (408, 429) or status >= 500:
+            reason = f"HTTP {{status}}: {{snippet}}"
+            return DeliveryOutcome_Retry(RetryRequest(reason, weft_http.retry_after_ms(response)))
+        if 300 <= status < 400:
+            return DeliveryOutcome_Rejected(f"HTTP {{status}}: redirects are not followed")
+        return DeliveryOutcome_Rejected(f"HTTP {{status}}: {{snippet}}")
+
+    def deliver_batch(self, events: list[Event]) -> list[DeliveryOutcome]:
+        """Several events at once (the host may batch): one outcome each."""
+        return [self.deliver(event) for event in events]
+"#
+        ),
+        other => return Err(unknown_role(other)),
+    })
+}
+
+fn unknown_role(role: &str) -> ScaffoldError {
+    ScaffoldError::Usage(format!(
+        "unknown role \"{role}\": use source, transform or sink"
+    ))
+}
+
+/// Where the sample sink test sends (answered from `test/http.jsonl`).
+pub const SAMPLE_SINK_URL: &str = "http://api.example.com/events";
+/// The grant the sample sink test needs.
+pub const SAMPLE_SINK_HOST: &str = "http://api.example.com";
+
+/// The recorded API the sample sink test replays: accepted, busy (retry in
+/// 7 s), unknown (rejected).
+fn sample_fixture() -> String {
+    let exchange = |body: &str, status: u16, headers: serde_json::Value, answer: &str| {
+        serde_json::json!({
+            "request": { "method": "POST", "url": SAMPLE_SINK_URL, "body": body },
+            "response": { "status": status, "headers": headers, "body": answer }
+        })
+        .to_string()
+    };
+    [
+        exchange("{\"hello\":\"world\"}", 202, serde_json::json!({}), ""),
+        exchange(
+            "{\"hello\":\"again\"}",
+            503,
+            serde_json::json!({ "retry-after": "7" }),
+            "busy",
+        ),
+        exchange(
+            "{\"hello\":\"nobody\"}",
+            404,
+            serde_json::json!({}),
+            "no such thing",
+        ),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+/// The sample test: input lines and expected output lines.
+fn sample_test(name: &str, role: &str, lang: Language) -> (String, String) {
+    match role {
+        "transform" => {
+            let not_json = match lang {
+                Language::Rust => "data is not JSON: expected ident at line 1 column 2",
+                _ => "data is not JSON",
+            };
+            (
+                "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n{\"id\":\"2\",\"type\":\"demo\",\"data_text\":\"not json\"}\n{\"id\":\"3\",\"type\":\"demo\",\"data\":[1,2]}\n".into(),
+                format!(
+                    "{{\"events\":[{{\"id\":\"1\",\"source\":\"/weft/plugin-test\",\"type\":\"demo\",\"datacontenttype\":\"application/json\",\"data\":{{\"hello\":\"world\",\"processed_by\":\"{name}\"}}}}]}}\n{{\"error\":{{\"retryable\":false,\"reason\":\"{not_json}\"}}}}\n{{\"error\":{{\"retryable\":false,\"reason\":\"data is not a JSON object\"}}}}\n"
+                ),
+            )
+        }
         "source" => (
             "{\"body\":{\"id\":\"a1\",\"amount\":5}}\n{\"body_text\":\"nope\"}\n{\"body\":{\"amount\":5}}\n".into(),
             format!(
@@ -169,21 +458,83 @@ fn sample_test(name: &str, role: &str) -> (String, String) {
             ),
         ),
         _ => (
-            "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n".into(),
-            format!("{{\"outcome\":\"rejected\",\"reason\":\"{name}: config `url` is not set\"}}\n"),
+            "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n{\"id\":\"2\",\"type\":\"demo\",\"data\":{\"hello\":\"again\"}}\n{\"id\":\"3\",\"type\":\"demo\",\"data\":{\"hello\":\"nobody\"}}\n".into(),
+            "{\"outcome\":\"delivered\"}\n{\"outcome\":\"retry\",\"reason\":\"HTTP 503: busy\",\"after_ms\":7000}\n{\"outcome\":\"rejected\",\"reason\":\"HTTP 404: no such thing\"}\n".into(),
         ),
     }
 }
 
+/// The `weft plugin test` arguments of the sample test, after the component.
+pub fn sample_test_args(role: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--input",
+        "test/input.jsonl",
+        "--expect",
+        "test/expected.jsonl",
+    ]
+    .map(String::from)
+    .to_vec();
+    if role == "sink" {
+        args.extend(
+            [
+                "--replay".to_string(),
+                "test/http.jsonl".to_string(),
+                "--config".to_string(),
+                format!("url={SAMPLE_SINK_URL}"),
+                "--allow-host".to_string(),
+                SAMPLE_SINK_HOST.to_string(),
+            ]
+            .into_iter(),
+        );
+    }
+    args
+}
+
+/// The WIT contract, for JavaScript and Python plugins' `wit/` directory.
+const WIT_FILES: [(&str, &str); 8] = [
+    ("connector.wit", include_str!("../../wit/connector.wit")),
+    (
+        "deps/cli/cli.wit",
+        include_str!("../../wit/deps/cli/cli.wit"),
+    ),
+    (
+        "deps/clocks/clocks.wit",
+        include_str!("../../wit/deps/clocks/clocks.wit"),
+    ),
+    (
+        "deps/filesystem/filesystem.wit",
+        include_str!("../../wit/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "deps/http/http.wit",
+        include_str!("../../wit/deps/http/http.wit"),
+    ),
+    ("deps/io/io.wit", include_str!("../../wit/deps/io/io.wit")),
+    (
+        "deps/random/random.wit",
+        include_str!("../../wit/deps/random/random.wit"),
+    ),
+    (
+        "deps/sockets/sockets.wit",
+        include_str!("../../wit/deps/sockets/sockets.wit"),
+    ),
+];
+
+/// The Python HTTP helper copied into Python plugins.
+const WEFT_HTTP_PY: &str = include_str!("../../sdk/python/weft_http.py");
+
 /// The component file `weft plugin build` produces for the plugin in `dir`.
-pub fn wasm_path(dir: &Path, name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("target"));
-    target
-        .join("wasm32-wasip2")
-        .join("release")
-        .join(format!("{}.wasm", name.replace('-', "_")))
+pub fn wasm_path(dir: &Path, name: &str, lang: Language) -> PathBuf {
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    match lang {
+        Language::Rust => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("target"))
+            .join("wasm32-wasip2")
+            .join("release")
+            .join(file),
+        Language::JavaScript | Language::Python => dir.join("target").join(file),
+    }
 }
 
 /// Creates a new plugin in `parent/name`.
@@ -203,12 +554,65 @@ pub fn new_plugin(
             "plugin name \"{name}\": use lower-case letters, digits and '-'"
         )));
     }
-    if lang != "rust" {
-        return Err(ScaffoldError::Usage(format!(
-            "--lang {lang}: only rust plugins can be scaffolded by this version (JavaScript and Python are planned)"
-        )));
+    let language = Language::parse(lang)
+        .ok_or_else(|| ScaffoldError::Usage(format!("--lang {lang}: use rust, js or python")))?;
+    let mut files: Vec<(String, String)> = match language {
+        Language::Rust => vec![
+            ("Cargo.toml".into(), cargo_toml(name)),
+            ("src/lib.rs".into(), rust_source(name, role)?),
+            (".gitignore".into(), "target/\n".into()),
+        ],
+        Language::JavaScript => vec![
+            ("app.js".into(), js_source(name, role)?),
+            (
+                "package.json".into(),
+                format!(
+                    "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"main\": \"app.js\",\n  \"weft\": {{ \"world\": \"{role}\" }}\n}}\n"
+                ),
+            ),
+            (".gitignore".into(), "target/\nnode_modules/\n".into()),
+        ],
+        Language::Python => vec![
+            ("app.py".into(), py_source(name, role)?),
+            ("weft_http.py".into(), WEFT_HTTP_PY.into()),
+            (
+                "pyproject.toml".into(),
+                format!(
+                    "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\n\n# Which Weft world this plugin implements.\n[tool.weft]\nworld = \"{role}\"\n"
+                ),
+            ),
+            (".gitignore".into(), "target/\n__pycache__/\n".into()),
+        ],
+    };
+    if language != Language::Rust {
+        for (rel, text) in WIT_FILES {
+            files.push((format!("wit/{rel}"), text.into()));
+        }
     }
-    let source = rust_source(name, role)?;
+    let (input, expected) = sample_test(name, role, language);
+    files.push(("test/input.jsonl".into(), input));
+    files.push(("test/expected.jsonl".into(), expected));
+    if role == "sink" {
+        files.push(("test/http.jsonl".into(), sample_fixture()));
+    }
+    let wasm = wasm_path(Path::new("."), name, language);
+    let wasm = wasm
+        .strip_prefix(".")
+        .unwrap_or(&wasm)
+        .display()
+        .to_string();
+    let test_args = sample_test_args(role).join(" ");
+    let toolchain_note = match language {
+        Language::Rust => "",
+        Language::JavaScript => "\nThe first build installs componentize-js (pinned) under `~/.cache/weft/toolchains` (or `$WEFT_TOOLCHAIN_DIR`); it needs Node.js and npm.\n",
+        Language::Python => "\nThe first build installs componentize-py (pinned) under `~/.cache/weft/toolchains` (or `$WEFT_TOOLCHAIN_DIR`); it needs Python 3.11+ with venv.\n",
+    };
+    files.push((
+        "README.md".into(),
+        format!(
+            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} {test_args}\n```\n{toolchain_note}\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{name}/{wasm}\"\n```\n"
+        ),
+    ));
     let dir = parent.join(name);
     if dir.exists() {
         return Err(ScaffoldError::Usage(format!(
@@ -216,40 +620,52 @@ pub fn new_plugin(
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir.join("src")).map_err(io(&dir))?;
-    std::fs::create_dir_all(dir.join("test")).map_err(io(&dir))?;
-    let write = |rel: &str, text: &str| {
+    for (rel, text) in &files {
         let path = dir.join(rel);
-        std::fs::write(&path, text).map_err(io(&path))
-    };
-    write("Cargo.toml", &cargo_toml(name))?;
-    write("src/lib.rs", &source)?;
-    let (input, expected) = sample_test(name, role);
-    write("test/input.jsonl", &input)?;
-    write("test/expected.jsonl", &expected)?;
-    write(".gitignore", "target/\n")?;
-    let wasm = format!(
-        "target/wasm32-wasip2/release/{}.wasm",
-        name.replace('-', "_")
-    );
-    write(
-        "README.md",
-        &format!(
-            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} --input test/input.jsonl --expect test/expected.jsonl\n```\n\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{name}/{wasm}\"\n```\n"
-        ),
-    )?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
     Ok(dir)
 }
 
-/// Builds the plugin in `dir`; returns the component's path.
+/// Builds the plugin in `dir`, in whichever language it is written; returns
+/// the component's path.
 pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
-    let manifest = dir.join("Cargo.toml");
-    if !manifest.exists() {
-        return Err(ScaffoldError::Usage(format!(
-            "{}: no Cargo.toml (only Rust plugins can be built by this version)",
+    let language = Language::detect(dir).ok_or_else(|| {
+        ScaffoldError::Usage(format!(
+            "{}: not a plugin directory (expected Cargo.toml, app.js with package.json, or app.py with pyproject.toml)",
             dir.display()
-        )));
+        ))
+    })?;
+    if language != Language::Rust {
+        let name = dir
+            .canonicalize()
+            .map_err(io(dir))?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        let wit = dir.join("wit");
+        if !wit.join("connector.wit").exists() {
+            return Err(ScaffoldError::Usage(format!(
+                "{}: no wit/connector.wit (plugins made by `weft plugin new` have one)",
+                dir.display()
+            )));
+        }
+        let out = wasm_path(dir, &name, language);
+        toolchain::componentize(
+            language,
+            dir,
+            &wit,
+            &toolchain::default_tool_dir(),
+            &out,
+            &[],
+        )
+        .map_err(ScaffoldError::Build)?;
+        return Ok(out);
     }
+    let manifest = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(io(&manifest))?;
     let name = text
         .lines()
@@ -260,27 +676,10 @@ pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
         })
         .ok_or_else(|| ScaffoldError::Usage(format!("{}: no package name", manifest.display())))?
         .to_string();
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
-    if let Ok(o) = installed {
-        if !String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .any(|l| l.trim() == "wasm32-wasip2")
-        {
-            let ok = Command::new("rustup")
-                .args(["target", "add", "wasm32-wasip2"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                return Err(ScaffoldError::Build("the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed".into()));
-            }
-        }
-    }
+    toolchain::ensure_wasm_target().map_err(ScaffoldError::Build)?;
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
-        .args(["build", "--target", "wasm32-wasip2", "--release"])
+        .args(["build", "--target", toolchain::WASM_TARGET, "--release"])
         .status()
         .map_err(|e| ScaffoldError::Build(format!("cannot run cargo: {e}")))?;
     if !status.success() {
@@ -289,5 +688,5 @@ pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
             dir.display()
         )));
     }
-    Ok(wasm_path(dir, &name))
+    Ok(wasm_path(dir, &name, language))
 }

@@ -141,8 +141,11 @@ pub fn declared_world(dir: &Path, language: Language) -> Result<String, String> 
     Ok(world.to_string())
 }
 
+/// Runs a tool; its chatter goes to stderr (stdout carries results, and a
+/// build script's stdout carries instructions to cargo).
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let status = cmd
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| format!("cannot run {what}: {e}"))?;
     if status.success() {
@@ -155,7 +158,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 /// Installs componentize-js under `tools` if it is not there; returns its CLI.
 pub fn ensure_componentize_js(tools: &Path) -> Result<PathBuf, String> {
     let dir = tools.join(format!("componentize-js-{COMPONENTIZE_JS}"));
-    let bin = dir.join("node_modules").join(".bin").join("componentize-js");
+    let bin = dir
+        .join("node_modules")
+        .join(".bin")
+        .join("componentize-js");
     if bin.exists() {
         return Ok(bin);
     }
@@ -177,7 +183,10 @@ pub fn ensure_componentize_js(tools: &Path) -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("npm installed componentize-js but {} is missing", bin.display()))
+        Err(format!(
+            "npm installed componentize-js but {} is missing",
+            bin.display()
+        ))
     }
 }
 
@@ -207,7 +216,10 @@ pub fn ensure_componentize_py(tools: &Path) -> Result<PathBuf, String> {
     if bin.exists() {
         Ok(bin)
     } else {
-        Err(format!("pip installed componentize-py but {} is missing", bin.display()))
+        Err(format!(
+            "pip installed componentize-py but {} is missing",
+            bin.display()
+        ))
     }
 }
 
@@ -244,10 +256,13 @@ pub fn componentize(
         Language::Python => {
             let bin = ensure_componentize_py(tools)?;
             let mut cmd = Command::new(bin);
-            cmd.current_dir(dir)
-                .arg("-d")
-                .arg(wit)
-                .args(["-w", &format!("weft:connector/{world}"), "componentize", "-p", "."]);
+            cmd.current_dir(dir).arg("-d").arg(wit).args([
+                "-w",
+                &format!("weft:connector/{world}"),
+                "componentize",
+                "-p",
+                ".",
+            ]);
             for p in python_path {
                 cmd.arg("-p").arg(p);
             }

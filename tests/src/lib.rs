@@ -144,8 +144,7 @@ impl FakeApi {
                                 });
                                 (status, extra, answer)
                             };
-                            let body =
-                                answer.unwrap_or_else(|| format!("{{\"status\":{status}}}"));
+                            let body = answer.unwrap_or_else(|| format!("{{\"status\":{status}}}"));
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             for (k, v) in extra {

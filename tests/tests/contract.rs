@@ -66,9 +66,7 @@ async fn tier_service() -> FakeApi {
 
 /// Cases with the tier lookup on.
 fn tier_cases() -> Vec<(Value, Value)> {
-    let order = |id: &str, customer: &str, total: i64| {
-        json!({ "id": id, "type": "order", "data": { "customer": customer, "total": total } })
-    };
+    let order = |id: &str, customer: &str, total: i64| json!({ "id": id, "type": "order", "data": { "customer": customer, "total": total } });
     let out = |id: &str, customer: &str, total: i64, tier: Option<&str>, priority: &str| {
         let mut data = json!({ "customer": customer, "total": total, "priority": priority });
         if let Some(tier) = tier {
@@ -80,9 +78,7 @@ fn tier_cases() -> Vec<(Value, Value)> {
             "extensions": { "priority": priority }
         }] })
     };
-    let error = |retryable: bool, reason: &str| {
-        json!({ "error": { "retryable": retryable, "reason": reason } })
-    };
+    let error = |retryable: bool, reason: &str| json!({ "error": { "retryable": retryable, "reason": reason } });
     vec![
         (
             order("g", "c-gold", 20),
@@ -165,7 +161,10 @@ async fn check(plugin_path: &Path, language: &str) {
     let granted = options(plugin_path, &config, &[api.origin()]);
     expect_cases(&granted, &tier_cases(), &format!("{language}, live")).await;
     let live_requests = api.requests().len();
-    assert_eq!(live_requests, 6, "{language}: one lookup per plain customer id");
+    assert_eq!(
+        live_requests, 6,
+        "{language}: one lookup per plain customer id"
+    );
 
     // No grant for the tier service: the sandbox refuses, the connector
     // reports a retryable failure.
@@ -180,7 +179,11 @@ async fn check(plugin_path: &Path, language: &str) {
         &format!("{language}, no grant"),
     )
     .await;
-    assert_eq!(api.requests().len(), live_requests, "{language}: denied request went out");
+    assert_eq!(
+        api.requests().len(),
+        live_requests,
+        "{language}: denied request went out"
+    );
 
     // Record the exchanges, then replay them: same outputs, no network.
     let dir = tempfile::tempdir().unwrap();
@@ -192,11 +195,16 @@ async fn check(plugin_path: &Path, language: &str) {
     assert_eq!(recorded, live_requests + 6);
     let tape = std::fs::read_to_string(&fixture).unwrap();
     assert_eq!(tape.lines().count(), 6, "{language}: {tape}");
-    let exchanges: Vec<Value> = tape.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exchanges: Vec<Value> = tape
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(
-        exchanges.iter().any(|x| x["request"]["url"] == json!(format!("{tiers_url}/c-gold"))
-            && x["response"]["status"] == 200
-            && x["response"]["body"] == r#"{"tier":"gold"}"#),
+        exchanges.iter().any(
+            |x| x["request"]["url"] == json!(format!("{tiers_url}/c-gold"))
+                && x["response"]["status"] == 200
+                && x["response"]["body"] == r#"{"tier":"gold"}"#
+        ),
         "{language}: {tape}"
     );
     let mut replaying = granted.clone();

@@ -24,20 +24,24 @@ fn stdout_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn scaffolded_plugins_build_and_pass_their_own_sample_tests() {
+/// `plugin new` → `plugin build` → the sample test, for every role in `lang`.
+fn scaffold_build_and_test(lang: &str) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("target");
-    let env = [("CARGO_TARGET_DIR", target.as_path())];
+    let tools = weft_tests::toolchain_dir();
+    let env = [
+        ("CARGO_TARGET_DIR", target.as_path()),
+        ("WEFT_TOOLCHAIN_DIR", tools.as_path()),
+    ];
     for role in ["source", "transform", "sink"] {
-        let name = format!("my-{role}");
+        let name = format!("my-{lang}-{role}");
         let out = weft(
             &[
                 "plugin",
                 "new",
                 &name,
                 "--lang",
-                "rust",
+                lang,
                 "--role",
                 role,
                 "--dir",
@@ -57,46 +61,78 @@ fn scaffolded_plugins_build_and_pass_their_own_sample_tests() {
         );
         assert!(
             out.status.success(),
-            "build {role}: {}",
+            "build {lang} {role}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let wasm = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(Path::new(&wasm).exists(), "{wasm}");
-        let out = weft(
-            &[
-                "plugin",
-                "test",
-                &wasm,
-                "--input",
-                plugin_dir.join("test/input.jsonl").to_str().unwrap(),
-                "--expect",
-                plugin_dir.join("test/expected.jsonl").to_str().unwrap(),
-            ],
-            &[],
-        );
+        // The sample test exactly as the generated README gives it.
+        let mut args = vec!["plugin".to_string(), "test".to_string(), wasm.clone()];
+        args.extend(weft::scaffold::sample_test_args(role));
+        let readme = std::fs::read_to_string(plugin_dir.join("README.md")).unwrap();
+        assert!(readme.contains(&args[3..].join(" ")), "{readme}");
+        let out = Command::new(BINARY)
+            .current_dir(&plugin_dir)
+            .arg("--log-level")
+            .arg("warn")
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
-            "{role} sample test: {}{}",
+            "{lang} {role} sample test: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("outputs as expected"));
     }
+}
+
+#[test]
+fn scaffolded_rust_plugins_build_and_pass_their_own_sample_tests() {
+    scaffold_build_and_test("rust");
+}
+
+#[test]
+fn scaffolded_javascript_plugins_build_and_pass_their_own_sample_tests() {
+    scaffold_build_and_test("js");
+}
+
+#[test]
+fn scaffolded_python_plugins_build_and_pass_their_own_sample_tests() {
+    scaffold_build_and_test("python");
+}
+
+#[test]
+fn scaffolding_refuses_unknown_languages_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
     let out = weft(
         &[
-            "plugin",
-            "new",
-            "x",
-            "--lang",
-            "cobol",
-            "--role",
-            "sink",
-            "--dir",
-            dir.path().to_str().unwrap(),
+            "plugin", "new", "x", "--lang", "cobol", "--role", "sink", "--dir", d,
         ],
         &[],
     );
     assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use rust, js or python"));
+    for lang in ["rust", "js", "python"] {
+        let out = weft(
+            &[
+                "plugin", "new", "x", "--lang", lang, "--role", "router", "--dir", d,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{lang}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unknown role \"router\""),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing is written on a refusal"
+    );
 }
 
 #[test]

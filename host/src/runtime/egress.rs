@@ -8,6 +8,7 @@
 //! headers injected and go out through one shared [`HttpClient`], whose
 //! connector refuses addresses no grant should reach (see [`ip_allowed`]).
 
+use super::tape::Tape;
 use bytes::Bytes;
 use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Uri};
@@ -23,7 +24,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use super::tape::Tape;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Which hosts a grant matches.

@@ -106,12 +106,7 @@ fn body_from_json(v: &Value) -> Result<Bytes, String> {
 }
 
 fn headers_json(headers: &[(String, String)]) -> Value {
-    Value::Object(
-        headers
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect(),
-    )
+    Value::Object(headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
 fn exchange_from_json(v: &Value) -> Result<Exchange, String> {
@@ -252,7 +247,9 @@ impl Tape {
     /// Answers a captured request from the recorded exchanges.
     pub fn answer(&self, request: &Captured) -> Result<http::Response<WasiBody>, HttpError> {
         let Mode::Replay(exchanges) = &self.mode else {
-            return Err(HttpError::InternalError(Some("tape is not replaying".into())));
+            return Err(HttpError::InternalError(Some(
+                "tape is not replaying".into(),
+            )));
         };
         let mut exchanges = exchanges
             .lock()
