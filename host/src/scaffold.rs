@@ -475,17 +475,14 @@ pub fn sample_test_args(role: &str) -> Vec<String> {
     .map(String::from)
     .to_vec();
     if role == "sink" {
-        args.extend(
-            [
-                "--replay".to_string(),
-                "test/http.jsonl".to_string(),
-                "--config".to_string(),
-                format!("url={SAMPLE_SINK_URL}"),
-                "--allow-host".to_string(),
-                SAMPLE_SINK_HOST.to_string(),
-            ]
-            .into_iter(),
-        );
+        args.extend([
+            "--replay".to_string(),
+            "test/http.jsonl".to_string(),
+            "--config".to_string(),
+            format!("url={SAMPLE_SINK_URL}"),
+            "--allow-host".to_string(),
+            SAMPLE_SINK_HOST.to_string(),
+        ]);
     }
     args
 }
