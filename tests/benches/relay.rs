@@ -9,7 +9,10 @@
 //! micro-benchmark of one plugin hop (instantiate from the pool + call with a
 //! 1 KiB event).
 //!
-//! `cargo bench -p weft-tests --bench relay [-- SECONDS]`
+//! `cargo bench -p weft-tests --bench relay [-- SECONDS]`; `-- hop` runs
+//! only the hop micro-benchmark; `-- languages` compares one connector
+//! (order-priority) in Rust, JavaScript and Python: compile, cached load,
+//! per-call cost with a fresh instance and on a warm one.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -452,6 +455,104 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
     (started.elapsed().as_secs_f64() * 1e6 / n as f64, size)
 }
 
+/// Loads `path` as a transform with `threshold=100` into `runtime`.
+fn load_transform(
+    runtime: &Arc<weft::runtime::Runtime>,
+    path: &Path,
+) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
+    use weft::runtime::egress::EgressPolicy;
+    use weft::runtime::host::PluginContext;
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let mut config = std::collections::BTreeMap::new();
+    config.insert("threshold".to_string(), "100".to_string());
+    let ctx = PluginContext {
+        name: "order-priority".into(),
+        config,
+        secrets: Default::default(),
+        state: db.open_tree("s").unwrap(),
+        egress: Arc::new(EgressPolicy {
+            plugin: "order-priority".into(),
+            allowed: vec![],
+            inject: vec![],
+            timeout: Duration::from_secs(1),
+            max_response_bytes: 1 << 20,
+            tape: None,
+        }),
+    };
+    runtime.load(ctx, path, weft::config::Limits::default())
+}
+
+/// The same connector (order-priority) in Rust, JavaScript and Python: cold
+/// compile vs cached load, and per call with a fresh instance (what the
+/// router does) vs on a warm instance; instantiation = the difference.
+async fn languages() {
+    let mut data: serde_json::Value = serde_json::from_str(&order(1, 0)).unwrap();
+    data["total"] = serde_json::json!(36.0);
+    // Pad the note so the event is 1 KiB.
+    let size = serde_json::to_vec(&data).unwrap().len();
+    let note = data["note"].as_str().unwrap_or_default().to_string();
+    data["note"] = serde_json::json!(format!(
+        "{note}{}",
+        "x".repeat(1024usize.saturating_sub(size))
+    ));
+    let event = weft::event::Event {
+        id: "e".into(),
+        source: "/b".into(),
+        ty: "order".into(),
+        subject: None,
+        time: None,
+        datacontenttype: Some("application/json".into()),
+        data: serde_json::to_vec(&data).unwrap(),
+        extensions: vec![],
+    };
+    println!("order-priority on a {}-byte event", event.data.len());
+    println!("| language | component MB | cold compile ms | cached load ms | call, fresh instance µs | call, warm instance µs | instantiate µs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (language, path, calls) in [
+        ("Rust", weft_tests::builtin("order-priority"), 20_000u32),
+        (
+            "JavaScript",
+            weft_tests::js_plugin("order-priority-js"),
+            2_000,
+        ),
+        ("Python", weft_tests::py_plugin("order-priority-py"), 1_000),
+    ] {
+        let cache = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let runtime = Arc::new(weft::runtime::Runtime::new(cache.path()).unwrap());
+        let _ = load_transform(&runtime, &path).unwrap();
+        let cold = started.elapsed();
+        let runtime = Arc::new(weft::runtime::Runtime::new(cache.path()).unwrap());
+        let started = Instant::now();
+        let plugin = load_transform(&runtime, &path).unwrap();
+        let cached = started.elapsed();
+        for _ in 0..(calls / 10) {
+            plugin.transform(event.clone()).await.unwrap().unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..calls {
+            plugin.transform(event.clone()).await.unwrap().unwrap();
+        }
+        let fresh = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        let mut warm = plugin.warm_transform().await.unwrap();
+        for _ in 0..(calls / 10) {
+            warm.transform(event.clone()).await.unwrap().unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..calls {
+            warm.transform(event.clone()).await.unwrap().unwrap();
+        }
+        let warm_us = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        let mb = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        println!(
+            "| {language} | {mb:.2} | {:.0} | {:.1} | {fresh:.1} | {warm_us:.1} | {:.1} |",
+            cold.as_secs_f64() * 1e3,
+            cached.as_secs_f64() * 1e3,
+            fresh - warm_us
+        );
+    }
+}
+
 async fn hops() {
     let (us, size) = plugin_hop(&weft_tests::test_plugin("echo")).await;
     println!("plugin hop, identity transform (instantiate from InstancePre + call with a {size}-byte event): {us:.2} µs");
@@ -469,6 +570,14 @@ fn main() {
             .build()
             .unwrap()
             .block_on(plain_relay(port, sink));
+        return;
+    }
+    if args.iter().any(|a| a == "languages") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(languages());
         return;
     }
     if args.iter().any(|a| a == "hop") {

@@ -156,3 +156,41 @@ sinks = ["out", "elsewhere"]
     assert!(api.requests().is_empty());
     host.stop().await;
 }
+
+#[test]
+fn a_plugin_cannot_flood_the_host_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"s1\",\"type\":\"t\",\"data\":{\"chaos\":\"spam\"}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-under-test"))
+        .args(["--log-level", "info", "plugin", "test"])
+        .arg(test_plugin("chaos"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The call itself succeeded: the event passed through.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"id\":\"s1\""), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let spam: Vec<&str> = stderr.lines().filter(|l| l.contains("spam spam")).collect();
+    assert_eq!(spam.len(), 100, "lines per call are capped");
+    assert!(
+        spam.iter().all(|l| l.len() < 5_000),
+        "each line is clipped to about 4 KiB"
+    );
+    assert!(
+        stderr.contains("plugin log limit reached"),
+        "{}",
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+}

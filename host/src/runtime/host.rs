@@ -75,6 +75,8 @@ pub struct StoreState {
     pub cpu_exhausted: bool,
     /// What the guest wrote to stderr (a Rust panic message lands here).
     stderr: MemoryOutputPipe,
+    /// Log lines written so far in this call (see `MAX_LOG_LINES_PER_CALL`).
+    log_lines: u32,
 }
 
 impl StoreState {
@@ -108,11 +110,18 @@ impl StoreState {
             event_id,
             cpu_exhausted: false,
             stderr,
+            log_lines: 0,
         }
     }
 }
 
 impl StoreState {
+    /// Resets the per-call counters when a warm store starts another call.
+    pub fn begin_call(&mut self) {
+        self.log_lines = 0;
+        self.cpu_exhausted = false;
+    }
+
     /// The end of what the guest wrote to stderr, for error reports.
     pub fn stderr_tail(&self) -> String {
         let bytes = self.stderr.contents();
@@ -149,18 +158,57 @@ impl WasiHttpView for StoreState {
 
 impl types::Host for StoreState {}
 
+/// Log lines one plugin call may write; the rest are dropped (with one warning).
+const MAX_LOG_LINES_PER_CALL: u32 = 100;
+/// Longest log message or field list kept, in bytes.
+const MAX_LOG_BYTES: usize = 4096;
+
+/// Cuts `text` to [`MAX_LOG_BYTES`] on a character boundary.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_LOG_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_LOG_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 impl log::Host for StoreState {
     fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let enabled = match level {
+            log::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
+        // A plugin cannot flood the host's log: a bounded number of lines
+        // per call, each of bounded length.
+        self.log_lines += 1;
         let plugin = &self.plugin.name;
         let event = self.event_id.as_deref().unwrap_or("");
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(plugin = %plugin, event = %event, "plugin log limit reached ({MAX_LOG_LINES_PER_CALL} lines per call); further lines of this call dropped");
+            }
+            return;
+        }
+        let message = clip(&message);
         let fields = if fields.is_empty() {
             String::new()
         } else {
-            fields
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            clip(
+                &fields
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
         };
         match level {
             log::Level::Trace => {

@@ -3,9 +3,10 @@
 //! The event's JSON field `chaos` selects the misbehaviour:
 //! `trap` panics, `loop` spins forever, `alloc` allocates without bound,
 //! `egress` tries to reach `url` without a grant, `secret` asks for a secret it
-//! was not granted. Anything else passes the event through unchanged.
+//! was not granted, `spam` writes 1,000 warning lines of 16 KiB each.
+//! Anything else passes the event through unchanged.
 
-use weft_sdk::{http, secrets, Event, Transform, TransformError};
+use weft_sdk::{http, log, secrets, Event, Transform, TransformError};
 
 /// The misbehaving transform.
 pub struct Chaos;
@@ -42,6 +43,13 @@ impl Transform for Chaos {
                 Ok(_) => Err(TransformError::Permanent("secret was readable".into())),
                 Err(e) => Err(TransformError::Permanent(format!("secret refused: {e}"))),
             },
+            Some("spam") => {
+                let line = "spam ".repeat(16 * 1024 / 5);
+                for _ in 0..1_000 {
+                    log::log(log::Level::Warn, &line, &[("event", &event.id)]);
+                }
+                Ok(vec![event])
+            }
             _ => Ok(vec![event]),
         }
     }
