@@ -20,3 +20,8 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod toolchain;
+
+/// The allocator the `weft` binaries install (`#[global_allocator]`):
+/// mimalloc, which measurably beats glibc malloc on the event path (see
+/// docs/BENCHMARKS.md).
+pub use mimalloc::MiMalloc as Allocator;

@@ -602,8 +602,12 @@ fn main() {
         let me = std::env::current_exe().unwrap();
         let weft_bin = env!("CARGO_BIN_EXE_weft-under-test");
         let mut results = Vec::new();
-        for clients in [16usize, 64] {
+        // `-- weft-only`: skip the plain relay and 64 clients (for profiling).
+        let weft_only = std::env::args().any(|a| a == "weft-only");
+        let client_counts: &[usize] = if weft_only { &[16] } else { &[16, 64] };
+        for &clients in client_counts {
             // The plain relay.
+            if !weft_only {
             let port = weft_tests::free_port();
             let mut child = std::process::Command::new(&me)
                 .args(["plain-relay", &port.to_string(), &format!("http://{}/orders", sink.addr)])
@@ -613,6 +617,7 @@ fn main() {
             results.push(measure("plain hyper relay (not durable)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
             let _ = child.kill();
             let _ = child.wait();
+            }
 
             // Weft.
             let dir = tempfile::tempdir().unwrap();
@@ -623,6 +628,9 @@ fn main() {
                 .arg(&config)
                 .spawn()
                 .unwrap();
+            if weft_only {
+                eprintln!("weft pid {}", child.id());
+            }
             wait_port(admin).await;
             let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
             results.push(
