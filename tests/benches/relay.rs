@@ -12,7 +12,9 @@
 //! `cargo bench -p weft-tests --bench relay [-- SECONDS]`; `-- hop` runs
 //! only the hop micro-benchmark; `-- languages` compares one connector
 //! (order-priority) in Rust, JavaScript and Python: compile, cached load,
-//! per-call cost with a fresh instance and on a warm one.
+//! per-call cost with a fresh instance and on a warm one; `-- sink-hop
+//! [current-thread]` compares one http-post sink call with a plain hyper
+//! client round trip (`SINK_HOP_N` calls, default 5000).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -553,11 +555,98 @@ async fn languages() {
     }
 }
 
+/// One sink call: http-post delivering a 1 KiB event to the local sink
+/// server over the host's pooled egress (instantiate + call + HTTP).
+async fn sink_hop() -> f64 {
+    use weft::runtime::egress::{EgressPolicy, HostPattern};
+    use weft::runtime::host::PluginContext;
+    let sink = start_sink().await;
+    let cache = weft_tests::shared_cache_dir();
+    let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let mut config = std::collections::BTreeMap::new();
+    config.insert("url".to_string(), format!("http://{}/orders", sink.addr));
+    let ctx = PluginContext {
+        name: "post".into(),
+        config,
+        secrets: Default::default(),
+        state: db.open_tree("s").unwrap(),
+        egress: Arc::new(EgressPolicy {
+            plugin: "post".into(),
+            allowed: vec![HostPattern::parse(&format!("http://{}", sink.addr)).unwrap()],
+            inject: vec![],
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+            tape: None,
+        }),
+    };
+    let plugin = runtime
+        .load(
+            ctx,
+            &weft_tests::builtin("http-post"),
+            weft::config::Limits::default(),
+        )
+        .unwrap();
+    let event = |i: u64| weft::event::Event {
+        id: format!("e{i}"),
+        source: "/b".into(),
+        ty: "t".into(),
+        subject: None,
+        time: None,
+        datacontenttype: Some("application/json".into()),
+        data: order(i, 0).into_bytes(),
+        extensions: vec![],
+    };
+    for i in 0..1_000 {
+        plugin.deliver(event(i)).await.unwrap();
+    }
+    let n: u64 = std::env::var("SINK_HOP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let cpu = process_cpu_s();
+    let started = Instant::now();
+    for i in 0..n {
+        plugin.deliver(event(i)).await.unwrap();
+    }
+    let plugin_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let plugin_cpu_us = (process_cpu_s() - cpu) * 1e6 / n as f64;
+    // The same round trips without the plugin: a plain pooled hyper client.
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let url: hyper::Uri = format!("http://{}/orders", sink.addr).parse().unwrap();
+    let cpu = process_cpu_s();
+    let started = Instant::now();
+    for i in 0..n {
+        let request = hyper::Request::post(url.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(order(i, 0))))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let _ = response.into_body().collect().await.unwrap();
+    }
+    let plain_us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let plain_cpu_us = (process_cpu_s() - cpu) * 1e6 / n as f64;
+    println!("sink call, plain hyper client (same round trip, no plugin): {plain_us:.1} µs wall, {plain_cpu_us:.1} µs CPU (client + server)");
+    println!("sink call, http-post to a local server over pooled egress (instantiate + call + HTTP round trip, one at a time): {plugin_us:.1} µs wall, {plugin_cpu_us:.1} µs CPU (client + server)");
+    plugin_us
+}
+
+/// CPU seconds (user + system) this process has used.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage(2) fills the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 async fn hops() {
     let (us, size) = plugin_hop(&weft_tests::test_plugin("echo")).await;
     println!("plugin hop, identity transform (instantiate from InstancePre + call with a {size}-byte event): {us:.2} µs");
     let (us, size) = plugin_hop(&weft_tests::builtin("json-map")).await;
     println!("plugin hop, json-map (parse config + event JSON, 2 operations, serialize; {size}-byte event): {us:.2} µs");
+    let _ = sink_hop().await;
 }
 
 fn main() {
@@ -578,6 +667,20 @@ fn main() {
             .build()
             .unwrap();
         rt.block_on(languages());
+        return;
+    }
+    if args.iter().any(|a| a == "sink-hop") {
+        // `-- sink-hop [current-thread]`: the sink call alone, optionally on a
+        // single-threaded runtime (no cross-thread wake-ups).
+        let rt = if args.iter().any(|a| a == "current-thread") {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        rt.block_on(sink_hop());
         return;
     }
     if args.iter().any(|a| a == "hop") {
