@@ -161,6 +161,12 @@ pub struct Limits {
     pub http_timeout_ms: u64,
     /// Largest outbound response body a plugin may read.
     pub max_response_bytes: u64,
+    /// Calls one instance may serve before it is discarded. 1 (the default)
+    /// means a fresh instance per call: no state carries from one event to
+    /// the next. Higher values skip instantiation (worth it for JavaScript
+    /// and Python connectors, see docs/BENCHMARKS.md) for code you trust to
+    /// keep events apart; an instance that traps or times out is never reused.
+    pub instance_reuse: u32,
 }
 
 impl Default for Limits {
@@ -170,6 +176,7 @@ impl Default for Limits {
             timeout_ms: 5_000,
             http_timeout_ms: 10_000,
             max_response_bytes: 16 * 1024 * 1024,
+            instance_reuse: 1,
         }
     }
 }
@@ -182,6 +189,7 @@ pub struct LimitOverrides {
     timeout_ms: Option<u64>,
     http_timeout_ms: Option<u64>,
     max_response_bytes: Option<u64>,
+    instance_reuse: Option<u32>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -250,6 +258,10 @@ impl PluginConfig {
                 .limits
                 .max_response_bytes
                 .unwrap_or(defaults.max_response_bytes),
+            instance_reuse: self
+                .limits
+                .instance_reuse
+                .unwrap_or(defaults.instance_reuse),
         }
     }
 
@@ -406,6 +418,12 @@ impl Config {
                 return Err(invalid(
                     at,
                     format!("plugins.{name}.limits.timeout_ms: must be > 0"),
+                ));
+            }
+            if limits.instance_reuse == 0 || limits.instance_reuse > 1_000_000 {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.instance_reuse: must be 1..=1000000"),
                 ));
             }
         }

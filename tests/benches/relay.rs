@@ -461,6 +461,7 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
 fn load_transform(
     runtime: &Arc<weft::runtime::Runtime>,
     path: &Path,
+    instance_reuse: u32,
 ) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
     use weft::runtime::egress::EgressPolicy;
     use weft::runtime::host::PluginContext;
@@ -481,12 +482,17 @@ fn load_transform(
             tape: None,
         }),
     };
-    runtime.load(ctx, path, weft::config::Limits::default())
+    let limits = weft::config::Limits {
+        instance_reuse,
+        ..Default::default()
+    };
+    runtime.load(ctx, path, limits)
 }
 
 /// The same connector (order-priority) in Rust, JavaScript and Python: cold
 /// compile vs cached load, and per call with a fresh instance (what the
-/// router does) vs on a warm instance; instantiation = the difference.
+/// router does by default) vs on a reused instance (`limits.instance_reuse`);
+/// instantiation = the difference.
 async fn languages() {
     let mut data: serde_json::Value = serde_json::from_str(&order(1, 0)).unwrap();
     data["total"] = serde_json::json!(36.0);
@@ -522,11 +528,11 @@ async fn languages() {
         let cache = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let runtime = Arc::new(weft::runtime::Runtime::new(cache.path()).unwrap());
-        let _ = load_transform(&runtime, &path).unwrap();
+        let _ = load_transform(&runtime, &path, 1).unwrap();
         let cold = started.elapsed();
         let runtime = Arc::new(weft::runtime::Runtime::new(cache.path()).unwrap());
         let started = Instant::now();
-        let plugin = load_transform(&runtime, &path).unwrap();
+        let plugin = load_transform(&runtime, &path, 1).unwrap();
         let cached = started.elapsed();
         for _ in 0..(calls / 10) {
             plugin.transform(event.clone()).await.unwrap().unwrap();
@@ -536,7 +542,8 @@ async fn languages() {
             plugin.transform(event.clone()).await.unwrap().unwrap();
         }
         let fresh = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
-        let mut warm = plugin.warm_transform().await.unwrap();
+        // The same plugin with `instance_reuse`: one instance serves every call.
+        let warm = load_transform(&runtime, &path, u32::MAX).unwrap();
         for _ in 0..(calls / 10) {
             warm.transform(event.clone()).await.unwrap().unwrap();
         }

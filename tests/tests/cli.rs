@@ -48,6 +48,14 @@ fn bad_config_errors_name_file_line_and_field() {
     assert!(!ok);
     assert!(out.contains("bad.toml:2:10:"), "{out}");
 
+    let (ok, out) =
+        validate("[plugins.x]\nbuiltin = \"json-map\"\nlimits = { instance_reuse = 0 }\n");
+    assert!(!ok);
+    assert!(
+        out.contains("bad.toml:1:1: plugins.x.limits.instance_reuse: must be 1..=1000000"),
+        "{out}"
+    );
+
     let (ok, out) = validate("[plugins.x]\npath = \"nowhere.wasm\"\n");
     assert!(!ok);
     assert!(out.contains("plugin x: cannot read"), "{out}");

@@ -116,10 +116,13 @@ impl StoreState {
 }
 
 impl StoreState {
-    /// Resets the per-call counters when a warm store starts another call.
-    pub fn begin_call(&mut self) {
+    /// Prepares a kept store for another call: the new event's id (for log
+    /// lines and egress decisions) and fresh per-call counters.
+    pub fn begin_call(&mut self, event_id: Option<String>) {
         self.log_lines = 0;
         self.cpu_exhausted = false;
+        self.hooks.event_id = event_id.clone();
+        self.event_id = event_id;
     }
 
     /// The end of what the guest wrote to stderr, for error reports.

@@ -326,6 +326,7 @@ impl Runtime {
             ctx: Arc::new(ctx),
             pre,
             limits,
+            warm: std::sync::Mutex::new(Vec::new()),
             digest,
         })
     }
@@ -336,12 +337,81 @@ fn hex_digest(wasm: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(wasm))
 }
 
+/// Most idle instances one plugin keeps for reuse.
+const MAX_IDLE_INSTANCES: usize = 64;
+
+/// An instance kept between calls (`limits.instance_reuse > 1`), with its
+/// store and the number of calls it has served.
+struct Warm {
+    store: Store<StoreState>,
+    instance: WarmInstance,
+    calls: u32,
+}
+
+/// The instance of a kept [`Warm`], by role.
+enum WarmInstance {
+    Source(Source),
+    Transform(Transform),
+    Sink(Sink),
+}
+
+/// One plugin call: takes a kept instance of the role (or instantiates a
+/// fresh one from `$pre`), runs `$call` under the CPU and wall-clock limits,
+/// and keeps the instance for reuse if the call completed and reuse is on.
+/// A macro rather than a function: the three roles' instance types and call
+/// futures differ, and the futures borrow the store.
+macro_rules! call_instance {
+    ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, |$instance:ident, $store:ident| $call:expr) => {{
+        let plugin = $plugin;
+        let (mut store, kept, calls) = match plugin.take_warm() {
+            Some(Warm {
+                mut store,
+                instance: WarmInstance::$role(instance),
+                calls,
+            }) => {
+                store.data_mut().begin_call($event_id);
+                plugin.arm_cpu_budget(&mut store);
+                (store, Some(instance), calls)
+            }
+            _ => (plugin.store($event_id), None, 0),
+        };
+        let outcome = {
+            let store_ref = &mut store;
+            let fut = async {
+                let $instance = match kept {
+                    Some(instance) => instance,
+                    None => $pre.instantiate_async(&mut *store_ref).await?,
+                };
+                let $store = &mut *store_ref;
+                let result = $call.await?;
+                Ok::<_, wasmtime::Error>(($instance, result))
+            };
+            tokio::time::timeout(plugin.wall(), fut).await
+        };
+        match outcome {
+            Ok(Ok((instance, result))) => {
+                let done = plugin.finish(&store, Ok(Ok(result)));
+                plugin.keep_warm(Warm {
+                    store,
+                    instance: WarmInstance::$role(instance),
+                    calls: calls + 1,
+                });
+                done
+            }
+            Ok(Err(e)) => plugin.finish(&store, Ok(Err(e))),
+            Err(elapsed) => plugin.finish(&store, Err(elapsed)),
+        }
+    }};
+}
+
 /// A loaded plugin, ready to be called.
 pub struct Plugin {
     runtime: Arc<Runtime>,
     ctx: Arc<PluginContext>,
     pre: Pre,
     limits: Limits,
+    /// Instances kept for reuse when `limits.instance_reuse > 1`.
+    warm: std::sync::Mutex<Vec<Warm>>,
     /// SHA-256 of the component, for the admin API.
     pub digest: String,
 }
@@ -406,21 +476,6 @@ impl Plugin {
         store.set_epoch_deadline(1);
     }
 
-    /// A transform instance kept warm across calls (see [`WarmTransform`]).
-    pub async fn warm_transform(&self) -> Result<WarmTransform<'_>, PluginError> {
-        let Pre::Transform(pre) = &self.pre else {
-            return Err(self.wrong_role(Role::Transform));
-        };
-        let mut store = self.store(None);
-        let result = tokio::time::timeout(self.wall(), pre.instantiate_async(&mut store)).await;
-        let instance = self.finish(&store, result)?;
-        Ok(WarmTransform {
-            plugin: self,
-            store,
-            instance,
-        })
-    }
-
     fn classify(&self, store: &Store<StoreState>, err: PluginError) -> PluginError {
         if store.data().cpu_exhausted {
             PluginError::CpuLimit {
@@ -440,17 +495,9 @@ impl Plugin {
         let Pre::Source(pre) = &self.pre else {
             return Err(self.wrong_role(Role::Source));
         };
-        let mut store = self.store(None);
-        let result = {
-            let store_ref = &mut store;
-            let fut = async {
-                let instance: Source = pre.instantiate_async(&mut *store_ref).await?;
-                instance.call_receive(&mut *store_ref, &request).await
-            };
-            tokio::time::timeout(self.wall(), fut).await
-        };
-        self.finish(&store, result)
-            .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+        call_instance!(self, pre, Source, None, |instance, store| instance
+            .call_receive(store, &request))
+        .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
     }
 
     /// Transform: one event to zero or more, or an error value.
@@ -461,18 +508,11 @@ impl Plugin {
         let Pre::Transform(pre) = &self.pre else {
             return Err(self.wrong_role(Role::Transform));
         };
-        let mut store = self.store(Some(event.id.clone()));
+        let id = Some(event.id.clone());
         let event = wit::Event::from(event);
-        let result = {
-            let store_ref = &mut store;
-            let fut = async {
-                let instance: Transform = pre.instantiate_async(&mut *store_ref).await?;
-                instance.call_transform(&mut *store_ref, &event).await
-            };
-            tokio::time::timeout(self.wall(), fut).await
-        };
-        self.finish(&store, result)
-            .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+        call_instance!(self, pre, Transform, id, |instance, store| instance
+            .call_transform(store, &event))
+        .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
     }
 
     /// Sink: delivers one event.
@@ -480,17 +520,31 @@ impl Plugin {
         let Pre::Sink(pre) = &self.pre else {
             return Err(self.wrong_role(Role::Sink));
         };
-        let mut store = self.store(Some(event.id.clone()));
+        let id = Some(event.id.clone());
         let event = wit::Event::from(event);
-        let result = {
-            let store_ref = &mut store;
-            let fut = async {
-                let instance: Sink = pre.instantiate_async(&mut *store_ref).await?;
-                instance.call_deliver(&mut *store_ref, &event).await
-            };
-            tokio::time::timeout(self.wall(), fut).await
-        };
-        self.finish(&store, result)
+        call_instance!(self, pre, Sink, id, |instance, store| instance
+            .call_deliver(store, &event))
+    }
+
+    /// A kept instance for the next call, if reuse is on and one is idle.
+    fn take_warm(&self) -> Option<Warm> {
+        if self.limits.instance_reuse <= 1 {
+            return None;
+        }
+        self.warm.lock().ok()?.pop()
+    }
+
+    /// Keeps an instance that completed a call, unless it served its share.
+    fn keep_warm(&self, warm: Warm) {
+        if warm.calls >= self.limits.instance_reuse {
+            return;
+        }
+        if let Ok(mut pool) = self.warm.lock() {
+            // At most as many idle instances as calls ran at once.
+            if pool.len() < MAX_IDLE_INSTANCES {
+                pool.push(warm);
+            }
+        }
     }
 
     fn wall(&self) -> Duration {
@@ -522,40 +576,6 @@ impl Plugin {
                 Err(self.classify(store, PluginError::Trap { plugin, detail }))
             }
         }
-    }
-}
-
-/// One transform instance called again and again, in one store.
-///
-/// The router never does this: every call gets a fresh instance, so no state
-/// leaks from one event to the next and a guest's memory never outgrows one
-/// call. A warm instance skips instantiation (microseconds for Rust and
-/// JavaScript, over half a millisecond for Python; see docs/BENCHMARKS.md),
-/// which the per-language benchmark uses to separate instantiation from call
-/// cost. Each call gets its own CPU budget; memory and guest state carry over.
-pub struct WarmTransform<'p> {
-    plugin: &'p Plugin,
-    store: Store<StoreState>,
-    instance: Transform,
-}
-
-impl WarmTransform<'_> {
-    /// Calls the transform on the warm instance.
-    pub async fn transform(
-        &mut self,
-        event: Event,
-    ) -> Result<Result<Vec<Event>, wit::TransformError>, PluginError> {
-        self.store.data_mut().begin_call();
-        self.plugin.arm_cpu_budget(&mut self.store);
-        let event = wit::Event::from(event);
-        let result = tokio::time::timeout(
-            self.plugin.wall(),
-            self.instance.call_transform(&mut self.store, &event),
-        )
-        .await;
-        self.plugin
-            .finish(&self.store, result)
-            .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
     }
 }
 
