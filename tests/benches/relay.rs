@@ -357,9 +357,18 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
-fn weft_config(dir: &Path, webhook: u16, admin: u16, sink: SocketAddr) -> std::path::PathBuf {
+fn weft_config(
+    dir: &Path,
+    webhook: u16,
+    admin: u16,
+    sink: SocketAddr,
+    instance_reuse: u32,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
+[limits]
+instance_reuse = {instance_reuse}
+
 [server]
 listen = "127.0.0.1:{webhook}"
 admin_listen = "127.0.0.1:{admin}"
@@ -729,26 +738,29 @@ fn main() {
             let _ = child.wait();
             }
 
-            // Weft.
-            let dir = tempfile::tempdir().unwrap();
-            let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
-            let config = weft_config(dir.path(), webhook, admin, sink.addr);
-            let mut child = std::process::Command::new(weft_bin)
-                .args(["--log-level", "warn", "serve", "--config"])
-                .arg(&config)
-                .spawn()
-                .unwrap();
-            if weft_only {
-                eprintln!("weft pid {}", child.id());
+            // Weft: the default (a fresh instance per plugin call), then
+            // with `limits.instance_reuse` for all three plugins.
+            for (name, reuse) in [("weft (durable)", 1u32), ("weft (durable, instance_reuse = 1000)", 1000)] {
+                let dir = tempfile::tempdir().unwrap();
+                let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
+                let config = weft_config(dir.path(), webhook, admin, sink.addr, reuse);
+                let mut child = std::process::Command::new(weft_bin)
+                    .args(["--log-level", "warn", "serve", "--config"])
+                    .arg(&config)
+                    .spawn()
+                    .unwrap();
+                if weft_only {
+                    eprintln!("weft pid {}", child.id());
+                }
+                wait_port(admin).await;
+                let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+                results.push(
+                    measure(name, child.id(), format!("http://127.0.0.1:{webhook}/hooks/orders"), &sink, clients, seconds, Some((admin_addr, "bench-token".into()))).await,
+                );
+                // SAFETY: kill(2) on our child.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let _ = child.wait();
             }
-            wait_port(admin).await;
-            let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-            results.push(
-                measure("weft (durable)", child.id(), format!("http://127.0.0.1:{webhook}/hooks/orders"), &sink, clients, seconds, Some((admin_addr, "bench-token".into()))).await,
-            );
-            // SAFETY: kill(2) on our child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let _ = child.wait();
         }
         println!();
         println!("| relay | clients | acked/s | delivered/s | p50 ms | p99 ms | host CPU ms/event | storage thread CPU ms/event | peak RSS MiB |");
@@ -763,9 +775,9 @@ fn main() {
         for r in results.iter().filter(|r| !r.stages.is_empty()) {
             println!("weft, {} clients, wall time per delivered event: {}", r.clients, r.stages);
         }
-        for pair in results.chunks(2) {
-            if let [plain, weft] = pair {
-                println!("{} clients: weft delivers {:.0}% of the plain relay's rate", weft.clients, 100.0 * weft.delivered_per_s / plain.delivered_per_s);
+        for plain in results.iter().filter(|r| r.name.starts_with("plain")) {
+            for weft in results.iter().filter(|r| r.name.starts_with("weft") && r.clients == plain.clients) {
+                println!("{} clients: {} delivers {:.0}% of the plain relay's rate", weft.clients, weft.name, 100.0 * weft.delivered_per_s / plain.delivered_per_s);
             }
         }
         hops().await;
