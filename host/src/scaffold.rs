@@ -242,8 +242,8 @@ export async function deliver(event) {{
     return {{ tag: 'delivered' }};
   }}
   if (status === 408 || status === 429 || status >= 500) {{
-    const seconds = Number(response.headers.get('retry-after'));
-    const afterMs = Number.isInteger(seconds) && seconds >= 0 ? BigInt(seconds * 1000) : undefined;
+    const retryAfter = (response.headers.get('retry-after') ?? '').trim();
+    const afterMs = /^[0-9]+$/.test(retryAfter) ? BigInt(retryAfter) * 1000n : undefined;
     return {{ tag: 'retry', val: {{ reason: `HTTP ${{status}}: ${{snippet}}`, afterMs }} }};
   }}
   if (status >= 300 && status < 400) {{
@@ -408,7 +408,8 @@ pub const SAMPLE_SINK_URL: &str = "http://api.example.com/events";
 pub const SAMPLE_SINK_HOST: &str = "http://api.example.com";
 
 /// The recorded API the sample sink test replays: accepted, busy (retry in
-/// 7 s), unknown (rejected).
+/// 7 s), unknown (rejected), failing without a `Retry-After` (retry, no delay
+/// requested).
 fn sample_fixture() -> String {
     let exchange = |body: &str, status: u16, headers: serde_json::Value, answer: &str| {
         serde_json::json!({
@@ -431,6 +432,7 @@ fn sample_fixture() -> String {
             serde_json::json!({}),
             "no such thing",
         ),
+        exchange("{\"hello\":\"later\"}", 500, serde_json::json!({}), "oops"),
     ]
     .join("\n")
         + "\n"
@@ -458,8 +460,8 @@ fn sample_test(name: &str, role: &str, lang: Language) -> (String, String) {
             ),
         ),
         _ => (
-            "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n{\"id\":\"2\",\"type\":\"demo\",\"data\":{\"hello\":\"again\"}}\n{\"id\":\"3\",\"type\":\"demo\",\"data\":{\"hello\":\"nobody\"}}\n".into(),
-            "{\"outcome\":\"delivered\"}\n{\"outcome\":\"retry\",\"reason\":\"HTTP 503: busy\",\"after_ms\":7000}\n{\"outcome\":\"rejected\",\"reason\":\"HTTP 404: no such thing\"}\n".into(),
+            "{\"id\":\"1\",\"type\":\"demo\",\"data\":{\"hello\":\"world\"}}\n{\"id\":\"2\",\"type\":\"demo\",\"data\":{\"hello\":\"again\"}}\n{\"id\":\"3\",\"type\":\"demo\",\"data\":{\"hello\":\"nobody\"}}\n{\"id\":\"4\",\"type\":\"demo\",\"data\":{\"hello\":\"later\"}}\n".into(),
+            "{\"outcome\":\"delivered\"}\n{\"outcome\":\"retry\",\"reason\":\"HTTP 503: busy\",\"after_ms\":7000}\n{\"outcome\":\"rejected\",\"reason\":\"HTTP 404: no such thing\"}\n{\"outcome\":\"retry\",\"reason\":\"HTTP 500: oops\"}\n".into(),
         ),
     }
 }
