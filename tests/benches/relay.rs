@@ -416,33 +416,17 @@ async fn wait_port(port: u16) {
 
 /// One plugin hop: instantiate a transform from its InstancePre and call it with a 1 KiB event.
 async fn plugin_hop(path: &Path) -> (f64, usize) {
-    use weft::runtime::egress::EgressPolicy;
-    use weft::runtime::host::PluginContext;
     let cache = weft_tests::shared_cache_dir();
     let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let mut config = std::collections::BTreeMap::new();
-    config.insert(
-        "mapping".to_string(),
-        r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"}]"#.to_string(),
-    );
-    let ctx = PluginContext {
-        name: "map".into(),
-        config,
-        secrets: Default::default(),
-        state: db.open_tree("s").unwrap(),
-        egress: Arc::new(EgressPolicy {
-            plugin: "map".into(),
-            allowed: vec![],
-            inject: vec![],
-            timeout: Duration::from_secs(1),
-            max_response_bytes: 1 << 20,
-            tape: None,
-        }),
-    };
-    let plugin = runtime
-        .load(ctx, path, weft::config::Limits::default())
-        .unwrap();
+    let mapping = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"}]"#;
+    let plugin = load_plugin(
+        &runtime,
+        path,
+        &[("mapping", mapping.to_string())],
+        vec![],
+        1,
+    )
+    .unwrap();
     let data = order(1, 0).into_bytes();
     let event = weft::event::Event {
         id: "e".into(),
@@ -466,27 +450,35 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
     (started.elapsed().as_secs_f64() * 1e6 / n as f64, size)
 }
 
-/// Loads `path` as a transform with `threshold=100` into `runtime`.
-fn load_transform(
+/// Loads a plugin for the micro-benchmarks: the given config values and
+/// grants, a temporary state tree, default limits but `instance_reuse`.
+fn load_plugin(
     runtime: &Arc<weft::runtime::Runtime>,
     path: &Path,
+    config: &[(&str, String)],
+    allowed: Vec<weft::runtime::egress::HostPattern>,
     instance_reuse: u32,
 ) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
     use weft::runtime::egress::EgressPolicy;
     use weft::runtime::host::PluginContext;
     let db = sled::Config::new().temporary(true).open().unwrap();
-    let mut config = std::collections::BTreeMap::new();
-    config.insert("threshold".to_string(), "100".to_string());
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let ctx = PluginContext {
-        name: "order-priority".into(),
-        config,
+        name: name.clone(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         secrets: Default::default(),
         state: db.open_tree("s").unwrap(),
         egress: Arc::new(EgressPolicy {
-            plugin: "order-priority".into(),
-            allowed: vec![],
+            plugin: name,
+            allowed,
             inject: vec![],
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
             max_response_bytes: 1 << 20,
             tape: None,
         }),
@@ -496,6 +488,21 @@ fn load_transform(
         ..Default::default()
     };
     runtime.load(ctx, path, limits)
+}
+
+/// Loads `path` as a transform with `threshold=100` into `runtime`.
+fn load_transform(
+    runtime: &Arc<weft::runtime::Runtime>,
+    path: &Path,
+    instance_reuse: u32,
+) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
+    load_plugin(
+        runtime,
+        path,
+        &[("threshold", "100".to_string())],
+        vec![],
+        instance_reuse,
+    )
 }
 
 /// The same connector (order-priority) in Rust, JavaScript and Python: cold
@@ -574,35 +581,20 @@ async fn languages() {
 /// One sink call: http-post delivering a 1 KiB event to the local sink
 /// server over the host's pooled egress (instantiate + call + HTTP).
 async fn sink_hop() -> f64 {
-    use weft::runtime::egress::{EgressPolicy, HostPattern};
-    use weft::runtime::host::PluginContext;
     let sink = start_sink().await;
     let cache = weft_tests::shared_cache_dir();
     let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let mut config = std::collections::BTreeMap::new();
-    config.insert("url".to_string(), format!("http://{}/orders", sink.addr));
-    let ctx = PluginContext {
-        name: "post".into(),
-        config,
-        secrets: Default::default(),
-        state: db.open_tree("s").unwrap(),
-        egress: Arc::new(EgressPolicy {
-            plugin: "post".into(),
-            allowed: vec![HostPattern::parse(&format!("http://{}", sink.addr)).unwrap()],
-            inject: vec![],
-            timeout: Duration::from_secs(5),
-            max_response_bytes: 1 << 20,
-            tape: None,
-        }),
-    };
-    let plugin = runtime
-        .load(
-            ctx,
-            &weft_tests::builtin("http-post"),
-            weft::config::Limits::default(),
-        )
-        .unwrap();
+    let grant =
+        weft::runtime::egress::HostPattern::parse(&format!("http://{}", sink.addr)).unwrap();
+    let url = format!("http://{}/orders", sink.addr);
+    let plugin = load_plugin(
+        &runtime,
+        &weft_tests::builtin("http-post"),
+        &[("url", url)],
+        vec![grant],
+        1,
+    )
+    .unwrap();
     let event = |i: u64| weft::event::Event {
         id: format!("e{i}"),
         source: "/b".into(),
