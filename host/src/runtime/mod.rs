@@ -294,7 +294,9 @@ impl Runtime {
                     detail: format!("{e:#}"),
                 })?;
         tracing::info!(plugin = %name, path = %path.display(), cached, ms = started.elapsed().as_secs_f64() * 1e3, "plugin compiled");
-        self.link(ctx, component, limits, hex_digest(&wasm))
+        let mut plugin = self.link(ctx, component, limits, hex_digest(&wasm))?;
+        plugin.from_cache = cached;
+        Ok(plugin)
     }
 
     fn link(
@@ -328,6 +330,7 @@ impl Runtime {
             limits,
             warm: std::sync::Mutex::new(Vec::new()),
             digest,
+            from_cache: false,
         })
     }
 }
@@ -414,6 +417,9 @@ pub struct Plugin {
     warm: std::sync::Mutex<Vec<Warm>>,
     /// SHA-256 of the component, for the admin API.
     pub digest: String,
+    /// Whether the compiled component came from the on-disk cache (no
+    /// compilation at this load).
+    pub from_cache: bool,
 }
 
 impl Plugin {
