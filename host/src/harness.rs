@@ -90,6 +90,24 @@ pub struct HarnessOptions {
     pub replay: Option<PathBuf>,
 }
 
+impl HarnessOptions {
+    /// Options for `plugin` with nothing granted, no config, default limits
+    /// and no input file (for callers that use [`load`] and [`run_one`]).
+    pub fn new(plugin: PathBuf) -> Self {
+        HarnessOptions {
+            input: PathBuf::new(),
+            plugin,
+            config: Vec::new(),
+            allowed_hosts: Vec::new(),
+            secrets: Vec::new(),
+            expect: None,
+            limits: Limits::default(),
+            record: None,
+            replay: None,
+        }
+    }
+}
+
 fn read_lines(path: &Path) -> Result<Vec<(usize, Value)>, HarnessError> {
     let text = std::fs::read_to_string(path).map_err(|source| HarnessError::Read {
         path: path.display().to_string(),

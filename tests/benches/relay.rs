@@ -419,12 +419,12 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
     let cache = weft_tests::shared_cache_dir();
     let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
     let mapping = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"}]"#;
-    let plugin = load_plugin(
+    let plugin = weft_tests::load_plugin(
         &runtime,
         path,
         &[("mapping", mapping.to_string())],
         vec![],
-        1,
+        Default::default(),
     )
     .unwrap();
     let data = order(1, 0).into_bytes();
@@ -450,58 +450,22 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
     (started.elapsed().as_secs_f64() * 1e6 / n as f64, size)
 }
 
-/// Loads a plugin for the micro-benchmarks: the given config values and
-/// grants, a temporary state tree, default limits but `instance_reuse`.
-fn load_plugin(
-    runtime: &Arc<weft::runtime::Runtime>,
-    path: &Path,
-    config: &[(&str, String)],
-    allowed: Vec<weft::runtime::egress::HostPattern>,
-    instance_reuse: u32,
-) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
-    use weft::runtime::egress::EgressPolicy;
-    use weft::runtime::host::PluginContext;
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ctx = PluginContext {
-        name: name.clone(),
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        secrets: Default::default(),
-        state: db.open_tree("s").unwrap(),
-        egress: Arc::new(EgressPolicy {
-            plugin: name,
-            allowed,
-            inject: vec![],
-            timeout: Duration::from_secs(5),
-            max_response_bytes: 1 << 20,
-            tape: None,
-        }),
-    };
-    let limits = weft::config::Limits {
-        instance_reuse,
-        ..Default::default()
-    };
-    runtime.load(ctx, path, limits)
-}
-
 /// Loads `path` as a transform with `threshold=100` into `runtime`.
 fn load_transform(
     runtime: &Arc<weft::runtime::Runtime>,
     path: &Path,
     instance_reuse: u32,
 ) -> std::result::Result<weft::runtime::Plugin, weft::runtime::LoadError> {
-    load_plugin(
+    let limits = weft::config::Limits {
+        instance_reuse,
+        ..Default::default()
+    };
+    weft_tests::load_plugin(
         runtime,
         path,
         &[("threshold", "100".to_string())],
         vec![],
-        instance_reuse,
+        limits,
     )
 }
 
@@ -587,12 +551,12 @@ async fn sink_hop() -> f64 {
     let grant =
         weft::runtime::egress::HostPattern::parse(&format!("http://{}", sink.addr)).unwrap();
     let url = format!("http://{}/orders", sink.addr);
-    let plugin = load_plugin(
+    let plugin = weft_tests::load_plugin(
         &runtime,
         &weft_tests::builtin("http-post"),
         &[("url", url)],
         vec![grant],
-        1,
+        Default::default(),
     )
     .unwrap();
     let event = |i: u64| weft::event::Event {
@@ -657,24 +621,23 @@ async fn hops() {
     let _ = sink_hop().await;
 }
 
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("plain-relay") {
         let port: u16 = args[2].parse().unwrap();
         let sink = args[3].clone();
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(plain_relay(port, sink));
+        multi_thread_runtime().block_on(plain_relay(port, sink));
         return;
     }
     if args.iter().any(|a| a == "languages") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(languages());
+        multi_thread_runtime().block_on(languages());
         return;
     }
     if args.iter().any(|a| a == "sink-hop") {
@@ -682,21 +645,17 @@ fn main() {
         // single-threaded runtime (no cross-thread wake-ups).
         let rt = if args.iter().any(|a| a == "current-thread") {
             tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
         } else {
-            tokio::runtime::Builder::new_multi_thread()
-        }
-        .enable_all()
-        .build()
-        .unwrap();
+            multi_thread_runtime()
+        };
         rt.block_on(sink_hop());
         return;
     }
     if args.iter().any(|a| a == "hop") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(hops());
+        multi_thread_runtime().block_on(hops());
         return;
     }
     let seconds: u64 = args
@@ -704,11 +663,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(10);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    multi_thread_runtime().block_on(async move {
         let sink = start_sink().await;
         let me = std::env::current_exe().unwrap();
         let weft_bin = env!("CARGO_BIN_EXE_weft-under-test");

@@ -450,3 +450,42 @@ pub fn py_plugin(name: &str) -> PathBuf {
 pub fn toolchain_dir() -> PathBuf {
     PathBuf::from(env!("WEFT_TOOLCHAIN_DIR"))
 }
+
+/// Loads a plugin straight into a runtime (no host around it): the given
+/// config values and grants, a temporary state tree, the given limits.
+pub fn load_plugin(
+    runtime: &Arc<weft::runtime::Runtime>,
+    path: &Path,
+    config: &[(&str, String)],
+    allowed: Vec<weft::runtime::egress::HostPattern>,
+    limits: weft::config::Limits,
+) -> Result<weft::runtime::Plugin, weft::runtime::LoadError> {
+    use weft::runtime::egress::EgressPolicy;
+    use weft::runtime::host::PluginContext;
+    let db = sled::Config::new()
+        .temporary(true)
+        .open()
+        .expect("temporary sled");
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ctx = PluginContext {
+        name: name.clone(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        secrets: Default::default(),
+        state: db.open_tree("s").expect("state tree"),
+        egress: Arc::new(EgressPolicy {
+            plugin: name,
+            allowed,
+            inject: vec![],
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+            tape: None,
+        }),
+    };
+    runtime.load(ctx, path, limits)
+}

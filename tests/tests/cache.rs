@@ -5,32 +5,15 @@
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
-use weft::runtime::egress::EgressPolicy;
-use weft::runtime::host::PluginContext;
 use weft::runtime::{Plugin, Runtime};
 
 fn load(cache: &Path, component: &Path) -> Plugin {
     let runtime = Arc::new(Runtime::new(cache).unwrap());
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let ctx = PluginContext {
-        name: "order-priority".into(),
-        config: Default::default(),
-        secrets: Default::default(),
-        state: db.open_tree("s").unwrap(),
-        egress: Arc::new(EgressPolicy {
-            plugin: "order-priority".into(),
-            allowed: vec![],
-            inject: vec![],
-            timeout: std::time::Duration::from_secs(1),
-            max_response_bytes: 1 << 20,
-            tape: None,
-        }),
-    };
     let limits = weft::config::Limits {
         timeout_ms: 60_000,
         ..Default::default()
     };
-    runtime.load(ctx, component, limits).unwrap()
+    weft_tests::load_plugin(&runtime, component, &[], vec![], limits).unwrap()
 }
 
 async fn works(plugin: &Plugin) {

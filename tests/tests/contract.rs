@@ -122,21 +122,16 @@ fn tier_cases() -> Vec<(Value, Value)> {
 
 fn options(plugin: &Path, config: &[(&str, &str)], allowed: &[String]) -> HarnessOptions {
     HarnessOptions {
-        plugin: plugin.to_path_buf(),
-        input: plugin.to_path_buf(),
         config: config
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         allowed_hosts: allowed.to_vec(),
-        secrets: vec![],
-        expect: None,
         limits: weft::config::Limits {
             timeout_ms: 60_000,
             ..Default::default()
         },
-        record: None,
-        replay: None,
+        ..HarnessOptions::new(plugin.to_path_buf())
     }
 }
 

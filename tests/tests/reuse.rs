@@ -7,20 +7,12 @@ use weft::harness::{load, run_one, HarnessOptions};
 use weft_tests::test_plugin;
 
 fn options(instance_reuse: u32) -> HarnessOptions {
-    let plugin = test_plugin("counter");
     HarnessOptions {
-        input: plugin.clone(),
-        plugin,
-        config: vec![],
-        allowed_hosts: vec![],
-        secrets: vec![],
-        expect: None,
         limits: weft::config::Limits {
             instance_reuse,
             ..Default::default()
         },
-        record: None,
-        replay: None,
+        ..HarnessOptions::new(test_plugin("counter"))
     }
 }
 
