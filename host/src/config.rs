@@ -149,6 +149,9 @@ impl Default for RetryConfig {
     }
 }
 
+/// The largest `limits.max_batch` accepted.
+pub const MAX_BATCH: u32 = 1000;
+
 /// Sandbox limits of a plugin call.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +170,13 @@ pub struct Limits {
     /// and Python connectors, see docs/BENCHMARKS.md) for code you trust to
     /// keep events apart; an instance that traps or times out is never reused.
     pub instance_reuse: u32,
+    /// Sinks only: how many ready events one `deliver-batch` call may carry.
+    /// 1 (the default) delivers each event in its own call. Larger values
+    /// let a sink that implements `deliver-batch` (the built-in `http-post`
+    /// sends the batch's requests concurrently) amortise the call over many
+    /// events; outcomes stay per event. Events are never held back to fill a
+    /// batch: a batch is whatever is ready when the sink is free.
+    pub max_batch: u32,
 }
 
 impl Default for Limits {
@@ -177,6 +187,7 @@ impl Default for Limits {
             http_timeout_ms: 10_000,
             max_response_bytes: 16 * 1024 * 1024,
             instance_reuse: 1,
+            max_batch: 1,
         }
     }
 }
@@ -190,6 +201,7 @@ pub struct LimitOverrides {
     http_timeout_ms: Option<u64>,
     max_response_bytes: Option<u64>,
     instance_reuse: Option<u32>,
+    max_batch: Option<u32>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -262,6 +274,7 @@ impl PluginConfig {
                 .limits
                 .instance_reuse
                 .unwrap_or(defaults.instance_reuse),
+            max_batch: self.limits.max_batch.unwrap_or(defaults.max_batch),
         }
     }
 
@@ -424,6 +437,12 @@ impl Config {
                 return Err(invalid(
                     at,
                     format!("plugins.{name}.limits.instance_reuse: must be 1..=1000000"),
+                ));
+            }
+            if limits.max_batch == 0 || limits.max_batch > MAX_BATCH {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.max_batch: must be 1..={MAX_BATCH}"),
                 ));
             }
         }

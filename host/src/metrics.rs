@@ -30,8 +30,11 @@ pub struct Metrics {
     pub storage_ns: AtomicU64,
     /// Time in transform plugins.
     pub transform_ns: AtomicU64,
-    /// Time in sink plugins, outbound HTTP included.
+    /// Time in sink plugins, outbound HTTP included (per event: a batch
+    /// call counts once for each of its events).
     pub sink_ns: AtomicU64,
+    /// Sink plugin calls (`deliver` or `deliver-batch`).
+    pub sink_calls: AtomicU64,
 }
 
 /// Adds the time since `start` to a counter.
@@ -88,6 +91,11 @@ impl Metrics {
                 "weft_filtered_total",
                 "Events filtered out by transforms",
                 g(&self.filtered),
+            ),
+            (
+                "weft_sink_calls_total",
+                "Sink plugin calls (one deliver or deliver-batch each)",
+                g(&self.sink_calls),
             ),
             (
                 "weft_source_seconds_total",

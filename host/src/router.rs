@@ -13,7 +13,7 @@ use crate::metrics::{add_elapsed, inc, Metrics};
 use crate::queue::{Attempt, DeadLetter, Op, Queue, QueueError, Record, Stage};
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
-use crate::runtime::Plugin;
+use crate::runtime::{Plugin, PluginError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,14 +52,32 @@ pub struct Router {
     routes: HashMap<String, Route>,
     by_source: HashMap<String, Vec<String>>,
     retry: RetryPolicy,
-    work: mpsc::Sender<Record>,
+    /// Ready records, in the batches they became ready in (all events of
+    /// one webhook request arrive together, so a sink can get them together).
+    work: mpsc::Sender<Vec<Record>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
+/// Splits ready records into groups of at most `size` that share a route
+/// and a stage, keeping their order.
+fn group_records(records: impl Iterator<Item = Record>, size: usize) -> Vec<Vec<Record>> {
+    let mut groups: Vec<Vec<Record>> = Vec::new();
+    for record in records {
+        match groups
+            .iter_mut()
+            .find(|g| g.len() < size && g[0].route == record.route && g[0].stage == record.stage)
+        {
+            Some(group) => group.push(record),
+            None => groups.push(vec![record]),
+        }
+    }
+    groups
+}
+
 /// The dispatcher's half: started by [`Router::start`].
 pub struct Workers {
-    rx: mpsc::Receiver<Record>,
+    rx: mpsc::Receiver<Vec<Record>>,
     slots: Arc<Semaphore>,
     size: usize,
 }
@@ -149,11 +167,9 @@ impl Router {
         self.metrics
             .events_accepted
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        for record in records {
-            // Durable already: if the workers are gone (shutdown), the record
-            // runs after the next start.
-            let _ = self.work.send(record).await;
-        }
+        // Durable already: if the workers are gone (shutdown), the records
+        // run after the next start.
+        let _ = self.work.send(records).await;
         Ok(())
     }
 
@@ -169,7 +185,7 @@ impl Router {
                     _ = crate::server::stopped(&mut shutdown) => return,
                 }
             }
-            let _ = router.work.send(record).await;
+            let _ = router.work.send(vec![record]).await;
         });
     }
 
@@ -183,29 +199,57 @@ impl Router {
         Ok(n)
     }
 
+    /// The most records the dispatcher takes at once: the largest sink batch.
+    fn batch_limit(&self) -> usize {
+        self.routes
+            .values()
+            .flat_map(|r| r.sinks.iter())
+            .map(|s| s.max_batch())
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Runs the dispatcher until shutdown, then waits up to `grace` for
     /// in-flight attempts. Unfinished ones stay stored and run after a restart.
+    ///
+    /// The dispatcher takes whatever records are ready (up to the largest
+    /// sink's `max_batch`, never waiting to fill a batch), groups them by
+    /// route and stage, and runs each group as one task, so a sink with
+    /// `max_batch > 1` gets the group's events in `deliver-batch` calls.
     pub async fn start(self: Arc<Self>, workers: Workers, grace: Duration) {
         let Workers {
             mut rx,
             slots,
             size,
         } = workers;
+        let take = self.batch_limit().clamp(1, size);
+        let mut ready: Vec<Record> = Vec::with_capacity(take);
         let mut shutdown = self.shutdown.clone();
-        loop {
-            let record = tokio::select! {
+        'run: loop {
+            let first = tokio::select! {
                 r = rx.recv() => match r { Some(r) => r, None => break },
                 _ = crate::server::stopped(&mut shutdown) => break,
             };
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = crate::server::stopped(&mut shutdown) => break,
-            };
-            let router = self.clone();
-            tokio::spawn(async move {
-                router.process(record).await;
-                drop(permit);
-            });
+            ready.extend(first);
+            while ready.len() < take {
+                match rx.try_recv() {
+                    Ok(more) => ready.extend(more),
+                    Err(_) => break,
+                }
+            }
+            for group in group_records(ready.drain(..), take) {
+                let n = u32::try_from(group.len()).unwrap_or(u32::MAX);
+                let permit = tokio::select! {
+                    p = slots.clone().acquire_many_owned(n) => match p { Ok(p) => p, Err(_) => break 'run },
+                    // Durable already: the records run after the next start.
+                    _ = crate::server::stopped(&mut shutdown) => break 'run,
+                };
+                let router = self.clone();
+                tokio::spawn(async move {
+                    router.process(group).await;
+                    drop(permit);
+                });
+            }
         }
         let all = u32::try_from(size).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
@@ -255,34 +299,35 @@ impl Router {
         }
     }
 
-    async fn process(self: &Arc<Self>, record: Record) {
-        let Some(route) = self.routes.get(&record.route).cloned() else {
-            let mut ops = Vec::new();
-            let attempt = Self::attempt(
-                "",
-                "failed",
-                format!("route \"{}\" is no longer configured", record.route),
-            );
-            self.after_failure(record, attempt, true, None, &mut ops);
-            self.commit(ops, Vec::new());
+    /// Runs a group of records that share a route and a stage.
+    async fn process(self: &Arc<Self>, records: Vec<Record>) {
+        let Some(first) = records.first() else { return };
+        let Some(route) = self.routes.get(&first.route).cloned() else {
+            let reason = format!("route \"{}\" is no longer configured", first.route);
+            self.fail_all(records, "", &reason);
             return;
         };
-        match record.stage.clone() {
-            Stage::Route => self.run_route(&route, record).await,
+        match first.stage.clone() {
+            Stage::Route => self.run_routes(&route, records).await,
             Stage::Deliver { sink } => match route.sinks.iter().find(|s| s.name() == sink) {
-                Some(plugin) => self.run_delivery(plugin.clone(), record).await,
+                Some(plugin) => self.run_deliveries(&route, plugin.clone(), records).await,
                 None => {
-                    let mut ops = Vec::new();
-                    let attempt = Self::attempt(
-                        &sink,
-                        "failed",
-                        format!("sink \"{sink}\" is no longer on route \"{}\"", route.name),
-                    );
-                    self.after_failure(record, attempt, true, None, &mut ops);
-                    self.commit(ops, Vec::new());
+                    let reason =
+                        format!("sink \"{sink}\" is no longer on route \"{}\"", route.name);
+                    self.fail_all(records, &sink, &reason);
                 }
             },
         }
+    }
+
+    /// Dead-letters records that can no longer run (their route or sink is gone).
+    fn fail_all(self: &Arc<Self>, records: Vec<Record>, plugin: &str, reason: &str) {
+        let mut ops = Vec::new();
+        for record in records {
+            let attempt = Self::attempt(plugin, "failed", reason);
+            self.after_failure(record, attempt, true, None, &mut ops);
+        }
+        self.commit(ops, Vec::new());
     }
 
     fn commit(self: &Arc<Self>, ops: Vec<Op>, later: Vec<Record>) {
@@ -295,9 +340,14 @@ impl Router {
         }
     }
 
-    async fn run_route(self: &Arc<Self>, route: &Route, record: Record) {
-        // Transforms, in order; each may filter, keep or split.
-        let mut events = vec![record.event.clone()];
+    /// Runs a route's transforms on one event, in order; each may filter,
+    /// keep or split. On failure: the attempt and whether it is permanent.
+    async fn run_transforms(
+        &self,
+        route: &Route,
+        event: Event,
+    ) -> Result<Vec<Event>, (Attempt, bool)> {
+        let mut events = vec![event];
         for transform in &route.transforms {
             let mut next = Vec::with_capacity(events.len());
             for event in events {
@@ -316,53 +366,114 @@ impl Router {
                         (e.to_string(), false)
                     }
                 };
-                let mut ops = Vec::new();
                 let outcome = if permanent { "rejected" } else { "retry" };
-                let attempt = Self::attempt(transform.name(), outcome, detail);
-                let later = self.after_failure(record, attempt, permanent, None, &mut ops);
-                self.commit(ops, later.into_iter().collect());
-                return;
+                return Err((Self::attempt(transform.name(), outcome, detail), permanent));
             }
             events = next;
         }
-        if events.is_empty() {
-            inc(&self.metrics.filtered);
-            tracing::debug!(event = %record.event.id, route = %route.name, "filtered out by a transform");
+        Ok(events)
+    }
+
+    /// Delivers `events` to `sink`: one `deliver` call for a single event,
+    /// `deliver-batch` calls of at most the sink's `max_batch` otherwise, all
+    /// concurrently. Returns one outcome per event, in order.
+    async fn deliver_all(
+        &self,
+        sink: &Arc<Plugin>,
+        events: Vec<Event>,
+    ) -> Vec<Result<wit::DeliveryOutcome, PluginError>> {
+        let size = sink.max_batch();
+        let mut calls = Vec::new();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<Event> = events.by_ref().take(size).collect();
+            calls.push(async move {
+                let n = chunk.len();
+                let started = Instant::now();
+                let outcomes = if n == 1 {
+                    let event = chunk.into_iter().next().expect("one event");
+                    vec![sink.deliver(event).await]
+                } else {
+                    match sink.deliver_batch(chunk).await {
+                        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e); n],
+                    }
+                };
+                // Per event, so the total stays comparable with unbatched calls.
+                let ns = started.elapsed().as_nanos() as u64 * n as u64;
+                self.metrics
+                    .sink_ns
+                    .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+                inc(&self.metrics.sink_calls);
+                outcomes
+            });
         }
-        // Every output to every sink, concurrently.
-        let mut jobs = Vec::new();
-        for event in &events {
-            for sink in &route.sinks {
-                let sink = sink.clone();
-                let event = event.clone();
-                jobs.push(async move {
-                    let started = Instant::now();
-                    let outcome = sink.deliver(event.clone()).await;
-                    (sink, event, outcome, started)
-                });
-            }
-        }
-        let results = futures::future::join_all(jobs).await;
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Runs fresh events through their route: transforms per event
+    /// (concurrently), then every output to every sink. A record is removed
+    /// once all its deliveries are done or recorded as their own retries.
+    async fn run_routes(self: &Arc<Self>, route: &Route, records: Vec<Record>) {
         let mut ops = Vec::new();
         let mut later = Vec::new();
-        for (sink, event, outcome, started) in results {
-            add_elapsed(&self.metrics.sink_ns, started);
-            let failure = self.classify_outcome(sink.name(), &event, outcome);
-            if let Some((attempt, permanent, requested)) = failure {
+        let transformed = futures::future::join_all(records.into_iter().map(|record| async {
+            let result = self.run_transforms(route, record.event.clone()).await;
+            (record, result)
+        }))
+        .await;
+        let mut passed = Vec::with_capacity(transformed.len());
+        for (record, result) in transformed {
+            match result {
+                Ok(events) => {
+                    if events.is_empty() {
+                        inc(&self.metrics.filtered);
+                        tracing::debug!(event = %record.event.id, route = %route.name, "filtered out by a transform");
+                    }
+                    passed.push((record, events));
+                }
+                Err((attempt, permanent)) => {
+                    later.extend(self.after_failure(record, attempt, permanent, None, &mut ops));
+                }
+            }
+        }
+        // Every output to every sink, all sinks concurrently.
+        let outputs: Vec<(usize, &Event)> = passed
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, events))| events.iter().map(move |e| (i, e)))
+            .collect();
+        let per_sink = futures::future::join_all(route.sinks.iter().map(|sink| {
+            self.deliver_all(sink, outputs.iter().map(|(_, e)| (*e).clone()).collect())
+        }))
+        .await;
+        for (sink, outcomes) in route.sinks.iter().zip(per_sink) {
+            for ((i, event), outcome) in outputs.iter().zip(outcomes) {
+                let Some((attempt, permanent, requested)) =
+                    self.classify_outcome(sink.name(), event, outcome)
+                else {
+                    continue;
+                };
                 let delivery = Record {
                     id: self.queue.next_id(),
                     route: route.name.clone(),
                     stage: Stage::Deliver {
                         sink: sink.name().to_string(),
                     },
-                    event,
-                    attempts: record.attempts.clone(),
+                    event: (*event).clone(),
+                    attempts: passed[*i].0.attempts.clone(),
                     not_before_ms: 0,
                 };
                 later.extend(self.after_failure(delivery, attempt, permanent, requested, &mut ops));
             }
         }
-        ops.push(Op::Remove(record.id));
+        for (record, _) in &passed {
+            ops.push(Op::Remove(record.id));
+        }
         self.commit(ops, later);
     }
 
@@ -393,16 +504,26 @@ impl Router {
         }
     }
 
-    async fn run_delivery(self: &Arc<Self>, sink: Arc<Plugin>, record: Record) {
-        let started = Instant::now();
-        let outcome = sink.deliver(record.event.clone()).await;
-        add_elapsed(&self.metrics.sink_ns, started);
+    /// Retries of single (event, sink) deliveries, batched like fresh ones.
+    async fn run_deliveries(
+        self: &Arc<Self>,
+        route: &Route,
+        sink: Arc<Plugin>,
+        records: Vec<Record>,
+    ) {
+        debug_assert!(records.iter().all(|r| r.route == route.name));
+        let events = records.iter().map(|r| r.event.clone()).collect();
+        let outcomes = self.deliver_all(&sink, events).await;
         let mut ops = Vec::new();
         let mut later = Vec::new();
-        match self.classify_outcome(sink.name(), &record.event, outcome) {
-            None => ops.push(Op::Remove(record.id)),
-            Some((attempt, permanent, requested)) => {
-                later.extend(self.after_failure(record, attempt, permanent, requested, &mut ops));
+        for (record, outcome) in records.into_iter().zip(outcomes) {
+            match self.classify_outcome(sink.name(), &record.event, outcome) {
+                None => ops.push(Op::Remove(record.id)),
+                Some((attempt, permanent, requested)) => {
+                    later.extend(
+                        self.after_failure(record, attempt, permanent, requested, &mut ops),
+                    );
+                }
             }
         }
         self.commit(ops, later);

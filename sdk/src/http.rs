@@ -105,13 +105,31 @@ impl Request {
 
     /// Sends the request and reads the whole response.
     pub fn send(self) -> Result<Response, HttpError> {
+        self.start()?.wait()
+    }
+
+    /// Sends the request without waiting for the answer: several requests
+    /// started one after the other are in flight at the same time (see
+    /// [`send_all`]).
+    pub fn start(self) -> Result<InFlight, HttpError> {
         let url = ParsedUrl::parse(&self.url)?;
-        let fields = Fields::new();
-        for (name, value) in &self.headers {
-            fields
-                .append(name, value.as_bytes())
-                .map_err(|e| HttpError::Transport(format!("header {name}: {e:?}")))?;
-        }
+        // All headers in one host call (not one `append` per header).
+        let entries: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.as_bytes().to_vec()))
+            .collect();
+        let fields = Fields::from_list(&entries).map_err(|e| {
+            // Name the header the host refused (slow path, errors only).
+            let probe = Fields::new();
+            let bad = self
+                .headers
+                .iter()
+                .find(|(name, value)| probe.append(name, value.as_bytes()).is_err())
+                .map(|(name, _)| name.as_str())
+                .unwrap_or("?");
+            HttpError::Transport(format!("header {bad}: {e:?}"))
+        })?;
         let request = OutgoingRequest::new(fields);
         let method = match self.method.to_ascii_uppercase().as_str() {
             "GET" => Method::Get,
@@ -159,6 +177,19 @@ impl Request {
         let future = outgoing_handler::handle(request, options)
             .map_err(|e| HttpError::Transport(describe(&e)))?;
         OutgoingBody::finish(body, None).map_err(|e| HttpError::Transport(describe(&e)))?;
+        Ok(InFlight { future })
+    }
+}
+
+/// A request that has been sent and whose response has not been read yet.
+pub struct InFlight {
+    future: outgoing_handler::FutureIncomingResponse,
+}
+
+impl InFlight {
+    /// Waits for the response and reads its whole body.
+    pub fn wait(self) -> Result<Response, HttpError> {
+        let future = self.future;
         future.subscribe().block();
         let incoming = match future.get() {
             Some(Ok(Ok(response))) => response,
@@ -197,6 +228,20 @@ impl Request {
             body: bytes,
         })
     }
+}
+
+/// Sends every request at once and returns the answers in the same order.
+///
+/// All requests are in flight together (over the host's pooled connections),
+/// so a batch of N costs about one round trip, not N. A sink's
+/// `deliver_batch` is the natural user.
+pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
+    let started: Vec<Result<InFlight, HttpError>> =
+        requests.into_iter().map(Request::start).collect();
+    started
+        .into_iter()
+        .map(|request| request.and_then(InFlight::wait))
+        .collect()
 }
 
 fn describe(e: &ErrorCode) -> String {

@@ -313,12 +313,14 @@ async fn measure(
                 .unwrap_or(0);
             (b - a) as f64 / 1e6 / delivered.max(1) as f64
         };
+        let calls = delta("weft_sink_calls_total") * 1e6;
         format!(
-            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms",
+            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call",
             delta("weft_source_seconds_total"),
             delta("weft_storage_seconds_total"),
             delta("weft_transform_seconds_total"),
-            delta("weft_sink_seconds_total")
+            delta("weft_sink_seconds_total"),
+            if calls > 0.0 { 1.0 / calls } else { f64::NAN }
         )
     };
     Result {
@@ -363,6 +365,7 @@ fn weft_config(
     admin: u16,
     sink: SocketAddr,
     instance_reuse: u32,
+    max_batch: u32,
 ) -> std::path::PathBuf {
     let text = format!(
         r#"
@@ -390,6 +393,7 @@ config = {{ mapping = '[{{"op":"rename","from":"/customer/email","to":"/customer
 builtin = "http-post"
 config = {{ url = "http://{sink}/orders" }}
 allowed_hosts = ["http://{sink}"]
+limits = {{ max_batch = {max_batch} }}
 
 [[routes]]
 name = "relay"
@@ -556,7 +560,13 @@ async fn sink_hop() -> f64 {
         &weft_tests::builtin("http-post"),
         &[("url", url)],
         vec![grant],
-        Default::default(),
+        weft::config::Limits {
+            instance_reuse: std::env::var("SINK_HOP_REUSE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            ..Default::default()
+        },
     )
     .unwrap();
     let event = |i: u64| weft::event::Event {
@@ -687,11 +697,20 @@ fn main() {
 
             // Weft: the default (a fresh instance per plugin call), then
             // with `limits.instance_reuse` for all three plugins.
-            for (name, reuse) in [("weft (durable)", 1u32), ("weft (durable, instance_reuse = 1000)", 1000)] {
+            for (name, reuse, batch) in [
+                ("weft (durable)", 1u32, 1u32),
+                ("weft (durable, sink max_batch = 64)", 1, 64),
+                ("weft (durable, instance_reuse = 1000)", 1000, 1),
+                ("weft (durable, instance_reuse = 1000, sink max_batch = 64)", 1000, 64),
+            ] {
                 let dir = tempfile::tempdir().unwrap();
                 let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
-                let config = weft_config(dir.path(), webhook, admin, sink.addr, reuse);
-                let mut child = std::process::Command::new(weft_bin)
+                let config = weft_config(dir.path(), webhook, admin, sink.addr, reuse, batch);
+                let mut cmd = std::process::Command::new(weft_bin);
+                if let Ok(n) = std::env::var("WEFT_WORKERS") {
+                    cmd.env("TOKIO_WORKER_THREADS", n);
+                }
+                let mut child = cmd
                     .args(["--log-level", "warn", "serve", "--config"])
                     .arg(&config)
                     .spawn()

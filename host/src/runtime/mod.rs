@@ -86,7 +86,7 @@ pub enum LoadError {
 }
 
 /// Why a plugin call failed (as opposed to the plugin returning an error value).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
     /// It used up its CPU budget.
     #[error("plugin {plugin} exceeded its CPU time limit ({limit_ms} ms) and was stopped")]
@@ -530,6 +530,39 @@ impl Plugin {
         let event = wit::Event::from(event);
         call_instance!(self, pre, Sink, id, |instance, store| instance
             .call_deliver(store, &event))
+    }
+
+    /// Sink: delivers several events in one call (`deliver-batch`), one
+    /// outcome per event in order. A plugin that answers with a different
+    /// number of outcomes has failed the whole call.
+    pub async fn deliver_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<wit::DeliveryOutcome>, PluginError> {
+        let Pre::Sink(pre) = &self.pre else {
+            return Err(self.wrong_role(Role::Sink));
+        };
+        let n = events.len();
+        let id = events.first().map(|e| e.id.clone());
+        let events: Vec<wit::Event> = events.into_iter().map(wit::Event::from).collect();
+        let outcomes = call_instance!(self, pre, Sink, id, |instance, store| instance
+            .call_deliver_batch(store, &events))?;
+        if outcomes.len() != n {
+            return Err(PluginError::Trap {
+                plugin: self.ctx.name.clone(),
+                detail: format!(
+                    "deliver-batch returned {} outcomes for {n} events",
+                    outcomes.len()
+                ),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// How many events one [`Plugin::deliver_batch`] call may carry
+    /// (`limits.max_batch`).
+    pub fn max_batch(&self) -> usize {
+        self.limits.max_batch.max(1) as usize
     }
 
     /// A kept instance for the next call, if reuse is on and one is idle.

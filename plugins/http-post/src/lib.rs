@@ -6,7 +6,8 @@
 //! * `mode`: `binary` (default: the body is the event data, CloudEvents
 //!   attributes travel as `ce-*` headers) or `structured` (the body is the
 //!   whole event as a CloudEvents JSON document).
-//! * `timeout_ms`: per-request timeout (default 10000).
+//! * `timeout_ms`: per-request timeout (default: the host's `http_timeout_ms`,
+//!   which also caps this).
 //! * `headers`: a table of extra headers. Credentials belong in the host's
 //!   secret injection, not here: the plugin never sees them.
 //!
@@ -57,48 +58,104 @@ fn structured(event: &Event) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
 }
 
+/// The plugin's settings, read with one host call per delivery.
+struct Settings {
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+    structured: bool,
+    headers: Vec<(String, String)>,
+}
+
+impl Settings {
+    fn read() -> Settings {
+        let mut settings = Settings {
+            url: None,
+            timeout_ms: None,
+            structured: false,
+            headers: Vec::new(),
+        };
+        for (key, value) in config::entries() {
+            match key.as_str() {
+                "url" => settings.url = Some(value),
+                "timeout_ms" => settings.timeout_ms = value.parse().ok(),
+                "mode" => settings.structured = value == "structured",
+                "headers" => {
+                    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&value) {
+                        settings.headers = map
+                            .into_iter()
+                            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+                            .collect();
+                    }
+                }
+                _ => {}
+            }
+        }
+        settings
+    }
+}
+
+/// The request for one event.
+fn request(settings: &Settings, url: &str, event: Event) -> http::Request {
+    let mut request = http::Request::post(url).header("idempotency-key", &event.id);
+    if let Some(ms) = settings.timeout_ms {
+        request = request.timeout_ms(ms);
+    }
+    for (name, value) in &settings.headers {
+        request = request.header(name, value);
+    }
+    if settings.structured {
+        return request
+            .header("content-type", "application/cloudevents+json")
+            .body(structured(&event));
+    }
+    let ct = event
+        .datacontenttype
+        .clone()
+        .unwrap_or_else(|| "application/json".into());
+    let mut r = request
+        .header("content-type", &ct)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", &event.id)
+        .header("ce-source", &event.source)
+        .header("ce-type", &event.type_);
+    if let Some(s) = &event.subject {
+        r = r.header("ce-subject", s);
+    }
+    r.body(event.data)
+}
+
+fn outcome(sent: Result<http::Response, http::HttpError>) -> DeliveryOutcome {
+    match sent {
+        Ok(response) => http::classify(&response),
+        Err(e) => DeliveryOutcome::retry(e.to_string()),
+    }
+}
+
+const NO_URL: &str = "http-post: config `url` is not set";
+
 impl Sink for HttpPost {
     fn deliver(event: Event) -> DeliveryOutcome {
-        let Some(url) = config::get("url") else {
-            return DeliveryOutcome::rejected("http-post: config `url` is not set");
+        let settings = Settings::read();
+        let Some(url) = &settings.url else {
+            return DeliveryOutcome::rejected(NO_URL);
         };
-        let timeout = config::get("timeout_ms")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(10_000);
-        let mut request = http::Request::post(&url)
-            .timeout_ms(timeout)
-            .header("idempotency-key", &event.id);
-        if let Some(Ok(Value::Object(headers))) = config::json("headers") {
-            for (name, value) in headers {
-                if let Some(v) = value.as_str() {
-                    request = request.header(&name, v);
-                }
-            }
-        }
-        let request = if config::get("mode").as_deref() == Some("structured") {
-            request
-                .header("content-type", "application/cloudevents+json")
-                .body(structured(&event))
-        } else {
-            let ct = event
-                .datacontenttype
-                .clone()
-                .unwrap_or_else(|| "application/json".into());
-            let mut r = request
-                .header("content-type", &ct)
-                .header("ce-specversion", "1.0")
-                .header("ce-id", &event.id)
-                .header("ce-source", &event.source)
-                .header("ce-type", &event.type_);
-            if let Some(s) = &event.subject {
-                r = r.header("ce-subject", s);
-            }
-            r.body(event.data)
+        outcome(request(&settings, url, event).send())
+    }
+
+    /// One POST per event as in `deliver`, all in flight at once.
+    fn deliver_batch(events: Vec<Event>) -> Vec<DeliveryOutcome> {
+        let settings = Settings::read();
+        let Some(url) = &settings.url else {
+            return events
+                .iter()
+                .map(|_| DeliveryOutcome::rejected(NO_URL))
+                .collect();
         };
-        match request.send() {
-            Ok(response) => http::classify(&response),
-            Err(e) => DeliveryOutcome::retry(e.to_string()),
-        }
+        let requests = events
+            .into_iter()
+            .map(|event| request(&settings, url, event))
+            .collect();
+        http::send_all(requests).into_iter().map(outcome).collect()
     }
 }
 
