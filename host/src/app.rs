@@ -276,7 +276,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let queue = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || SledQueue::open(&dir))
+        let delay = Duration::from_micros(config.storage.commit_delay_us);
+        tokio::task::spawn_blocking(move || SledQueue::open_with(&dir, delay))
             .await
             .map_err(|e| StartError::Io(e.to_string()))??
     };

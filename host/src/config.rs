@@ -110,6 +110,10 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Where compiled plugins are cached (default: `<data_dir>/cache`).
     pub cache_dir: Option<PathBuf>,
+    /// Under concurrent load, how long (µs) a durable commit waits for more
+    /// appends to share it (default 250, at most 10000; 0 = never wait). A
+    /// webhook arriving alone is never delayed. See docs/ARCHITECTURE.md.
+    pub commit_delay_us: u64,
 }
 
 impl Default for StorageConfig {
@@ -117,6 +121,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("weft-data"),
             cache_dir: None,
+            commit_delay_us: 250,
         }
     }
 }
@@ -456,6 +461,12 @@ impl Config {
             return Err(invalid(
                 at,
                 "retry: need max_attempts >= 1, multiplier >= 1.0 and 0 <= jitter < 1".to_string(),
+            ));
+        }
+        if self.storage.commit_delay_us > 10_000 {
+            return Err(invalid(
+                text.find("commit_delay_us").unwrap_or(0),
+                "storage.commit_delay_us: must be 0..=10000".into(),
             ));
         }
         if self.server.workers == 0 {

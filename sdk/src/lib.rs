@@ -305,27 +305,38 @@ impl DeliveryOutcome {
 }
 
 /// The plugin's configuration values (from its entry in the host config).
+///
+/// The values never change while an instance lives, so the first read fetches
+/// them all in one host call and later reads (in the same call, or in later
+/// calls when the host reuses the instance) are map lookups.
 pub mod config {
     use crate::bindings::weft::connector::config as raw;
+    use std::collections::BTreeMap;
+    use std::sync::OnceLock;
+
+    fn all() -> &'static BTreeMap<String, String> {
+        static CONFIG: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+        CONFIG.get_or_init(|| raw::entries().into_iter().collect())
+    }
 
     /// One value, if configured.
     pub fn get(key: &str) -> Option<String> {
-        raw::get(key)
+        all().get(key).cloned()
     }
 
     /// One value, or `default`.
     pub fn get_or(key: &str, default: &str) -> String {
-        raw::get(key).unwrap_or_else(|| default.to_string())
+        get(key).unwrap_or_else(|| default.to_string())
     }
 
     /// A value parsed as JSON (tables and arrays in the host config arrive as JSON text).
     pub fn json(key: &str) -> Option<Result<serde_json::Value, serde_json::Error>> {
-        raw::get(key).map(|s| serde_json::from_str(&s))
+        all().get(key).map(|s| serde_json::from_str(s))
     }
 
     /// All configured key/value pairs.
     pub fn entries() -> Vec<(String, String)> {
-        raw::entries()
+        all().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

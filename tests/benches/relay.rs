@@ -314,13 +314,15 @@ async fn measure(
             (b - a) as f64 / 1e6 / delivered.max(1) as f64
         };
         let calls = delta("weft_sink_calls_total") * 1e6;
+        let syncs = delta("queue_syncs") * 1e6;
         format!(
-            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call",
+            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call, {:.1} per durable commit",
             delta("weft_source_seconds_total"),
             delta("weft_storage_seconds_total"),
             delta("weft_transform_seconds_total"),
             delta("weft_sink_seconds_total"),
-            if calls > 0.0 { 1.0 / calls } else { f64::NAN }
+            if calls > 0.0 { 1.0 / calls } else { f64::NAN },
+            if syncs > 0.0 { 1.0 / syncs } else { f64::NAN }
         )
     };
     Result {
@@ -349,14 +351,19 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
         return Vec::new();
     }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["counters"]
+    let mut counters: Vec<(String, u64)> = v["counters"]
         .as_object()
         .map(|m| {
             m.iter()
                 .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    counters.push((
+        "queue_syncs".into(),
+        v["queue"]["syncs"].as_u64().unwrap_or(0),
+    ));
+    counters
 }
 
 fn weft_config(

@@ -56,6 +56,14 @@ fn bad_config_errors_name_file_line_and_field() {
         "{out}"
     );
 
+    let (ok, out) =
+        validate("[plugins.x]\nbuiltin = \"http-post\"\nlimits = { max_batch = 5000 }\n");
+    assert!(!ok);
+    assert!(
+        out.contains("bad.toml:1:1: plugins.x.limits.max_batch: must be 1..=1000"),
+        "{out}"
+    );
+
     let (ok, out) = validate("[plugins.x]\npath = \"nowhere.wasm\"\n");
     assert!(!ok);
     assert!(out.contains("plugin x: cannot read"), "{out}");

@@ -287,7 +287,11 @@ sinks = ["out"]
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 40, "every event delivered, none twice");
-    assert_eq!(api.requests().len(), 45, "40 deliveries + 5 retried failures");
+    assert_eq!(
+        api.requests().len(),
+        45,
+        "40 deliveries + 5 retried failures"
+    );
     assert_eq!(host.stats().dead, 0);
 
     // 40 events in batches of at most 16: 3 calls, plus at most one call per

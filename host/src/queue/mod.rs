@@ -120,6 +120,9 @@ pub struct QueueStats {
     pub pending: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Durable commits (flush + fsync) since start: accepted events divided
+    /// by this is the group-commit size.
+    pub syncs: u64,
 }
 
 /// A durable queue of [`Record`]s with a dead-letter store.

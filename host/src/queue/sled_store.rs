@@ -18,6 +18,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The stored layout version this build reads and writes.
@@ -30,6 +31,9 @@ const DEAD: u8 = b'd';
 const LARGE_VALUE: usize = 64 * 1024;
 /// Most commands applied per group.
 const MAX_GROUP: usize = 4096;
+
+/// Default for `storage.commit_delay_us`.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(250);
 
 fn key(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -62,6 +66,7 @@ struct Shared {
     log_file: File,
     pending: AtomicU64,
     dead: AtomicU64,
+    syncs: AtomicU64,
 }
 
 /// The sled-backed [`Queue`].
@@ -74,8 +79,15 @@ pub struct SledQueue {
 }
 
 impl SledQueue {
-    /// Opens (or creates) the queue under `dir`.
+    /// Opens (or creates) the queue under `dir` with the default commit delay.
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
+        Self::open_with(dir, DEFAULT_COMMIT_DELAY)
+    }
+
+    /// Opens (or creates) the queue under `dir`. `commit_delay` is how long
+    /// the writer lets a group commit gather more appends when the previous
+    /// one had company (see [`writer_loop`]); zero disables it.
+    pub fn open_with(dir: &Path, commit_delay: Duration) -> Result<SledQueue, QueueError> {
         let path = dir.join("queue");
         let db = sled::Config::new().path(&path).open().map_err(storage)?;
         match db.get(FORMAT_KEY).map_err(storage)? {
@@ -130,12 +142,13 @@ impl SledQueue {
             log_file,
             pending: AtomicU64::new(pending),
             dead: AtomicU64::new(dead),
+            syncs: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("weft-queue-writer".into())
-            .spawn(move || writer_loop(writer_shared, rx))
+            .spawn(move || writer_loop(writer_shared, rx, commit_delay))
             .map_err(storage)?;
         Ok(SledQueue {
             shared,
@@ -230,6 +243,7 @@ impl Shared {
 
     /// Makes everything written so far durable.
     fn sync(&self, large: bool) -> Result<(), QueueError> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         self.tree.flush().map_err(storage)?;
         if large {
             // SAFETY: syncfs on a valid open descriptor has no memory effects.
@@ -244,16 +258,39 @@ impl Shared {
     }
 }
 
-fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Command>) {
+/// Takes every command already sent, up to [`MAX_GROUP`] in all.
+fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(cmd) => group.push(cmd),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The queue's only writer: applies commands in groups, one durable commit
+/// (flush + fsync) per group.
+///
+/// Commit delay: when the previous group held two or more appends (webhooks
+/// are arriving concurrently), the writer sleeps `commit_delay` before
+/// committing so that more appends share the commit. Each commit costs a
+/// sled flush (which wakes all of sled's I/O threads) and an fsync, so under
+/// load fewer, larger commits save CPU per event; a lone request never waits
+/// (its group had no company). Measured in docs/BENCHMARKS.md.
+fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
     let mut group = Vec::with_capacity(64);
+    let mut last_appends = 0usize;
     while let Ok(first) = rx.recv() {
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(cmd) => group.push(cmd),
-                Err(_) => break,
-            }
+        drain(&rx, &mut group);
+        if !commit_delay.is_zero() && last_appends >= 2 {
+            std::thread::sleep(commit_delay);
+            drain(&rx, &mut group);
         }
+        last_appends = group
+            .iter()
+            .filter(|c| matches!(c, Command::Append(..)))
+            .count();
         let mut waiters = Vec::new();
         let mut closing = None;
         let mut large = false;
@@ -395,6 +432,7 @@ impl Queue for SledQueue {
         QueueStats {
             pending: self.shared.pending.load(Ordering::Relaxed),
             dead: self.shared.dead.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
         }
     }
 

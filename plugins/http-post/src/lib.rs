@@ -18,6 +18,7 @@
 
 use base64_free::encode_data;
 use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
 use weft_sdk::{config, http, DeliveryOutcome, Event, Sink};
 
 /// The HTTP POST sink.
@@ -58,7 +59,8 @@ fn structured(event: &Event) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
 }
 
-/// The plugin's settings, read with one host call per delivery.
+/// The plugin's settings, read once per instance (config never changes while
+/// an instance lives).
 struct Settings {
     url: Option<String>,
     timeout_ms: Option<u64>,
@@ -67,6 +69,11 @@ struct Settings {
 }
 
 impl Settings {
+    fn get() -> &'static Settings {
+        static SETTINGS: OnceLock<Settings> = OnceLock::new();
+        SETTINGS.get_or_init(Settings::read)
+    }
+
     fn read() -> Settings {
         let mut settings = Settings {
             url: None,
@@ -135,16 +142,16 @@ const NO_URL: &str = "http-post: config `url` is not set";
 
 impl Sink for HttpPost {
     fn deliver(event: Event) -> DeliveryOutcome {
-        let settings = Settings::read();
+        let settings = Settings::get();
         let Some(url) = &settings.url else {
             return DeliveryOutcome::rejected(NO_URL);
         };
-        outcome(request(&settings, url, event).send())
+        outcome(request(settings, url, event).send())
     }
 
     /// One POST per event as in `deliver`, all in flight at once.
     fn deliver_batch(events: Vec<Event>) -> Vec<DeliveryOutcome> {
-        let settings = Settings::read();
+        let settings = Settings::get();
         let Some(url) = &settings.url else {
             return events
                 .iter()
@@ -153,7 +160,7 @@ impl Sink for HttpPost {
         };
         let requests = events
             .into_iter()
-            .map(|event| request(&settings, url, event))
+            .map(|event| request(settings, url, event))
             .collect();
         http::send_all(requests).into_iter().map(outcome).collect()
     }

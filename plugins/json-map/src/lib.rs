@@ -22,6 +22,7 @@
 //! Paths are JSON pointers (`/customer/email`).
 
 use serde_json::Value;
+use std::sync::OnceLock;
 use weft_sdk::{config, Event, JsonExt, Transform, TransformError};
 
 /// The mapping transform.
@@ -173,24 +174,29 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
     }
 }
 
+/// The mapping from config, parsed once per instance (config never changes
+/// while an instance lives).
+fn mapping() -> Result<&'static [Value], TransformError> {
+    static MAPPING: OnceLock<Result<Vec<Value>, String>> = OnceLock::new();
+    let parsed = MAPPING.get_or_init(|| match config::json("mapping") {
+        Some(Ok(Value::Array(ops))) => Ok(ops),
+        Some(Ok(_)) => Err("config `mapping` must be an array of operations".into()),
+        Some(Err(e)) => Err(format!("config `mapping` is not valid JSON: {e}")),
+        None => Ok(Vec::new()),
+    });
+    match parsed {
+        Ok(ops) => Ok(ops),
+        Err(e) => Err(permanent(e.clone())),
+    }
+}
+
 impl Transform for JsonMap {
     fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
-        let mapping = match config::json("mapping") {
-            Some(Ok(Value::Array(ops))) => ops,
-            Some(Ok(_)) => {
-                return Err(permanent("config `mapping` must be an array of operations"))
-            }
-            Some(Err(e)) => {
-                return Err(permanent(format!(
-                    "config `mapping` is not valid JSON: {e}"
-                )))
-            }
-            None => Vec::new(),
-        };
+        let mapping = mapping()?;
         let mut doc = event
             .json()
             .map_err(|e| permanent(format!("event data is not JSON: {e}")))?;
-        for op in &mapping {
+        for op in mapping {
             apply(&mut doc, op)?;
         }
         event.set_json(&doc);
