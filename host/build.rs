@@ -17,7 +17,8 @@ fn main() {
         .to_path_buf();
     let out = weft_build::build_plugins(&root, &root.join("plugins"));
     println!("cargo:rustc-env=WEFT_BUILTIN_PLUGIN_DIR={}", out.display());
-    for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
+    // The root manifest holds the `plugin` profile the components are built with.
+    for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=build.rs");

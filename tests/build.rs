@@ -21,6 +21,8 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../host/build/weft_build.rs");
+    // The root manifest holds the `plugin` profile the components are built with.
+    println!("cargo:rerun-if-changed=../Cargo.toml");
     // JavaScript and Python connectors: the pinned toolchains install
     // themselves; if one cannot, the tests that need it fail and say why.
     for (language, tag) in [
