@@ -222,7 +222,9 @@ impl Router {
             slots,
             size,
         } = workers;
-        let take = self.batch_limit().clamp(1, size);
+        // At most half the worker slots per take, so that one group's
+        // deliveries overlap with the next group's transforms.
+        let take = self.batch_limit().min(size / 2).max(1);
         let mut ready: Vec<Record> = Vec::with_capacity(take);
         let mut shutdown = self.shutdown.clone();
         'run: loop {
@@ -231,6 +233,11 @@ impl Router {
                 _ = crate::server::stopped(&mut shutdown) => break,
             };
             ready.extend(first);
+            if take > 1 {
+                // The appends of one group commit are answered together: let
+                // the other woken webhook tasks hand over their records too.
+                tokio::task::yield_now().await;
+            }
             while ready.len() < take {
                 match rx.try_recv() {
                     Ok(more) => ready.extend(more),

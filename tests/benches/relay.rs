@@ -380,6 +380,7 @@ fn weft_config(
 instance_reuse = {instance_reuse}
 
 [server]
+workers = {workers}
 listen = "127.0.0.1:{webhook}"
 admin_listen = "127.0.0.1:{admin}"
 admin_token = {{ file = "token" }}
@@ -408,6 +409,7 @@ source = "orders"
 transforms = ["map"]
 sinks = ["post"]
 "#,
+        workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "64".into()),
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),
     );
@@ -687,7 +689,12 @@ fn main() {
         let mut results = Vec::new();
         // `-- weft-only`: skip the plain relay and 64 clients (for profiling).
         let weft_only = std::env::args().any(|a| a == "weft-only");
-        let client_counts: &[usize] = if weft_only { &[16] } else { &[16, 64] };
+        let only: Vec<usize> = std::env::var("BENCH_CLIENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|n| vec![n])
+            .unwrap_or_else(|| vec![16]);
+        let client_counts: &[usize] = if weft_only { &only } else { &[16, 64] };
         for &clients in client_counts {
             // The plain relay.
             if !weft_only {
