@@ -110,9 +110,10 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Where compiled plugins are cached (default: `<data_dir>/cache`).
     pub cache_dir: Option<PathBuf>,
-    /// Under concurrent load, how long (µs) a durable commit waits for more
-    /// appends to share it (default 250, at most 10000; 0 = never wait). A
-    /// webhook arriving alone is never delayed. See docs/ARCHITECTURE.md.
+    /// The longest (µs) a durable commit waits for webhooks already being
+    /// processed to join it (default 1000, at most 10000; 0 = never wait). It
+    /// waits only while such webhooks exist: one arriving alone is never
+    /// delayed. See docs/ARCHITECTURE.md.
     pub commit_delay_us: u64,
 }
 
@@ -121,7 +122,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("weft-data"),
             cache_dir: None,
-            commit_delay_us: 250,
+            commit_delay_us: 1000,
         }
     }
 }

@@ -144,6 +144,10 @@ impl Ingress {
             headers,
             body: body.to_vec(),
         };
+        // Tells the queue an append may follow, so a group commit in progress
+        // can wait for it (released at the hand-over or on any early return).
+        // Taken once the body is in: a slow client never holds a commit.
+        let arrival = self.router.queue().arriving();
         let started = Instant::now();
         let result = source.receive(request).await;
         add_elapsed(&self.metrics.source_ns, started);
@@ -168,7 +172,7 @@ impl Ingress {
             }
         };
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-        match self.router.ingest(&name, events).await {
+        match self.router.ingest(&name, events, arrival).await {
             Ok(()) => {
                 for id in &ids {
                     tracing::debug!(event = %id, source = %name, "accepted");

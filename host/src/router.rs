@@ -10,7 +10,7 @@
 
 use crate::event::{now_ms, Event};
 use crate::metrics::{add_elapsed, inc, Metrics};
-use crate::queue::{Attempt, DeadLetter, Op, Queue, QueueError, Record, Stage};
+use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, Stage};
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
@@ -139,7 +139,15 @@ impl Router {
     /// Stores `events` from `source` durably (one record per route) and hands
     /// them to the workers. Returns once they are durable: the caller may
     /// acknowledge them.
-    pub async fn ingest(&self, source: &str, events: Vec<Event>) -> Result<(), IngestError> {
+    ///
+    /// `arrival` is the webhook's announcement ([`Queue::arriving`]); it is
+    /// released as soon as the records are handed to the queue.
+    pub async fn ingest(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        arrival: Arrival,
+    ) -> Result<(), IngestError> {
         let routes = self
             .by_source
             .get(source)
@@ -162,7 +170,9 @@ impl Router {
         }
         let n = records.len() as u64;
         let started = Instant::now();
-        self.queue.append(records.clone()).await?;
+        let stored = self.queue.append(records.clone());
+        drop(arrival);
+        stored.await?;
         add_elapsed(&self.metrics.storage_ns, started);
         self.metrics
             .events_accepted

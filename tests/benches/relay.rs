@@ -386,6 +386,7 @@ admin_listen = "127.0.0.1:{admin}"
 admin_token = {{ file = "token" }}
 
 [storage]
+commit_delay_us = {commit_delay}
 data_dir = "{data}"
 cache_dir = "{cache}"
 
@@ -410,6 +411,7 @@ transforms = ["map"]
 sinks = ["post"]
 "#,
         workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "64".into()),
+        commit_delay = std::env::var("BENCH_COMMIT_DELAY_US").unwrap_or_else(|_| "250".into()),
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),
     );

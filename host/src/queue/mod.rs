@@ -12,6 +12,8 @@ use crate::event::Event;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A boxed future, so that [`Queue`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -125,13 +127,47 @@ pub struct QueueStats {
     pub syncs: u64,
 }
 
+/// "An append is on its way": held by a webhook from the moment it is
+/// accepted for processing until its records are handed to the queue (or it
+/// is rejected). A backend that group-commits can wait for announced appends
+/// to join a commit instead of guessing (see `SledQueue`).
+pub struct Arrival(Option<Arc<AtomicUsize>>);
+
+impl Arrival {
+    /// An arrival counted in `counter` until dropped.
+    pub fn counted(counter: &Arc<AtomicUsize>) -> Arrival {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Arrival(Some(counter.clone()))
+    }
+
+    /// An arrival nobody counts.
+    pub fn none() -> Arrival {
+        Arrival(None)
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A durable queue of [`Record`]s with a dead-letter store.
 pub trait Queue: Send + Sync + 'static {
+    /// Announces an append that will follow soon (a webhook being
+    /// processed); drop the returned guard once it is appended or abandoned.
+    fn arriving(&self) -> Arrival {
+        Arrival::none()
+    }
+
     /// A fresh record id.
     fn next_id(&self) -> u64;
 
     /// Stores records durably; resolves only once they survive a crash or a
-    /// power loss (the webhook is acknowledged after this).
+    /// power loss (the webhook is acknowledged after this). The records are
+    /// handed over when this is called, before the future is first polled.
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>>;
 
     /// Applies changes in order, without waiting for them to be synced.

@@ -12,13 +12,13 @@
 //! a power loss; the extra `fdatasync` (or `syncfs` when a large value went to
 //! sled's separate blob files) is what makes the acknowledgement durable.
 
-use super::{BoxFuture, DeadLetter, Op, Queue, QueueError, QueueStats, Record};
+use super::{Arrival, BoxFuture, DeadLetter, Op, Queue, QueueError, QueueStats, Record};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The stored layout version this build reads and writes.
@@ -33,7 +33,10 @@ const LARGE_VALUE: usize = 64 * 1024;
 const MAX_GROUP: usize = 4096;
 
 /// Default for `storage.commit_delay_us`.
-pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(250);
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(1000);
+
+/// How often the writer looks again for announced appends.
+const COMMIT_TICK: Duration = Duration::from_micros(50);
 
 fn key(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -67,6 +70,8 @@ struct Shared {
     pending: AtomicU64,
     dead: AtomicU64,
     syncs: AtomicU64,
+    /// Webhooks being processed whose append has not been handed over yet.
+    arriving: Arc<AtomicUsize>,
 }
 
 /// The sled-backed [`Queue`].
@@ -84,9 +89,9 @@ impl SledQueue {
         Self::open_with(dir, DEFAULT_COMMIT_DELAY)
     }
 
-    /// Opens (or creates) the queue under `dir`. `commit_delay` is how long
-    /// the writer lets a group commit gather more appends when the previous
-    /// one had company (see [`writer_loop`]); zero disables it.
+    /// Opens (or creates) the queue under `dir`. `commit_delay` is the
+    /// longest a group commit waits for announced appends to join it (see
+    /// [`writer_loop`]); zero disables the wait.
     pub fn open_with(dir: &Path, commit_delay: Duration) -> Result<SledQueue, QueueError> {
         let path = dir.join("queue");
         let db = sled::Config::new().path(&path).open().map_err(storage)?;
@@ -143,6 +148,7 @@ impl SledQueue {
             pending: AtomicU64::new(pending),
             dead: AtomicU64::new(dead),
             syncs: AtomicU64::new(0),
+            arriving: Arc::new(AtomicUsize::new(0)),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -271,26 +277,31 @@ fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
 /// The queue's only writer: applies commands in groups, one durable commit
 /// (flush + fsync) per group.
 ///
-/// Commit delay: when the previous group held two or more appends (webhooks
-/// are arriving concurrently), the writer sleeps `commit_delay` before
-/// committing so that more appends share the commit. Each commit costs a
-/// sled flush (which wakes all of sled's I/O threads) and an fsync, so under
-/// load fewer, larger commits save CPU per event; a lone request never waits
-/// (its group had no company). Measured in docs/BENCHMARKS.md.
+/// Commit wait: webhooks announce themselves ([`Queue::arriving`]) while
+/// their source plugin runs. Before committing a group with appends, the
+/// writer waits, in ticks of [`COMMIT_TICK`] and at most `commit_delay`,
+/// while announced appends are still on their way, so that they share this
+/// commit instead of needing the next. Each commit costs a sled flush (which
+/// wakes all of sled's I/O threads) and an fsync, so under load fewer,
+/// larger commits save CPU per event; a webhook arriving alone never waits.
+/// Measured in docs/BENCHMARKS.md.
 fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
     let mut group = Vec::with_capacity(64);
-    let mut last_appends = 0usize;
     while let Ok(first) = rx.recv() {
         group.push(first);
         drain(&rx, &mut group);
-        if !commit_delay.is_zero() && last_appends >= 2 {
-            std::thread::sleep(commit_delay);
-            drain(&rx, &mut group);
+        let has_append = group.iter().any(|c| matches!(c, Command::Append(..)));
+        if has_append && !commit_delay.is_zero() {
+            let deadline = Instant::now() + commit_delay;
+            while shared.arriving.load(Ordering::Acquire) > 0 && group.len() < MAX_GROUP {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(COMMIT_TICK));
+                drain(&rx, &mut group);
+            }
         }
-        last_appends = group
-            .iter()
-            .filter(|c| matches!(c, Command::Append(..)))
-            .count();
         let mut waiters = Vec::new();
         let mut closing = None;
         let mut large = false;
@@ -350,10 +361,17 @@ impl Queue for SledQueue {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    fn arriving(&self) -> Arrival {
+        Arrival::counted(&self.shared.arriving)
+    }
+
     fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>> {
+        // Handed over now, not at the first poll: the caller may drop its
+        // `Arrival` as soon as this returns.
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Append(records, tx));
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            self.send(Command::Append(records, tx))?;
+            sent?;
             rx.await.map_err(|_| QueueError::Closed)?
         })
     }
@@ -517,6 +535,43 @@ mod tests {
         assert!(replayed.attempts.is_empty());
         assert_eq!(q.stats().pending, 2);
         assert_eq!(q.stats().dead, 0);
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_commit_waits_for_announced_appends_and_never_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open_with(dir.path(), Duration::from_millis(100)).unwrap();
+        // An announced webhook that never appends: the commit still happens
+        // (after at most the commit delay) and the append is durable.
+        let lost = q.arriving();
+        assert_eq!(q.shared.arriving.load(Ordering::Acquire), 1);
+        q.append(vec![record(&q, "a")]).await.unwrap();
+        drop(lost);
+        assert_eq!(q.shared.arriving.load(Ordering::Acquire), 0);
+        assert_eq!(q.stats().pending, 1);
+        q.close().await.unwrap();
+
+        // Two announced webhooks: the first append's commit waits for the
+        // second (a long limit, so only the arrival can end the wait), and
+        // both share one commit.
+        let dir = tempfile::tempdir().unwrap();
+        let q = SledQueue::open_with(dir.path(), Duration::from_secs(10)).unwrap();
+        let (first, second) = (q.arriving(), q.arriving());
+        let syncs = q.stats().syncs;
+        let a = q.append(vec![record(&q, "b")]);
+        drop(first);
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let b = q.append(vec![record(&q, "c")]);
+            drop(second);
+            b.await
+        };
+        let (a, b) = tokio::join!(a, late);
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(q.stats().syncs - syncs, 1, "both appends shared one commit");
+        assert_eq!(q.stats().pending, 2);
         q.close().await.unwrap();
     }
 
