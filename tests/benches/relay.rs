@@ -14,7 +14,13 @@
 //! (order-priority) in Rust, JavaScript and Python: compile, cached load,
 //! per-call cost with a fresh instance and on a warm one; `-- sink-hop
 //! [current-thread]` compares one http-post sink call with a plain hyper
-//! client round trip (`SINK_HOP_N` calls, default 5000).
+//! client round trip (`SINK_HOP_N` calls, default 5000; `SINK_HOP_REUSE=N`
+//! sets the sink's `instance_reuse`).
+//!
+//! `-- weft-only [SECONDS]` skips the plain relay (for profiling: each Weft
+//! pid is printed); `BENCH_CLIENTS` (default 16), `BENCH_WORKERS` (the
+//! `server.workers` setting, default 64) and `BENCH_COMMIT_DELAY_US` (the
+//! `storage.commit_delay_us` setting, default: the product default) vary it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -386,7 +392,7 @@ admin_listen = "127.0.0.1:{admin}"
 admin_token = {{ file = "token" }}
 
 [storage]
-commit_delay_us = {commit_delay}
+{commit_delay}
 data_dir = "{data}"
 cache_dir = "{cache}"
 
@@ -411,7 +417,10 @@ transforms = ["map"]
 sinks = ["post"]
 "#,
         workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "64".into()),
-        commit_delay = std::env::var("BENCH_COMMIT_DELAY_US").unwrap_or_else(|_| "250".into()),
+        // The product default unless BENCH_COMMIT_DELAY_US says otherwise.
+        commit_delay = std::env::var("BENCH_COMMIT_DELAY_US")
+            .map(|us| format!("commit_delay_us = {us}"))
+            .unwrap_or_default(),
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),
     );
