@@ -203,12 +203,21 @@ impl InFlight {
         let body = incoming
             .consume()
             .map_err(|_| HttpError::Transport("response body taken".into()))?;
-        let mut bytes = Vec::new();
+        // With a content-length, stop once that many bytes are in rather than
+        // waiting for one more read to report the end of the stream.
+        let expected = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+        let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(1 << 20));
         {
             let stream = body
                 .stream()
                 .map_err(|_| HttpError::Transport("response body stream".into()))?;
             loop {
+                if expected.is_some_and(|n| bytes.len() >= n) {
+                    break;
+                }
                 match stream.blocking_read(64 * 1024) {
                     Ok(chunk) => bytes.extend_from_slice(&chunk),
                     Err(StreamError::Closed) => break,
