@@ -7,6 +7,12 @@
 //! every sink at once; if all deliveries succeed, the record is removed. Each
 //! failed (output, sink) pair becomes its own `Stage::Deliver` record with its
 //! own retry clock, so one slow sink never holds back or duplicates another.
+//!
+//! Records are dispatched in groups: whatever is ready (all records of one
+//! webhook, or of one group commit, arrive together) is grouped by route and
+//! stage, and each group runs as one task. Transforms still run per event;
+//! a sink with `limits.max_batch > 1` gets the group's outputs in
+//! `deliver-batch` calls, and every event keeps its own outcome.
 
 use crate::event::{now_ms, Event};
 use crate::metrics::{add_elapsed, inc, Metrics};
