@@ -417,9 +417,20 @@ impl Router {
                     let event = chunk.into_iter().next().expect("one event");
                     vec![sink.deliver(event).await]
                 } else {
-                    match sink.deliver_batch(chunk).await {
+                    match sink.deliver_batch(chunk.clone()).await {
                         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err(e); n],
+                        Err(e) => {
+                            // One bad event must not fail its neighbours:
+                            // deliver each on its own, so only the culprit
+                            // fails (the others may be delivered twice, which
+                            // at-least-once allows).
+                            inc(&self.metrics.plugin_failures);
+                            tracing::warn!(sink = %sink.name(), events = n, error = %e, "deliver-batch failed as a whole; delivering its events one by one");
+                            futures::future::join_all(
+                                chunk.into_iter().map(|event| sink.deliver(event)),
+                            )
+                            .await
+                        }
                     }
                 };
                 // Per event, so the total stays comparable with unbatched calls.

@@ -305,3 +305,70 @@ sinks = ["out"]
     );
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_delivered() {
+    let api = FakeApi::start().await;
+    let config = format!(
+        r#"
+[retry]
+initial_ms = 50
+max_attempts = 2
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id", split_array = true }}
+
+[plugins.out]
+path = "{sink}"
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+limits = {{ max_batch = 16 }}
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#,
+        sink = weft_tests::test_plugin("poison-sink").display(),
+        origin = api.origin()
+    );
+    let host = TestHost::start(&config).await;
+    // Ten events in one request, so in one deliver-batch call; the fifth
+    // makes the sink trap, which fails that whole call.
+    let body: Vec<String> = (0..10)
+        .map(|i| format!("{{\"id\":\"p{i}\",\"poison\":{}}}", i == 4))
+        .collect();
+    let (status, _) = post_json(&host.hook("in"), &format!("[{}]", body.join(","))).await;
+    assert_eq!(status, 202);
+    assert!(
+        eventually(Duration::from_secs(30), || host.stats().dead == 1
+            && host.stats().pending == 0)
+        .await
+    );
+    let mut ids: Vec<String> = api
+        .delivered()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let expected: Vec<String> = (0..10)
+        .filter(|i| *i != 4)
+        .map(|i| format!("p{i}"))
+        .collect();
+    assert_eq!(ids, expected, "every event but the poison one delivered");
+
+    let (status, body) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(status, 200);
+    let letters = body["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["event"]["id"], "p4");
+    assert!(
+        letters[0]["error"].as_str().unwrap().contains("is poison"),
+        "{}",
+        letters[0]
+    );
+    host.stop().await;
+}
