@@ -99,7 +99,11 @@ impl Router {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> (Arc<Router>, Workers) {
-        let (tx, rx) = mpsc::channel(workers * 16);
+        // A short hand-off: enough to keep every worker busy, small enough
+        // that an overloaded router pushes back on webhooks within a few
+        // milliseconds instead of holding hundreds of acknowledged events
+        // in memory (they are durable, but their delivery latency grows).
+        let (tx, rx) = mpsc::channel(workers * 2);
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         for r in &routes {
             by_source
