@@ -421,7 +421,7 @@ impl Router {
                     let event = chunk.into_iter().next().expect("one event");
                     vec![sink.deliver(event).await]
                 } else {
-                    match sink.deliver_batch(chunk.clone()).await {
+                    match sink.deliver_batch(&chunk).await {
                         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
                         Err(e) => {
                             // One bad event must not fail its neighbours:

@@ -206,6 +206,18 @@ impl FakeApi {
             .collect()
     }
 
+    /// The `ce-id` of every request answered with a 2xx, sorted, each once.
+    pub fn delivered_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .delivered()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn origin(&self) -> String {
         format!("http://{}", self.addr)

@@ -27,6 +27,34 @@ sinks = ["out"]
     )
 }
 
+/// A route whose source splits a JSON array into events and whose sink
+/// (`sink`: the plugin's `builtin = ...` or `path = ...` line) takes
+/// batches of up to 16.
+fn batch_config(api: &FakeApi, sink: &str, retry: &str) -> String {
+    format!(
+        r#"
+[retry]
+{retry}
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id", split_array = true }}
+
+[plugins.out]
+{sink}
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+limits = {{ max_batch = 16 }}
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#,
+        origin = api.origin()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_schedule() {
     let api = FakeApi::start().await;
@@ -248,28 +276,10 @@ async fn a_batching_sink_delivers_each_event_once_and_retries_only_the_failed_on
     let api = FakeApi::start().await;
     // The first five requests fail; they arrive concurrently, inside batches.
     api.fail_next(5, 503, &[]);
-    let config = format!(
-        r#"
-[retry]
-initial_ms = 50
-jitter = 0.0
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id", split_array = true }}
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/deliver" }}
-allowed_hosts = ["{origin}"]
-limits = {{ max_batch = 16 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#,
-        origin = api.origin()
+    let config = batch_config(
+        &api,
+        "builtin = \"http-post\"",
+        "initial_ms = 50\njitter = 0.0",
     );
     let host = TestHost::start(&config).await;
     // One webhook request carrying 40 orders: 40 events ready at once.
@@ -279,14 +289,11 @@ sinks = ["out"]
     assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 40).await);
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
 
-    let mut ids: Vec<String> = api
-        .delivered()
-        .iter()
-        .filter_map(|r| r.header("ce-id").map(str::to_string))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 40, "every event delivered, none twice");
+    assert_eq!(
+        api.delivered_ids().len(),
+        40,
+        "every event delivered, none twice"
+    );
     assert_eq!(
         api.requests().len(),
         45,
@@ -309,30 +316,14 @@ sinks = ["out"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_delivered() {
     let api = FakeApi::start().await;
-    let config = format!(
-        r#"
-[retry]
-initial_ms = 50
-max_attempts = 2
-jitter = 0.0
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id", split_array = true }}
-
-[plugins.out]
-path = "{sink}"
-config = {{ url = "{origin}/deliver" }}
-allowed_hosts = ["{origin}"]
-limits = {{ max_batch = 16 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#,
-        sink = weft_tests::test_plugin("poison-sink").display(),
-        origin = api.origin()
+    let sink = format!(
+        "path = \"{}\"",
+        weft_tests::test_plugin("poison-sink").display()
+    );
+    let config = batch_config(
+        &api,
+        &sink,
+        "initial_ms = 50\nmax_attempts = 2\njitter = 0.0",
     );
     let host = TestHost::start(&config).await;
     // Ten events in one request, so in one deliver-batch call; the fifth
@@ -347,18 +338,15 @@ sinks = ["out"]
             && host.stats().pending == 0)
         .await
     );
-    let mut ids: Vec<String> = api
-        .delivered()
-        .iter()
-        .filter_map(|r| r.header("ce-id").map(str::to_string))
-        .collect();
-    ids.sort();
-    ids.dedup();
     let expected: Vec<String> = (0..10)
         .filter(|i| *i != 4)
         .map(|i| format!("p{i}"))
         .collect();
-    assert_eq!(ids, expected, "every event but the poison one delivered");
+    assert_eq!(
+        api.delivered_ids(),
+        expected,
+        "every event but the poison one delivered"
+    );
 
     let (status, body) = host.admin_get("/api/dead-letters").await;
     assert_eq!(status, 200);

@@ -537,14 +537,14 @@ impl Plugin {
     /// number of outcomes has failed the whole call.
     pub async fn deliver_batch(
         &self,
-        events: Vec<Event>,
+        events: &[Event],
     ) -> Result<Vec<wit::DeliveryOutcome>, PluginError> {
         let Pre::Sink(pre) = &self.pre else {
             return Err(self.wrong_role(Role::Sink));
         };
         let n = events.len();
         let id = events.first().map(|e| e.id.clone());
-        let events: Vec<wit::Event> = events.into_iter().map(wit::Event::from).collect();
+        let events: Vec<wit::Event> = events.iter().cloned().map(wit::Event::from).collect();
         let outcomes = call_instance!(self, pre, Sink, id, |instance, store| instance
             .call_deliver_batch(store, &events))?;
         if outcomes.len() != n {
