@@ -122,7 +122,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("weft-data"),
             cache_dir: None,
-            commit_delay_us: 1000,
+            commit_delay_us: crate::queue::DEFAULT_COMMIT_DELAY.as_micros() as u64,
         }
     }
 }

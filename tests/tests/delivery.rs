@@ -3,7 +3,18 @@
 use std::time::Duration;
 use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
 
-fn relay_config(api: &FakeApi, retry: &str) -> String {
+/// One route `relay`: `in` (webhook-json) → `out`, a sink POSTing to `api`.
+/// `split` makes the source split a JSON array into events; `sink` is the
+/// sink's plugin line (`builtin = ...` or `path = ...`), `sink_config` extra
+/// config entries and `sink_limits` its limits table.
+fn route_config(
+    api: &FakeApi,
+    retry: &str,
+    split: bool,
+    sink: &str,
+    sink_config: &str,
+    sink_limits: &str,
+) -> String {
     format!(
         r#"
 [retry]
@@ -11,12 +22,13 @@ fn relay_config(api: &FakeApi, retry: &str) -> String {
 
 [plugins.in]
 builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
+config = {{ id_pointer = "/id", split_array = {split} }}
 
 [plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/deliver", timeout_ms = 2000 }}
+{sink}
+config = {{ url = "{origin}/deliver"{sink_config} }}
 allowed_hosts = ["{origin}"]
+limits = {{ {sink_limits} }}
 
 [[routes]]
 name = "relay"
@@ -27,32 +39,21 @@ sinks = ["out"]
     )
 }
 
-/// A route whose source splits a JSON array into events and whose sink
-/// (`sink`: the plugin's `builtin = ...` or `path = ...` line) takes
-/// batches of up to 16.
-fn batch_config(api: &FakeApi, sink: &str, retry: &str) -> String {
-    format!(
-        r#"
-[retry]
-{retry}
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id", split_array = true }}
-
-[plugins.out]
-{sink}
-config = {{ url = "{origin}/deliver" }}
-allowed_hosts = ["{origin}"]
-limits = {{ max_batch = 16 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#,
-        origin = api.origin()
+/// The built-in `http-post` sink, one event per call.
+fn relay_config(api: &FakeApi, retry: &str) -> String {
+    route_config(
+        api,
+        retry,
+        false,
+        "builtin = \"http-post\"",
+        ", timeout_ms = 2000",
+        "",
     )
+}
+
+/// Array webhooks into a sink (`sink`: its plugin line) taking batches of 16.
+fn batch_config(api: &FakeApi, sink: &str, retry: &str) -> String {
+    route_config(api, retry, true, sink, "", "max_batch = 16")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

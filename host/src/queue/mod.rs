@@ -6,7 +6,7 @@
 
 mod sled_store;
 
-pub use sled_store::SledQueue;
+pub use sled_store::{SledQueue, DEFAULT_COMMIT_DELAY};
 
 use crate::event::Event;
 use serde::{Deserialize, Serialize};

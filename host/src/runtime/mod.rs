@@ -86,7 +86,7 @@ pub enum LoadError {
 }
 
 /// Why a plugin call failed (as opposed to the plugin returning an error value).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// It used up its CPU budget.
     #[error("plugin {plugin} exceeded its CPU time limit ({limit_ms} ms) and was stopped")]
