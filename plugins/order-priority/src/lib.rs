@@ -13,7 +13,7 @@
 //! (`[A-Za-z0-9_-]+`) fail permanently.
 //!
 //! The same connector is written in JavaScript in `plugins/order-priority-js`;
-//! `tests/tests/contract.rs` holds both to one contract.
+//! `tests/tests/e2e/contract.rs` holds both to one contract.
 
 use serde_json::Value;
 use weft_sdk::{config, http, log, Event, Transform, TransformError};
