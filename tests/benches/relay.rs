@@ -1,7 +1,9 @@
 //! The webhook relay benchmark: clients POST ~1 KiB JSON orders; Weft runs
 //! source → json-map → http-post to a local sink server. Beside it, in the
 //! same run, a plain non-durable hyper relay (receive, forward, answer) on the
-//! same workload, as the yardstick.
+//! same workload, as the yardstick, and a straightforward durable relay (sled
+//! insert + group-commit fdatasync before the 2xx, forward, remove; no
+//! plugins) to show what durability alone costs on this machine.
 //!
 //! Reports delivered events/s, end-to-end p50/p99 (client send → sink
 //! receipt), host CPU per event (and the share of the storage writer thread),
@@ -33,6 +35,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+
+/// The allocator the `weft` binary ships with, so that the in-process
+/// micro-benchmarks (plugin hop, sink hop) measure Weft as it runs; the two
+/// yardstick relays (child processes of this binary) get it too.
+#[global_allocator]
+static ALLOCATOR: weft::Allocator = weft::Allocator;
 
 const WARMUP: Duration = Duration::from_secs(2);
 
@@ -145,6 +153,97 @@ async fn plain_relay(port: u16, sink: String) {
                     };
                     let mut resp = hyper::Response::new(Full::new(Bytes::new()));
                     *resp.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// A write waiting for the durable relay's next group commit.
+type PendingWrite = (u64, Bytes, tokio::sync::oneshot::Sender<()>);
+
+/// The straightforward durable relay (run in a child process), the second
+/// yardstick: sled insert + group-commit flush and fdatasync before the 2xx,
+/// then forward with a pooled keep-alive client, and remove the record after
+/// the sink's 2xx. No plugins, no routing, no retry schedule: what Weft's
+/// storage path costs without the rest of Weft.
+async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
+    let db = sled::Config::new().path(&dir).open().unwrap();
+    let log = std::fs::File::open(dir.join("db")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<PendingWrite>();
+    let writer_db = db.clone();
+    // Named "sled-…" so that the storage-thread CPU column counts it.
+    let writer = std::thread::Builder::new().name("sled-group-commit".into());
+    let _ = writer.spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            for (id, body, _) in &group {
+                writer_db.insert(id.to_be_bytes(), body.as_ref()).unwrap();
+            }
+            writer_db.flush().unwrap();
+            log.sync_data().unwrap();
+            for (_, _, done) in group {
+                let _ = done.send(());
+            }
+        }
+    });
+    let tx = Arc::new(Mutex::new(tx));
+    let next_id = Arc::new(AtomicU64::new(0));
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let sink: Arc<str> = sink.into();
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let (client, sink, db, tx, next_id) = (
+            client.clone(),
+            sink.clone(),
+            db.clone(),
+            tx.clone(),
+            next_id.clone(),
+        );
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (client, sink, db, tx) = (client.clone(), sink.clone(), db.clone(), tx.clone());
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let (done, durable) = tokio::sync::oneshot::channel();
+                    tx.lock().unwrap().send((id, body.clone(), done)).unwrap();
+                    let _ = durable.await;
+                    tokio::spawn(async move {
+                        loop {
+                            let fwd = Request::post(&*sink)
+                                .header("content-type", "application/json")
+                                .body(Full::new(body.clone()))
+                                .unwrap();
+                            if let Ok(r) = client.request(fwd).await {
+                                let ok = r.status().is_success();
+                                let _ = r.into_body().collect().await;
+                                if ok {
+                                    db.remove(id.to_be_bytes()).unwrap();
+                                    break;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                    let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() = http::StatusCode::ACCEPTED;
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
@@ -666,6 +765,12 @@ fn main() {
         multi_thread_runtime().block_on(plain_relay(port, sink));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("durable-relay") {
+        let port: u16 = args[2].parse().unwrap();
+        let (sink, dir) = (args[3].clone(), std::path::PathBuf::from(&args[4]));
+        multi_thread_runtime().block_on(durable_relay(port, sink, dir));
+        return;
+    }
     if args.iter().any(|a| a == "languages") {
         multi_thread_runtime().block_on(languages());
         return;
@@ -718,6 +823,19 @@ fn main() {
             results.push(measure("plain hyper relay (not durable)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
             let _ = child.kill();
             let _ = child.wait();
+
+            // The straightforward durable relay (no plugins).
+            let dir = tempfile::tempdir().unwrap();
+            let port = weft_tests::free_port();
+            let mut child = std::process::Command::new(&me)
+                .args(["durable-relay", &port.to_string(), &format!("http://{}/orders", sink.addr)])
+                .arg(dir.path().join("sled"))
+                .spawn()
+                .unwrap();
+            wait_port(port).await;
+            results.push(measure("straightforward durable relay (sled, no plugins)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
+            let _ = child.kill();
+            let _ = child.wait();
             }
 
             // Weft: the default (a fresh instance per plugin call), then
@@ -767,7 +885,7 @@ fn main() {
             println!("weft, {} clients, wall time per delivered event: {}", r.clients, r.stages);
         }
         for plain in results.iter().filter(|r| r.name.starts_with("plain")) {
-            for weft in results.iter().filter(|r| r.name.starts_with("weft") && r.clients == plain.clients) {
+            for weft in results.iter().filter(|r| !r.name.starts_with("plain") && r.clients == plain.clients) {
                 println!("{} clients: {} delivers {:.0}% of the plain relay's rate", weft.clients, weft.name, 100.0 * weft.delivered_per_s / plain.delivered_per_s);
             }
         }
