@@ -293,7 +293,14 @@ impl Runtime {
                     plugin: name.clone(),
                     detail: format!("{e:#}"),
                 })?;
-        tracing::info!(plugin = %name, path = %path.display(), cached, ms = started.elapsed().as_secs_f64() * 1e3, "plugin compiled");
+        tracing::info!(
+            plugin = %name,
+            path = %path.display(),
+            from_cache = cached,
+            ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "{}",
+            if cached { "compiled plugin loaded from the cache" } else { "plugin compiled" }
+        );
         let mut plugin = self.link(ctx, component, limits, hex_digest(&wasm))?;
         plugin.from_cache = cached;
         Ok(plugin)
