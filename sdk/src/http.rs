@@ -114,11 +114,24 @@ impl Request {
     pub fn start(self) -> Result<InFlight, HttpError> {
         let url = ParsedUrl::parse(&self.url)?;
         // All headers in one host call (not one `append` per header).
-        let entries: Vec<(String, Vec<u8>)> = self
+        let mut entries: Vec<(String, Vec<u8>)> = self
             .headers
             .iter()
             .map(|(name, value)| (name.clone(), value.as_bytes().to_vec()))
             .collect();
+        // A declared length: the body goes out as one piece instead of HTTP/1
+        // chunked encoding, and the receiver knows where it ends without
+        // waiting for the end-of-body marker.
+        let declared = self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        if !declared && (!self.body.is_empty() || has_body(&self.method)) {
+            entries.push((
+                "content-length".to_string(),
+                self.body.len().to_string().into_bytes(),
+            ));
+        }
         let fields = Fields::from_list(&entries).map_err(|e| {
             // Name the header the host refused (slow path, errors only).
             let probe = Fields::new();
@@ -179,6 +192,14 @@ impl Request {
         OutgoingBody::finish(body, None).map_err(|e| HttpError::Transport(describe(&e)))?;
         Ok(InFlight { future })
     }
+}
+
+/// Whether requests of this method carry a body (so an empty one is declared
+/// as `content-length: 0`).
+fn has_body(method: &str) -> bool {
+    ["POST", "PUT", "PATCH"]
+        .iter()
+        .any(|m| method.eq_ignore_ascii_case(m))
 }
 
 /// A request that has been sent and whose response has not been read yet.

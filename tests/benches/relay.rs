@@ -22,7 +22,9 @@
 //! `-- weft-only [SECONDS]` skips the plain relay (for profiling: each Weft
 //! pid is printed); `BENCH_CLIENTS` (default 16), `BENCH_WORKERS` (the
 //! `server.workers` setting, default 64) and `BENCH_COMMIT_DELAY_US` (the
-//! `storage.commit_delay_us` setting, default: the product default) vary it.
+//! `storage.commit_delay_us` setting, default: the product default) vary it;
+//! `BENCH_CONFIG=text` runs only the Weft configurations whose name contains
+//! `text` (e.g. `BENCH_CONFIG="reuse = 1000, sink"`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -846,6 +848,11 @@ fn main() {
                 ("weft (durable, instance_reuse = 1000)", 1000, 1),
                 ("weft (durable, instance_reuse = 1000, sink max_batch = 64)", 1000, 64),
             ] {
+                if let Ok(only) = std::env::var("BENCH_CONFIG") {
+                    if !name.contains(only.as_str()) {
+                        continue;
+                    }
+                }
                 let dir = tempfile::tempdir().unwrap();
                 let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
                 let config = weft_config(dir.path(), webhook, admin, sink.addr, reuse, batch);

@@ -48,6 +48,10 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
     assert_eq!(inv.header("ce-type"), Some("com.shop.order.summary"));
     assert_eq!(inv.header("ce-source"), Some("/shop/orders"));
     assert_eq!(inv.header("idempotency-key"), Some("ORD-1"));
+    // The sink declares its body's length (no chunked encoding).
+    let length = inv.body.len().to_string();
+    assert_eq!(inv.header("content-length"), Some(length.as_str()));
+    assert_eq!(inv.header("transfer-encoding"), None);
     let data = inv.json();
     assert_eq!(data["customer_email"], "ada@example.com");
     assert!(
