@@ -118,22 +118,48 @@ async fn start_sink() -> Sink {
     }
 }
 
-/// The plain relay (run in a child process): receive, forward, answer.
-async fn plain_relay(port: u16, sink: String) {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build_http();
+/// The pooled keep-alive client both yardstick relays forward with.
+type RelayClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+fn relay_client() -> RelayClient {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+/// POSTs `body` to `sink`; the sink's status, or 502 if it could not be reached.
+async fn forward(client: &RelayClient, sink: &str, body: Bytes) -> http::StatusCode {
+    let fwd = Request::post(sink)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    match client.request(fwd).await {
+        Ok(r) => {
+            let status = r.status();
+            let _ = r.into_body().collect().await;
+            status
+        }
+        Err(_) => http::StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Serves HTTP/1 on `port`, answering every request with the status
+/// `handle` returns for its body.
+async fn serve_relay<F, Fut>(port: u16, handle: F)
+where
+    F: Fn(Bytes) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::StatusCode> + Send + 'static,
+{
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let sink: Arc<str> = sink.into();
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
-        let client = client.clone();
-        let sink = sink.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let client = client.clone();
-                let sink = sink.clone();
+                let handle = handle.clone();
                 async move {
                     let body = req
                         .into_body()
@@ -141,20 +167,8 @@ async fn plain_relay(port: u16, sink: String) {
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    let fwd = Request::post(&*sink)
-                        .header("content-type", "application/json")
-                        .body(Full::new(body))
-                        .unwrap();
-                    let status = match client.request(fwd).await {
-                        Ok(r) => {
-                            let s = r.status();
-                            let _ = r.into_body().collect().await;
-                            s
-                        }
-                        Err(_) => http::StatusCode::BAD_GATEWAY,
-                    };
                     let mut resp = hyper::Response::new(Full::new(Bytes::new()));
-                    *resp.status_mut() = status;
+                    *resp.status_mut() = handle(body).await;
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
@@ -163,6 +177,17 @@ async fn plain_relay(port: u16, sink: String) {
                 .await;
         });
     }
+}
+
+/// The plain relay (run in a child process): receive, forward, answer.
+async fn plain_relay(port: u16, sink: String) {
+    let client = relay_client();
+    let sink: Arc<str> = sink.into();
+    serve_relay(port, move |body| {
+        let (client, sink) = (client.clone(), sink.clone());
+        async move { forward(&client, &sink, body).await }
+    })
+    .await;
 }
 
 /// A write waiting for the durable relay's next group commit.
@@ -198,62 +223,25 @@ async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
     });
     let tx = Arc::new(Mutex::new(tx));
     let next_id = Arc::new(AtomicU64::new(0));
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build_http();
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let client = relay_client();
     let sink: Arc<str> = sink.into();
-    while let Ok((stream, _)) = listener.accept().await {
-        let _ = stream.set_nodelay(true);
-        let (client, sink, db, tx, next_id) = (
-            client.clone(),
-            sink.clone(),
-            db.clone(),
-            tx.clone(),
-            next_id.clone(),
-        );
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (client, sink, db, tx) = (client.clone(), sink.clone(), db.clone(), tx.clone());
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let body = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let (done, durable) = tokio::sync::oneshot::channel();
-                    tx.lock().unwrap().send((id, body.clone(), done)).unwrap();
-                    let _ = durable.await;
-                    tokio::spawn(async move {
-                        loop {
-                            let fwd = Request::post(&*sink)
-                                .header("content-type", "application/json")
-                                .body(Full::new(body.clone()))
-                                .unwrap();
-                            if let Ok(r) = client.request(fwd).await {
-                                let ok = r.status().is_success();
-                                let _ = r.into_body().collect().await;
-                                if ok {
-                                    db.remove(id.to_be_bytes()).unwrap();
-                                    break;
-                                }
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    });
-                    let mut resp = hyper::Response::new(Full::new(Bytes::new()));
-                    *resp.status_mut() = http::StatusCode::ACCEPTED;
-                    Ok::<_, std::convert::Infallible>(resp)
+    serve_relay(port, move |body| {
+        let (client, sink, db, tx) = (client.clone(), sink.clone(), db.clone(), tx.clone());
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let (done, durable) = tokio::sync::oneshot::channel();
+            tx.lock().unwrap().send((id, body.clone(), done)).unwrap();
+            let _ = durable.await;
+            tokio::spawn(async move {
+                while !forward(&client, &sink, body.clone()).await.is_success() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                db.remove(id.to_be_bytes()).unwrap();
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+            http::StatusCode::ACCEPTED
+        }
+    })
+    .await;
 }
 
 /// Clients POST as fast as they get answers, until `stop`.
