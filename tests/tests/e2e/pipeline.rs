@@ -236,3 +236,66 @@ sinks = ["out"]
     );
     host.stop().await;
 }
+
+/// Reads what the server sends until it closes the connection (or `limit`
+/// passes, which fails the test: the server must hang up on its own).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a stalled connection open");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
+    use tokio::io::AsyncWriteExt;
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n{}",
+        shop_config(&inventory, &accounting)
+    );
+    let host = TestHost::start(&config).await;
+    let addr = host.running.webhook_addr;
+
+    // Headers that never finish (slowloris): the connection is closed.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /hooks/shop-orders HTTP/1.1\r\nhost: weft\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut stalled, Duration::from_secs(30)).await;
+
+    // A body that stops halfway: 408, and the connection is not kept.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /hooks/shop-orders HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"order_id\":\"SLOW-1\"",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(30)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Nothing was stored, and the host still serves everyone else.
+    assert_eq!(host.stats().pending, 0);
+    let (status, body) = post_json(
+        &host.hook("shop-orders"),
+        "{\"order_id\":\"OK-2\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    assert_eq!(inventory.delivered()[0].json()["order_id"], "OK-2");
+    host.stop().await;
+}
