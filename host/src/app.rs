@@ -316,10 +316,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let webhook_addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
-    let sources = plugins
+    let sources: HashMap<String, Arc<Plugin>> = plugins
         .iter()
         .filter(|(_, p)| p.role() == Role::Source)
         .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
+    let rates = config
+        .plugins
+        .iter()
+        .filter(|(name, _)| sources.contains_key(*name))
+        .map(|(name, pc)| {
+            let per_s = pc.limits(&config.limits).requests_per_s;
+            (name.clone(), crate::rate::RateLimit::per_second(per_s))
+        })
         .collect();
     let ingress = Arc::new(Ingress {
         sources,
@@ -328,6 +337,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_body_bytes: config.server.max_body_bytes,
         body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
         slots: Semaphore::new(config.server.max_concurrent_requests),
+        rates,
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
     tasks.push(tokio::spawn(crate::server::serve(

@@ -184,11 +184,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
             let _ = std::fs::remove_dir_all(&cache);
+            let count =
+                |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             println!(
-                "{}: ok ({} plugins, {} routes)",
+                "{}: ok ({}, {})",
                 path.display(),
-                plugins.len(),
-                routes.len()
+                count(plugins.len(), "plugin"),
+                count(routes.len(), "route")
             );
             Ok(())
         }

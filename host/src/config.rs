@@ -158,6 +158,12 @@ impl Default for RetryConfig {
 /// The largest `limits.max_batch` accepted.
 pub const MAX_BATCH: u32 = 1000;
 
+/// Default for `limits.requests_per_s`.
+pub const DEFAULT_REQUESTS_PER_S: u32 = 20_000;
+
+/// The largest `limits.requests_per_s` accepted.
+pub const MAX_REQUESTS_PER_S: u32 = 1_000_000;
+
 /// Sandbox limits of a plugin call.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -183,6 +189,12 @@ pub struct Limits {
     /// events; outcomes stay per event. Events are never held back to fill a
     /// batch: a batch is whatever is ready when the sink is free.
     pub max_batch: u32,
+    /// Sources only: webhook requests per second the source accepts, in
+    /// bursts of up to one second's worth; more are answered 429 with
+    /// `Retry-After` and never stored. The default (20000) is above what one
+    /// node delivers (docs/BENCHMARKS.md): set it to what the upstream
+    /// should send.
+    pub requests_per_s: u32,
 }
 
 impl Default for Limits {
@@ -194,6 +206,7 @@ impl Default for Limits {
             max_response_bytes: 16 * 1024 * 1024,
             instance_reuse: 1,
             max_batch: 1,
+            requests_per_s: DEFAULT_REQUESTS_PER_S,
         }
     }
 }
@@ -208,6 +221,7 @@ pub struct LimitOverrides {
     max_response_bytes: Option<u64>,
     instance_reuse: Option<u32>,
     max_batch: Option<u32>,
+    requests_per_s: Option<u32>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -281,6 +295,10 @@ impl PluginConfig {
                 .instance_reuse
                 .unwrap_or(defaults.instance_reuse),
             max_batch: self.limits.max_batch.unwrap_or(defaults.max_batch),
+            requests_per_s: self
+                .limits
+                .requests_per_s
+                .unwrap_or(defaults.requests_per_s),
         }
     }
 
@@ -449,6 +467,14 @@ impl Config {
                 return Err(invalid(
                     at,
                     format!("plugins.{name}.limits.max_batch: must be 1..={MAX_BATCH}"),
+                ));
+            }
+            if limits.requests_per_s == 0 || limits.requests_per_s > MAX_REQUESTS_PER_S {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "plugins.{name}.limits.requests_per_s: must be 1..={MAX_REQUESTS_PER_S}"
+                    ),
                 ));
             }
         }

@@ -3,6 +3,7 @@
 //! with their ids. Rejections get the plugin's 4xx and are never stored.
 
 use crate::metrics::{add_elapsed, inc, Metrics};
+use crate::rate::RateLimit;
 use crate::router::{IngestError, Router};
 use crate::runtime::bindings::wit;
 use crate::runtime::Plugin;
@@ -29,6 +30,9 @@ pub struct Ingress {
     pub body_timeout: Duration,
     /// Requests handled at once; more get 503.
     pub slots: Semaphore,
+    /// Each source's request rate limit (`limits.requests_per_s`); over it,
+    /// 429.
+    pub rates: HashMap<String, RateLimit>,
 }
 
 /// The HTTP status of a rejection kind.
@@ -80,6 +84,21 @@ impl Ingress {
         };
         if !self.router.has_source(&name) {
             return error(404, format!("no route starts at source \"{name}\""));
+        }
+        if let Some(Err(wait)) = self.rates.get(&name).map(RateLimit::take) {
+            inc(&self.metrics.webhooks_throttled);
+            let mut r = json(
+                429,
+                &serde_json::json!({
+                    "error": format!("source \"{name}\" is over its rate limit (limits.requests_per_s); retry later"),
+                    "kind": "too-many-requests",
+                }),
+            );
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = http::HeaderValue::from_str(&seconds.to_string()) {
+                r.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+            return r;
         }
         let Ok(_slot) = self.slots.try_acquire() else {
             let mut r = error(503, "too many concurrent webhook requests; retry shortly");

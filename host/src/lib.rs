@@ -14,6 +14,7 @@ pub mod harness;
 pub mod ingress;
 pub mod metrics;
 pub mod queue;
+pub mod rate;
 pub mod retry;
 pub mod router;
 pub mod runtime;

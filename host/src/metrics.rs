@@ -12,6 +12,9 @@ pub struct Metrics {
     pub webhooks_received: AtomicU64,
     /// Webhook requests rejected (4xx).
     pub webhooks_rejected: AtomicU64,
+    /// Webhook requests refused with 429 because their source was over its
+    /// rate limit.
+    pub webhooks_throttled: AtomicU64,
     /// Events durably accepted.
     pub events_accepted: AtomicU64,
     /// Successful deliveries (per sink).
@@ -61,6 +64,11 @@ impl Metrics {
                 "weft_webhooks_rejected_total",
                 "Webhook requests rejected with a 4xx",
                 g(&self.webhooks_rejected),
+            ),
+            (
+                "weft_webhooks_throttled_total",
+                "Webhook requests refused with 429: their source was over limits.requests_per_s",
+                g(&self.webhooks_throttled),
             ),
             (
                 "weft_events_accepted_total",

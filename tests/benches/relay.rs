@@ -488,6 +488,8 @@ cache_dir = "{cache}"
 [plugins.orders]
 builtin = "webhook-json"
 config = {{ id_pointer = "/order_id", type = "com.shop.order.created" }}
+# The benchmark measures capacity: the source's rate limit stays out of it.
+limits = {{ requests_per_s = 1000000 }}
 
 [plugins.map]
 builtin = "json-map"

@@ -226,6 +226,17 @@ impl FakeApi {
 
 /// Sends a request; returns status and body text.
 pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, _, text) = send_full(method, url, body, headers).await;
+    (status, text)
+}
+
+/// Sends a request; returns status, response headers and body text.
+pub async fn send_full(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
     let uri: http::Uri = url.parse().expect("url");
     let host = uri.host().expect("host").to_string();
     let port = uri.port_u16().unwrap_or(80);
@@ -248,9 +259,10 @@ pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)])
         .expect("request");
     let resp = sender.send_request(req).await.expect("send");
     let status = resp.status().as_u16();
-    let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes())
-        .into_owned();
-    (status, text)
+    let (parts, body) = resp.into_parts();
+    let text =
+        String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned();
+    (status, parts.headers, text)
 }
 
 /// POSTs JSON.

@@ -64,6 +64,14 @@ fn bad_config_errors_name_file_line_and_field() {
         "{out}"
     );
 
+    let (ok, out) =
+        validate("[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { requests_per_s = 0 }\n");
+    assert!(!ok);
+    assert!(
+        out.contains("bad.toml:1:1: plugins.x.limits.requests_per_s: must be 1..=1000000"),
+        "{out}"
+    );
+
     let (ok, out) = validate("[plugins.x]\npath = \"nowhere.wasm\"\n");
     assert!(!ok);
     assert!(out.contains("plugin x: cannot read"), "{out}");
@@ -92,7 +100,7 @@ fn the_shop_example_validates() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ok (4 plugins, 1 routes)"), "{stdout}");
+    assert!(stdout.contains("ok (4 plugins, 1 route)"), "{stdout}");
 }
 
 #[test]

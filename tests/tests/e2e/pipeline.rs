@@ -1,7 +1,7 @@
 //! The shop route end to end, and webhooks that must be refused.
 
 use std::time::Duration;
-use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
+use weft_tests::{eventually, post_json, send, send_full, FakeApi, TestHost};
 
 fn shop_config(inventory: &FakeApi, accounting: &FakeApi) -> String {
     let text = std::fs::read_to_string(concat!(
@@ -297,5 +297,77 @@ async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
     assert_eq!(status, 202, "{body}");
     assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
     assert_eq!(inventory.delivered()[0].json()["order_id"], "OK-2");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    // One request a second, bursts of one: of ten requests sent back to
+    // back, the first is accepted and (unless each took a second) the next
+    // ones are refused.
+    let config = shop_config(&inventory, &accounting)
+        .replace("[limits]\n", "[limits]\nrequests_per_s = 1\n");
+    assert!(config.contains("requests_per_s = 1"));
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("shop-orders");
+
+    let mut accepted = Vec::new();
+    let mut throttled = 0;
+    for i in 0..10 {
+        let order =
+            format!("{{\"order_id\":\"RL-{i}\",\"items\":[{{\"quantity\":1,\"unit_price\":1}}]}}");
+        let (status, headers, body) = send_full(
+            "POST",
+            &hook,
+            &order,
+            &[("content-type", "application/json")],
+        )
+        .await;
+        match status {
+            202 => accepted.push(format!("RL-{i}")),
+            429 => {
+                throttled += 1;
+                let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(err["kind"], "too-many-requests");
+                let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(retry >= 1, "{retry}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.first().map(String::as_str), Some("RL-0"));
+    assert!(throttled > 0, "nothing was throttled");
+    assert_eq!(accepted.len() + throttled, 10);
+
+    // Exactly the accepted orders were stored and delivered.
+    assert!(
+        eventually(Duration::from_secs(30), || inventory.delivered().len()
+            == accepted.len())
+        .await
+    );
+    let mut delivered: Vec<String> = inventory
+        .delivered()
+        .iter()
+        .map(|r| {
+            r.json()["order_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    delivered.sort();
+    accepted.sort();
+    assert_eq!(delivered, accepted);
+    let throttled_metric = host
+        .running
+        .metrics
+        .snapshot()
+        .iter()
+        .find(|(n, _, _)| *n == "weft_webhooks_throttled_total")
+        .map(|(_, _, v)| *v);
+    assert_eq!(throttled_metric, Some(throttled as u64));
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
     host.stop().await;
 }

@@ -1,0 +1,86 @@
+//! Webhook rate limits: a token bucket per source.
+//!
+//! A source accepts at most `limits.requests_per_s` webhook requests per
+//! second, with bursts of up to one second's worth. A request over the limit
+//! is answered `429 Too Many Requests` with a `Retry-After` before its body
+//! is read, and nothing of it is stored: an upstream in a retry storm cannot
+//! fill the queue or starve the other sources.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One source's token bucket.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_s: f64,
+    bucket: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    /// A bucket refilled at `per_s` tokens a second, holding at most `per_s`
+    /// (one second's worth), starting full.
+    pub fn per_second(per_s: u32) -> RateLimit {
+        let per_s = f64::from(per_s.max(1));
+        RateLimit {
+            per_s,
+            bucket: Mutex::new(Bucket {
+                tokens: per_s,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    /// Takes one token at `now`, or says how long until one is available.
+    pub fn take_at(&self, now: Instant) -> Result<(), Duration> {
+        let mut bucket = match self.bucket.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let elapsed = now.saturating_duration_since(bucket.refilled);
+        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_s))
+        }
+    }
+
+    /// Takes one token now, or says how long until one is available.
+    pub fn take(&self) -> Result<(), Duration> {
+        self.take_at(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_one_seconds_worth_then_the_refill_rate() {
+        let limit = RateLimit::per_second(4);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            assert_eq!(limit.take_at(t0), Ok(()));
+        }
+        let wait = limit.take_at(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(250));
+        // A quarter of a second later, exactly one more.
+        let t1 = t0 + Duration::from_millis(250);
+        assert_eq!(limit.take_at(t1), Ok(()));
+        assert!(limit.take_at(t1).is_err());
+        // Idle time never banks more than one second's worth.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..4 {
+            assert_eq!(limit.take_at(t2), Ok(()));
+        }
+        assert!(limit.take_at(t2).is_err());
+    }
+}
