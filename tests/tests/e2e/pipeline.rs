@@ -307,9 +307,9 @@ async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
     // One request a second, bursts of one: of ten requests sent back to
     // back, the first is accepted and (unless each took a second) the next
     // ones are refused.
-    let config = shop_config(&inventory, &accounting)
-        .replace("[limits]\n", "[limits]\nrequests_per_s = 1\n");
-    assert!(config.contains("requests_per_s = 1"));
+    let config =
+        shop_config(&inventory, &accounting).replace("requests_per_s = 5000", "requests_per_s = 1");
+    assert!(config.contains("requests_per_s = 1 }"), "{config}");
     let host = TestHost::start(&config).await;
     let hook = host.hook("shop-orders");
 
