@@ -208,3 +208,144 @@ impl Transform for JsonMap {
 }
 
 weft_sdk::export_transform!(JsonMap);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Applies `ops` in order to `doc`.
+    fn run(mut doc: Value, ops: Value) -> Result<Value, TransformError> {
+        for op in ops.as_array().unwrap() {
+            apply(&mut doc, op)?;
+        }
+        Ok(doc)
+    }
+
+    fn permanent_message(result: Result<Value, TransformError>) -> String {
+        match result {
+            Err(TransformError::Permanent(msg)) => msg,
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rename_copy_drop_and_set_reshape_the_document() {
+        let doc = json!({"customer": {"email": "a@b.c", "name": "Ada"}, "id": 7});
+        let out = run(
+            doc,
+            json!([
+                {"op": "rename", "from": "/customer/email", "to": "/email"},
+                {"op": "copy", "from": "/customer/name", "to": "/billing/name"},
+                {"op": "drop", "path": "/customer"},
+                {"op": "set", "path": "/currency", "value": "EUR"},
+                {"op": "set", "path": "/flags", "value": {"vip": true}},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"email": "a@b.c", "billing": {"name": "Ada"}, "id": 7, "currency": "EUR", "flags": {"vip": true}})
+        );
+    }
+
+    #[test]
+    fn count_sum_and_multiply_compute_fields() {
+        let doc = json!({"items": [
+            {"qty": 2, "price": 8.5},
+            {"qty": "1", "price": 19},
+        ]});
+        let out = run(
+            doc,
+            json!([
+                {"op": "count", "from": "/items", "to": "/lines"},
+                {"op": "sum", "from": "/items", "field": "/qty", "to": "/units"},
+                {"op": "sum", "from": "/items", "field": "/price", "times": "/qty", "to": "/total"},
+                {"op": "multiply", "from": "/total", "by": 0.2, "to": "/vat"},
+                {"op": "set", "path": "/rate", "value": 2},
+                {"op": "multiply", "from": "/units", "by_path": "/rate"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(out["lines"], 2);
+        assert_eq!(out["units"], 6, "3 units times the rate 2, in place");
+        assert_eq!(out["total"], 36);
+        assert_eq!(out["vat"].as_f64(), Some(7.2));
+        let prices = json!({"items": [1, 2.5, "3"]});
+        let out = run(
+            prices,
+            json!([{"op": "sum", "from": "/items", "to": "/sum"}]),
+        )
+        .unwrap();
+        assert_eq!(
+            out["sum"].as_f64(),
+            Some(6.5),
+            "no field: the elements themselves"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_skips_the_operation_unless_it_is_required() {
+        let doc = json!({"a": 1});
+        let out = run(
+            doc.clone(),
+            json!([
+                {"op": "rename", "from": "/nope", "to": "/b"},
+                {"op": "count", "from": "/nope", "to": "/c"},
+                {"op": "multiply", "from": "/nope", "by": 2},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(out, doc);
+        let msg = permanent_message(run(
+            doc,
+            json!([{"op": "copy", "from": "/nope", "to": "/b", "required": true}]),
+        ));
+        assert!(msg.contains("required field /nope is missing"), "{msg}");
+    }
+
+    #[test]
+    fn data_of_the_wrong_shape_is_a_permanent_error_that_says_what_is_wrong() {
+        let cases = [
+            (
+                json!({"items": 3}),
+                json!({"op": "count", "from": "/items", "to": "/n"}),
+                "count: /items is not an array",
+            ),
+            (
+                json!({"items": [{"x": 1}]}),
+                json!({"op": "sum", "from": "/items", "field": "/qty", "to": "/n"}),
+                "has no number at '/qty'",
+            ),
+            (
+                json!({"t": "abc"}),
+                json!({"op": "multiply", "from": "/t", "by": 2}),
+                "multiply: /t is not a number",
+            ),
+            (
+                json!({"t": 1}),
+                json!({"op": "multiply", "from": "/t"}),
+                "multiply needs `by` or `by_path`",
+            ),
+            (
+                json!({"a": 1}),
+                json!({"op": "set", "path": "/a/b", "value": 1}),
+                "cannot write /a/b",
+            ),
+            (
+                json!({}),
+                json!({"op": "explode"}),
+                "unknown mapping operation `explode`",
+            ),
+            (
+                json!({}),
+                json!({"op": "rename", "from": "/a"}),
+                "lacks the string field `to`",
+            ),
+        ];
+        for (doc, op, expected) in cases {
+            let msg = permanent_message(run(doc, json!([op])));
+            assert!(msg.contains(expected), "{op}: {msg}");
+        }
+    }
+}
