@@ -16,6 +16,8 @@ pub struct RateLimit {
     bucket: Mutex<Bucket>,
 }
 
+/// The bucket's level, updated under the lock on each request (refilled by
+/// the time since the last one rather than by a timer).
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
