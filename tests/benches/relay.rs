@@ -24,7 +24,9 @@
 //! `server.workers` setting, default 64) and `BENCH_COMMIT_DELAY_US` (the
 //! `storage.commit_delay_us` setting, default: the product default) vary it;
 //! `BENCH_CONFIG=text` runs only the Weft configurations whose name contains
-//! `text` (e.g. `BENCH_CONFIG="reuse = 1000, sink"`).
+//! `text` (e.g. `BENCH_CONFIG="reuse = 1000, sink"`); `BENCH_ROUNDS=N` runs
+//! the whole set N times and adds a table of medians and ranges (this VM's
+//! speed drifts by a quarter within an hour).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -338,6 +340,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 struct Result {
     name: String,
     clients: usize,
+    /// Which round of `BENCH_ROUNDS` it was measured in.
+    round: usize,
     acked_per_s: f64,
     delivered_per_s: f64,
     p50_ms: f64,
@@ -423,6 +427,7 @@ async fn measure(
     Result {
         name: name.to_string(),
         clients,
+        round: 0,
         acked_per_s: acked as f64 / (elapsed + WARMUP.as_secs_f64()),
         delivered_per_s: delivered as f64 / elapsed,
         p50_ms: percentile(&lat, 0.50),
@@ -803,6 +808,15 @@ fn main() {
             .map(|n| vec![n])
             .unwrap_or_else(|| vec![16]);
         let client_counts: &[usize] = if weft_only { &only } else { &[16, 64] };
+        // `BENCH_ROUNDS=N`: the whole set N times over, so that the VM's
+        // drift shows as a range and every ratio compares one round.
+        let rounds: usize = std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        for round in 0..rounds {
+        let first = results.len();
         for &clients in client_counts {
             // The plain relay.
             if !weft_only {
@@ -868,6 +882,10 @@ fn main() {
                 let _ = child.wait();
             }
         }
+        for r in &mut results[first..] {
+            r.round = round;
+        }
+        }
         println!();
         println!("| relay | clients | acked/s | delivered/s | p50 ms | p99 ms | host CPU ms/event | storage thread CPU ms/event | peak RSS MiB |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -881,9 +899,44 @@ fn main() {
         for r in results.iter().filter(|r| !r.stages.is_empty()) {
             println!("weft, {} clients, wall time per delivered event: {}", r.clients, r.stages);
         }
-        for plain in results.iter().filter(|r| r.name.starts_with("plain")) {
-            for weft in results.iter().filter(|r| !r.name.starts_with("plain") && r.clients == plain.clients) {
-                println!("{} clients: {} delivers {:.0}% of the plain relay's rate", weft.clients, weft.name, 100.0 * weft.delivered_per_s / plain.delivered_per_s);
+        let plain_rate = |r: &Result| {
+            results
+                .iter()
+                .find(|p| p.name.starts_with("plain") && p.clients == r.clients && p.round == r.round)
+                .map(|p| p.delivered_per_s)
+        };
+        for r in results.iter().filter(|r| !r.name.starts_with("plain")) {
+            if let Some(plain) = plain_rate(r) {
+                println!("{} clients: {} delivers {:.0}% of the plain relay's rate", r.clients, r.name, 100.0 * r.delivered_per_s / plain);
+            }
+        }
+        if rounds > 1 {
+            println!();
+            println!("Over {rounds} rounds (median, min–max):");
+            println!("| relay | clients | delivered/s | % of the same round's plain relay | host CPU ms/event |");
+            println!("|---|---:|---:|---:|---:|");
+            let mut seen: Vec<(String, usize)> = Vec::new();
+            for r in &results {
+                if !seen.contains(&(r.name.clone(), r.clients)) {
+                    seen.push((r.name.clone(), r.clients));
+                }
+            }
+            for (name, clients) in seen {
+                let runs: Vec<&Result> = results.iter().filter(|r| r.name == name && r.clients == clients).collect();
+                let spread = |mut v: Vec<f64>, digits: usize| {
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    let n = v.len();
+                    let median = if n % 2 == 0 { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
+                    format!("{median:.digits$} ({:.digits$}–{:.digits$})", v[0], v[v.len() - 1])
+                };
+                let rate = spread(runs.iter().map(|r| r.delivered_per_s).collect(), 0);
+                let share: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| plain_rate(r).map(|p| 100.0 * r.delivered_per_s / p))
+                    .collect();
+                let share = if share.is_empty() { "–".to_string() } else { spread(share, 0) };
+                let cpu = spread(runs.iter().map(|r| r.cpu_ms_per_event).collect(), 3);
+                println!("| {name} | {clients} | {rate} | {share} | {cpu} |");
             }
         }
         hops().await;
