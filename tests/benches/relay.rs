@@ -926,7 +926,7 @@ fn main() {
                 let spread = |mut v: Vec<f64>, digits: usize| {
                     v.sort_by(|a, b| a.total_cmp(b));
                     let n = v.len();
-                    let median = if n % 2 == 0 { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
+                    let median = if n.is_multiple_of(2) { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
                     format!("{median:.digits$} ({:.digits$}–{:.digits$})", v[0], v[v.len() - 1])
                 };
                 let rate = spread(runs.iter().map(|r| r.delivered_per_s).collect(), 0);
