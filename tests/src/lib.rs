@@ -321,6 +321,18 @@ impl TestHost {
         TestHost { running, dir }
     }
 
+    /// The current value of one of Weft's counters (e.g.
+    /// `weft_events_accepted_total`); panics on an unknown name.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.running
+            .metrics
+            .snapshot()
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter named {name}"))
+            .2
+    }
+
     /// `http://ADDR/hooks/NAME`
     pub fn hook(&self, source: &str) -> String {
         format!("http://{}/hooks/{source}", self.running.webhook_addr)

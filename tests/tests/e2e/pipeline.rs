@@ -115,13 +115,7 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     assert_eq!(status, 400);
 
     // None of it was stored or delivered.
-    let counters = host.running.metrics.snapshot();
-    let accepted = counters
-        .iter()
-        .find(|(n, _, _)| *n == "weft_events_accepted_total")
-        .unwrap()
-        .2;
-    assert_eq!(accepted, 0);
+    assert_eq!(host.counter("weft_events_accepted_total"), 0);
     assert_eq!(host.stats().pending, 0);
     assert_eq!(host.stats().dead, 0);
 
@@ -360,14 +354,10 @@ async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
     delivered.sort();
     accepted.sort();
     assert_eq!(delivered, accepted);
-    let throttled_metric = host
-        .running
-        .metrics
-        .snapshot()
-        .iter()
-        .find(|(n, _, _)| *n == "weft_webhooks_throttled_total")
-        .map(|(_, _, v)| *v);
-    assert_eq!(throttled_metric, Some(throttled as u64));
+    assert_eq!(
+        host.counter("weft_webhooks_throttled_total"),
+        throttled as u64
+    );
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
     host.stop().await;
 }

@@ -100,14 +100,7 @@ sinks = ["out"]
         "a plugin without a grant reached a host"
     );
 
-    let failures = host
-        .running
-        .metrics
-        .snapshot()
-        .iter()
-        .find(|(n, _, _)| *n == "weft_plugin_failures_total")
-        .unwrap()
-        .2;
+    let failures = host.counter("weft_plugin_failures_total");
     assert_eq!(
         failures, 3,
         "trap, loop and alloc are plugin failures; egress and secret are the plugin's own errors"
