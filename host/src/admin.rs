@@ -82,7 +82,7 @@ impl Admin {
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
-            "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs },
+            "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints },
             "counters": counters,
         })
     }

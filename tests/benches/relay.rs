@@ -1,9 +1,11 @@
 //! The webhook relay benchmark: clients POST ~1 KiB JSON orders; Weft runs
 //! source → json-map → http-post to a local sink server. Beside it, in the
-//! same run, a plain non-durable hyper relay (receive, forward, answer) on the
-//! same workload, as the yardstick, and a straightforward durable relay (sled
-//! insert + group-commit fdatasync before the 2xx, forward, remove; no
-//! plugins) to show what durability alone costs on this machine.
+//! same run: the yardstick, a plain non-durable hyper relay doing the same
+//! work in Rust (receive, apply the route's transform, forward, answer); the
+//! same relay forwarding bytes without the transform; and a straightforward
+//! durable relay (sled insert + group-commit fdatasync before the 2xx,
+//! transform, forward, remove; no plugins) to show what durability on sled
+//! alone costs on this machine.
 //!
 //! Reports delivered events/s, end-to-end p50/p99 (client send → sink
 //! receipt), host CPU per event (and the share of the storage writer thread),
@@ -47,6 +49,11 @@ use tokio::net::TcpListener;
 static ALLOCATOR: weft::Allocator = weft::Allocator;
 
 const WARMUP: Duration = Duration::from_secs(2);
+
+/// The yardstick: the same workload (receive, transform, forward), not durable.
+const PLAIN: &str = "plain hyper relay (transform in Rust, not durable)";
+/// The plain relay without the transform: bytes in, bytes out.
+const BYTES_ONLY: &str = "byte-forwarding hyper relay (no transform, not durable)";
 
 fn wall_ns() -> u64 {
     SystemTime::now()
@@ -181,13 +188,57 @@ where
     }
 }
 
-/// The plain relay (run in a child process): receive, forward, answer.
-async fn plain_relay(port: u16, sink: String) {
+/// The bench route's transform written directly in Rust, as a hand-written
+/// relay would do it: the same four operations as the json-map mapping in
+/// [`weft_config`] (rename the customer's email, count the items, sum
+/// price × quantity, drop the note) on a parsed JSON document. `None` when
+/// the body is not a JSON object.
+fn transform_order(body: &[u8]) -> Option<Bytes> {
+    let mut order: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let doc = order.as_object_mut()?;
+    if let Some(email) = doc
+        .get_mut("customer")
+        .and_then(|c| c.as_object_mut())
+        .and_then(|c| c.remove("email"))
+    {
+        doc.insert("customer_email".into(), email);
+    }
+    let items = doc.get("items").and_then(|i| i.as_array());
+    let count = items.map_or(0, |i| i.len());
+    let total: f64 = items.map_or(0.0, |items| {
+        items
+            .iter()
+            .map(|i| {
+                i["unit_price"].as_f64().unwrap_or(0.0) * i["quantity"].as_f64().unwrap_or(0.0)
+            })
+            .sum()
+    });
+    doc.insert("line_count".into(), count.into());
+    doc.insert("total".into(), total.into());
+    doc.remove("note");
+    serde_json::to_vec(&order).ok().map(Bytes::from)
+}
+
+/// The plain relay (run in a child process): receive, transform, forward,
+/// answer; nothing stored. The yardstick for "same workload, no durability".
+/// With `transform = false` it forwards the bytes as received (a lower bound
+/// on what any relay costs here, reported beside it).
+async fn plain_relay(port: u16, sink: String, transform: bool) {
     let client = relay_client();
     let sink: Arc<str> = sink.into();
     serve_relay(port, move |body| {
         let (client, sink) = (client.clone(), sink.clone());
-        async move { forward(&client, &sink, body).await }
+        async move {
+            let body = if transform {
+                match transform_order(&body) {
+                    Some(b) => b,
+                    None => return http::StatusCode::BAD_REQUEST,
+                }
+            } else {
+                body
+            };
+            forward(&client, &sink, body).await
+        }
     })
     .await;
 }
@@ -197,9 +248,10 @@ type PendingWrite = (u64, Bytes, tokio::sync::oneshot::Sender<()>);
 
 /// The straightforward durable relay (run in a child process), the second
 /// yardstick: sled insert + group-commit flush and fdatasync before the 2xx,
-/// then forward with a pooled keep-alive client, and remove the record after
-/// the sink's 2xx. No plugins, no routing, no retry schedule: what Weft's
-/// storage path costs without the rest of Weft.
+/// then transform (as [`transform_order`]), forward with a pooled keep-alive
+/// client, and remove the record after the sink's 2xx. No plugins, no
+/// routing, no retry schedule: what durability on sled costs without the
+/// rest of Weft.
 async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
     let db = sled::Config::new().path(&dir).open().unwrap();
     let log = std::fs::File::open(dir.join("db")).unwrap();
@@ -235,6 +287,7 @@ async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
             tx.lock().unwrap().send((id, body.clone(), done)).unwrap();
             let _ = durable.await;
             tokio::spawn(async move {
+                let body = transform_order(&body).unwrap_or(body);
                 while !forward(&client, &sink, body.clone()).await.is_success() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -756,10 +809,10 @@ fn multi_thread_runtime() -> tokio::runtime::Runtime {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("plain-relay") {
+    if let Some(mode @ ("plain-relay" | "byte-relay")) = args.get(1).map(String::as_str) {
         let port: u16 = args[2].parse().unwrap();
         let sink = args[3].clone();
-        multi_thread_runtime().block_on(plain_relay(port, sink));
+        multi_thread_runtime().block_on(plain_relay(port, sink, mode == "plain-relay"));
         return;
     }
     if args.get(1).map(String::as_str) == Some("durable-relay") {
@@ -818,17 +871,19 @@ fn main() {
         for round in 0..rounds {
         let first = results.len();
         for &clients in client_counts {
-            // The plain relay.
             if !weft_only {
-            let port = weft_tests::free_port();
-            let mut child = std::process::Command::new(&me)
-                .args(["plain-relay", &port.to_string(), &format!("http://{}/orders", sink.addr)])
-                .spawn()
-                .unwrap();
-            wait_port(port).await;
-            results.push(measure("plain hyper relay (not durable)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
-            let _ = child.kill();
-            let _ = child.wait();
+            // The plain relay (the yardstick), then the byte-forwarding one.
+            for (mode, name) in [("plain-relay", PLAIN), ("byte-relay", BYTES_ONLY)] {
+                let port = weft_tests::free_port();
+                let mut child = std::process::Command::new(&me)
+                    .args([mode, &port.to_string(), &format!("http://{}/orders", sink.addr)])
+                    .spawn()
+                    .unwrap();
+                wait_port(port).await;
+                results.push(measure(name, child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
 
             // The straightforward durable relay (no plugins).
             let dir = tempfile::tempdir().unwrap();
@@ -899,21 +954,28 @@ fn main() {
         for r in results.iter().filter(|r| !r.stages.is_empty()) {
             println!("weft, {} clients, wall time per delivered event: {}", r.clients, r.stages);
         }
-        let plain_rate = |r: &Result| {
+        let rate_of = |r: &Result, name: &str| {
             results
                 .iter()
-                .find(|p| p.name.starts_with("plain") && p.clients == r.clients && p.round == r.round)
+                .find(|p| p.name == name && p.clients == r.clients && p.round == r.round)
                 .map(|p| p.delivered_per_s)
         };
-        for r in results.iter().filter(|r| !r.name.starts_with("plain")) {
-            if let Some(plain) = plain_rate(r) {
-                println!("{} clients: {} delivers {:.0}% of the plain relay's rate", r.clients, r.name, 100.0 * r.delivered_per_s / plain);
+        let plain_rate = |r: &Result| rate_of(r, PLAIN);
+        for r in results.iter().filter(|r| r.name != PLAIN && r.name != BYTES_ONLY) {
+            if let (Some(plain), Some(bytes)) = (plain_rate(r), rate_of(r, BYTES_ONLY)) {
+                println!(
+                    "{} clients: {} delivers {:.0}% of the plain relay's rate ({:.0}% of the byte-forwarding relay's)",
+                    r.clients,
+                    r.name,
+                    100.0 * r.delivered_per_s / plain,
+                    100.0 * r.delivered_per_s / bytes
+                );
             }
         }
         if rounds > 1 {
             println!();
             println!("Over {rounds} rounds (median, min–max):");
-            println!("| relay | clients | delivered/s | % of the same round's plain relay | host CPU ms/event |");
+            println!("| relay | clients | delivered/s | % of the same round's plain relay (transforming) | host CPU ms/event |");
             println!("|---|---:|---:|---:|---:|");
             let mut seen: Vec<(String, usize)> = Vec::new();
             for r in &results {

@@ -4,6 +4,7 @@
 //! [`Queue`] is the seam for storage backends; [`SledQueue`] is the embedded
 //! default. The router only speaks this trait.
 
+mod journal;
 mod sled_store;
 
 pub use sled_store::{SledQueue, DEFAULT_COMMIT_DELAY};
@@ -122,9 +123,12 @@ pub struct QueueStats {
     pub pending: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Durable commits (flush + fsync) since start: accepted events divided
+    /// Durable commits (journal syncs) since start: accepted events divided
     /// by this is the group-commit size.
     pub syncs: u64,
+    /// Checkpoints since start (the whole store made durable and the
+    /// journal started over).
+    pub checkpoints: u64,
 }
 
 /// "An append is on its way": held by a webhook from the moment it is

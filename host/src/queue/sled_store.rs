@@ -1,17 +1,31 @@
-//! The embedded queue on sled 0.34, with group commit and a real fsync.
+//! The embedded queue on sled 0.34, made durable by a write-ahead journal
+//! with group commit.
 //!
 //! Layout (one sled tree, keys prefixed): `m/format` holds the format version,
-//! `p` + id (big endian) a pending [`Record`], `d` + id a [`DeadLetter`].
-//! Values are postcard-encoded.
+//! `m/journal` the journal's current epoch, `p` + id (big endian) a pending
+//! [`Record`], `d` + id a [`DeadLetter`]. Values are postcard-encoded. Beside
+//! the sled directory, the file `journal` (see [`journal`](super::journal)).
 //!
-//! All writes go through one writer thread. It takes every command waiting in
-//! its channel, applies them, and if any of them was an [`Queue::append`],
-//! flushes sled and then `fdatasync`s sled's log file before answering: one
-//! sync covers every webhook that arrived meanwhile (group commit). sled's own
-//! `flush()` ends in `sync_file_range`, which survives a process crash but not
-//! a power loss; the extra `fdatasync` (or `syncfs` when a large value went to
-//! sled's separate blob files) is what makes the acknowledgement durable.
+//! All writes go through one writer thread. It takes every command waiting
+//! in its channel, applies them to sled (in memory) and writes the same
+//! changes, in the same order, as one frame of the journal; if any of them
+//! was an [`Queue::append`] (or a replay), it `fdatasync`s the journal before
+//! answering: one sync covers every webhook that arrived meanwhile (group
+//! commit). Changes without an append (deliveries, retries, dead letters) are
+//! written to the journal without a sync: a process crash does not lose them.
+//!
+//! Every [`CHECKPOINT_BYTES`] of journal or [`CHECKPOINT_INTERVAL`], the
+//! writer makes sled itself durable (`flush()`, whose `sync_file_range`
+//! survives a process crash but not a power loss, then `fdatasync` of sled's
+//! log file, or `syncfs` when a large value went to sled's separate blob
+//! files) and starts a new journal epoch. On open, the current epoch's
+//! journal entries are applied to sled again, in order, before anything
+//! else: sled may have lost them (power loss) or kept some or all (sled also
+//! writes on its own). Applying a change twice, or an older change over a
+//! newer one, can only bring back a record that was already delivered (a
+//! redelivery, which at-least-once allows) or an older attempt history.
 
+use super::journal::{Entry, Journal};
 use super::{Arrival, BoxFuture, DeadLetter, Op, Queue, QueueError, QueueStats, Record};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -21,16 +35,23 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// The stored layout version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The stored layout version this build reads and writes. Version 1 (no
+/// journal) is upgraded in place when opened.
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"m/format";
+const EPOCH_KEY: &[u8] = b"m/journal";
 const PENDING: u8 = b'p';
 const DEAD: u8 = b'd';
 /// Values above this size may land in sled's blob files, which the log-file
-/// sync does not cover; a group containing one syncs the whole file system.
+/// sync does not cover; a checkpoint after one syncs the whole file system.
 const LARGE_VALUE: usize = 64 * 1024;
 /// Most commands applied per group.
 const MAX_GROUP: usize = 4096;
+/// A checkpoint once the journal's current epoch holds this many bytes...
+pub const CHECKPOINT_BYTES: u64 = 8 << 20;
+/// ... or when it holds anything and the last checkpoint is this old. Also
+/// bounds the redeliveries after a power loss to what the journal holds.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default for `storage.commit_delay_us`.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(1000);
@@ -60,6 +81,7 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
 enum Command {
     Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
     Apply(Vec<Op>),
+    Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
 }
 
@@ -70,6 +92,7 @@ struct Shared {
     pending: AtomicU64,
     dead: AtomicU64,
     syncs: AtomicU64,
+    checkpoints: AtomicU64,
     /// Webhooks being processed whose append has not been handed over yet.
     arriving: Arc<AtomicUsize>,
 }
@@ -81,6 +104,60 @@ pub struct SledQueue {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: PathBuf,
+}
+
+/// Checks (and upgrades) the stored layout version.
+fn check_format(db: &sled::Db, path: &Path) -> Result<(), QueueError> {
+    let unknown = |found: String| QueueError::UnknownFormat {
+        path: path.display().to_string(),
+        found,
+        expected: FORMAT_VERSION,
+    };
+    match db.get(FORMAT_KEY).map_err(storage)? {
+        Some(v) => {
+            let found = String::from_utf8_lossy(&v).into_owned();
+            if found == "1" {
+                // Version 1 had no journal: its data is all in sled.
+                db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
+                    .map_err(storage)?;
+                db.flush().map_err(storage)?;
+                tracing::info!(path = %path.display(), "queue store upgraded from format 1 to 2");
+            } else if found != FORMAT_VERSION.to_string() {
+                return Err(unknown(found));
+            }
+        }
+        None => {
+            if db.iter().next().is_some() {
+                return Err(unknown("none (data without a format marker)".into()));
+            }
+            db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
+                .map_err(storage)?;
+            db.flush().map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies journal entries to the tree, in order.
+fn redo(tree: &sled::Db, entries: Vec<Entry>) -> Result<(), QueueError> {
+    for entry in entries {
+        match entry {
+            Entry::Put(id, value) => {
+                tree.insert(key(PENDING, id), value).map_err(storage)?;
+            }
+            Entry::Remove(id) => {
+                tree.remove(key(PENDING, id)).map_err(storage)?;
+            }
+            Entry::Dead(id, value) => {
+                tree.insert(key(DEAD, id), value).map_err(storage)?;
+                tree.remove(key(PENDING, id)).map_err(storage)?;
+            }
+            Entry::Revive(id) => {
+                tree.remove(key(DEAD, id)).map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SledQueue {
@@ -95,30 +172,27 @@ impl SledQueue {
     pub fn open_with(dir: &Path, commit_delay: Duration) -> Result<SledQueue, QueueError> {
         let path = dir.join("queue");
         let db = sled::Config::new().path(&path).open().map_err(storage)?;
-        match db.get(FORMAT_KEY).map_err(storage)? {
-            Some(v) => {
-                let found = String::from_utf8_lossy(&v).into_owned();
-                if found != FORMAT_VERSION.to_string() {
-                    return Err(QueueError::UnknownFormat {
-                        path: path.display().to_string(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-            }
-            None => {
-                if db.iter().next().is_some() {
-                    return Err(QueueError::UnknownFormat {
-                        path: path.display().to_string(),
-                        found: "none (data without a format marker)".into(),
-                        expected: FORMAT_VERSION,
-                    });
-                }
-                db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
-                    .map_err(storage)?;
-                db.flush().map_err(storage)?;
-            }
+        check_format(&db, &path)?;
+        let epoch =
+            match db.get(EPOCH_KEY).map_err(storage)? {
+                Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                    QueueError::Corrupt {
+                        key: 0,
+                        reason: "m/journal is not an epoch number".into(),
+                    }
+                })?,
+                None => 0,
+            };
+        let journal_path = dir.join("journal");
+        let (journal, entries) = Journal::open(&journal_path, epoch)
+            .map_err(|e| storage(format!("{}: {e}", journal_path.display())))?;
+        if !entries.is_empty() {
+            tracing::info!(
+                changes = entries.len(),
+                "applying the journal's changes since the last checkpoint"
+            );
         }
+        redo(&db, entries)?;
         // A crash between "insert dead letter" and "remove pending" leaves both:
         // the dead letter wins.
         let mut pending = 0u64;
@@ -148,19 +222,29 @@ impl SledQueue {
             pending: AtomicU64::new(pending),
             dead: AtomicU64::new(dead),
             syncs: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             arriving: Arc::new(AtomicUsize::new(0)),
         });
+        let mut writer = Writer {
+            shared: shared.clone(),
+            journal,
+            // What was redone may include large values.
+            large: true,
+            last_checkpoint: Instant::now(),
+        };
+        // What the journal held is now in sled: make it durable there, so
+        // the journal can start over.
+        writer.checkpoint()?;
         let (tx, rx) = mpsc::channel();
-        let writer_shared = shared.clone();
-        let writer = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("weft-queue-writer".into())
-            .spawn(move || writer_loop(writer_shared, rx, commit_delay))
+            .spawn(move || writer_loop(writer, rx, commit_delay))
             .map_err(storage)?;
         Ok(SledQueue {
             shared,
             next_id: AtomicU64::new(max_id + 1),
             tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(thread)),
             path,
         })
     }
@@ -198,68 +282,154 @@ fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, Queue
     })
 }
 
-impl Shared {
-    fn put(&self, record: &Record) -> Result<usize, QueueError> {
+/// The writer thread's state: the only code that changes the queue.
+struct Writer {
+    shared: Arc<Shared>,
+    journal: Journal,
+    /// A value above [`LARGE_VALUE`] went to sled since the last checkpoint.
+    large: bool,
+    last_checkpoint: Instant,
+}
+
+impl Writer {
+    /// Stores a pending record in sled and in the journal's next frame.
+    fn put(&mut self, record: &Record) -> Result<(), QueueError> {
         let value = encode(record)?;
-        let len = value.len();
+        self.large |= value.len() > LARGE_VALUE;
+        self.journal.add_put(record.id, &value);
         if self
+            .shared
             .tree
             .insert(key(PENDING, record.id), value)
             .map_err(storage)?
             .is_none()
         {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+            self.shared.pending.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(len)
+        Ok(())
     }
 
-    fn remove(&self, id: u64) -> Result<(), QueueError> {
+    fn remove(&mut self, id: u64) -> Result<(), QueueError> {
+        self.journal.add(&Entry::Remove(id));
         if self
+            .shared
             .tree
             .remove(key(PENDING, id))
             .map_err(storage)?
             .is_some()
         {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn apply(&self, op: Op) -> Result<usize, QueueError> {
+    fn apply(&mut self, op: Op) -> Result<(), QueueError> {
         match op {
             Op::Put(record) => self.put(&record),
-            Op::Remove(id) => self.remove(id).map(|_| 0),
+            Op::Remove(id) => self.remove(id),
             Op::Dead(letter) => {
                 let id = letter.record.id;
                 let value = encode(&letter)?;
-                let len = value.len();
+                self.large |= value.len() > LARGE_VALUE;
+                self.journal.add_dead(id, &value);
                 if self
+                    .shared
                     .tree
                     .insert(key(DEAD, id), value)
                     .map_err(storage)?
                     .is_none()
                 {
-                    self.dead.fetch_add(1, Ordering::Relaxed);
+                    self.shared.dead.fetch_add(1, Ordering::Relaxed);
                 }
-                self.remove(id)?;
-                Ok(len)
+                if self
+                    .shared
+                    .tree
+                    .remove(key(PENDING, id))
+                    .map_err(storage)?
+                    .is_some()
+                {
+                    self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(())
             }
         }
     }
 
-    /// Makes everything written so far durable.
-    fn sync(&self, large: bool) -> Result<(), QueueError> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.tree.flush().map_err(storage)?;
-        if large {
+    /// Moves dead letter `id` back to pending with a fresh attempt budget.
+    fn replay(&mut self, id: u64) -> Result<Record, QueueError> {
+        let k = key(DEAD, id);
+        let v = self
+            .shared
+            .tree
+            .get(k)
+            .map_err(storage)?
+            .ok_or(QueueError::NotFound(id))?;
+        let letter: DeadLetter = decode(&k, &v)?;
+        let mut record = letter.record;
+        record.attempts.clear();
+        record.not_before_ms = 0;
+        self.put(&record)?;
+        self.journal.add(&Entry::Revive(id));
+        if self.shared.tree.remove(k).map_err(storage)?.is_some() {
+            self.shared.dead.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(record)
+    }
+
+    /// Writes the changes so far to the journal; with `sync`, durably.
+    fn write(&mut self, sync: bool) -> Result<(), QueueError> {
+        self.journal.write(sync).map_err(storage)?;
+        if sync {
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable in sled.
+    fn sync_sled(&self) -> Result<(), QueueError> {
+        self.shared.tree.flush().map_err(storage)?;
+        if self.large {
             // SAFETY: syncfs on a valid open descriptor has no memory effects.
-            let rc = unsafe { libc::syncfs(self.log_file.as_raw_fd()) };
+            let rc = unsafe { libc::syncfs(self.shared.log_file.as_raw_fd()) };
             if rc != 0 {
                 return Err(storage(std::io::Error::last_os_error()));
             }
             Ok(())
         } else {
-            self.log_file.sync_data().map_err(storage)
+            self.shared.log_file.sync_data().map_err(storage)
+        }
+    }
+
+    /// Makes sled durable, then starts the next journal epoch.
+    fn checkpoint(&mut self) -> Result<(), QueueError> {
+        // Whatever is still unwritten must not be carried into the next
+        // epoch: sled gets it durably now.
+        self.write(false)?;
+        self.sync_sled()?;
+        let next = self.journal.epoch() + 1;
+        self.shared
+            .tree
+            .insert(EPOCH_KEY, &next.to_be_bytes())
+            .map_err(storage)?;
+        self.shared.tree.flush().map_err(storage)?;
+        self.shared.log_file.sync_data().map_err(storage)?;
+        self.journal.restart(next).map_err(storage)?;
+        self.large = false;
+        self.last_checkpoint = Instant::now();
+        self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checkpoints when the journal is big or old enough.
+    fn maybe_checkpoint(&mut self) {
+        let len = self.journal.len();
+        if len >= CHECKPOINT_BYTES
+            || (len > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            if let Err(e) = self.checkpoint() {
+                // The journal keeps everything meanwhile; the next try may work.
+                tracing::error!(error = %e, "queue checkpoint failed");
+            }
         }
     }
 }
@@ -274,26 +444,33 @@ fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
     }
 }
 
-/// The queue's only writer: applies commands in groups, one durable commit
-/// (flush + fsync) per group.
+/// The queue's only writer: applies commands in groups, one journal frame
+/// per group, synced when the group holds an append.
 ///
 /// Commit wait: webhooks announce themselves ([`Queue::arriving`]) while
 /// their source plugin runs. Before committing a group with appends, the
 /// writer waits, in ticks of [`COMMIT_TICK`] and at most `commit_delay`,
 /// while announced appends are still on their way, so that they share this
-/// commit instead of needing the next. Each commit costs a sled flush (which
-/// wakes all of sled's I/O threads) and an fsync, so under load fewer,
-/// larger commits save CPU per event; a webhook arriving alone never waits.
-/// Measured in docs/BENCHMARKS.md.
-fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
+/// commit instead of needing the next: under load, fewer, larger commits
+/// save CPU per event; a webhook arriving alone never waits. Measured in
+/// docs/BENCHMARKS.md.
+fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
     let mut group = Vec::with_capacity(64);
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(cmd) => cmd,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                writer.maybe_checkpoint();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         group.push(first);
         drain(&rx, &mut group);
         let has_append = group.iter().any(|c| matches!(c, Command::Append(..)));
         if has_append && !commit_delay.is_zero() {
             let deadline = Instant::now() + commit_delay;
-            while shared.arriving.load(Ordering::Acquire) > 0 && group.len() < MAX_GROUP {
+            while writer.shared.arriving.load(Ordering::Acquire) > 0 && group.len() < MAX_GROUP {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -302,57 +479,62 @@ fn writer_loop(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, commit_delay: D
                 drain(&rx, &mut group);
             }
         }
-        let mut waiters = Vec::new();
+        let mut appended = Vec::new();
+        let mut replayed = Vec::new();
         let mut closing = None;
-        let mut large = false;
         let mut failure: Option<String> = None;
         for cmd in group.drain(..) {
             match cmd {
                 Command::Append(records, reply) => {
-                    let mut result = Ok(());
-                    for record in &records {
-                        match shared.put(record) {
-                            Ok(len) => large |= len > LARGE_VALUE,
-                            Err(e) => {
-                                result = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    waiters.push((reply, result));
+                    let result = records.iter().try_for_each(|r| writer.put(r));
+                    appended.push((reply, result));
                 }
                 Command::Apply(ops) => {
                     for op in ops {
-                        match shared.apply(op) {
-                            Ok(len) => large |= len > LARGE_VALUE,
-                            Err(e) => {
-                                tracing::error!(error = %e, "queue update failed");
-                                failure = Some(e.to_string());
-                            }
+                        if let Err(e) = writer.apply(op) {
+                            tracing::error!(error = %e, "queue update failed");
+                            failure = Some(e.to_string());
                         }
                     }
+                }
+                Command::Replay(id, reply) => {
+                    let result = writer.replay(id);
+                    replayed.push((reply, result));
                 }
                 Command::Close(reply) => closing = Some(reply),
             }
         }
-        if !waiters.is_empty() || closing.is_some() {
-            let synced = shared.sync(large);
-            for (reply, result) in waiters {
-                let outcome = match (&result, &synced) {
-                    (Err(_), _) => result,
-                    (Ok(()), Err(e)) => Err(QueueError::Storage(e.to_string())),
-                    (Ok(()), Ok(())) => Ok(()),
-                };
-                let _ = reply.send(outcome);
-            }
-            if let Some(reply) = closing {
-                let _ = reply.send(synced.map_err(|e| QueueError::Storage(e.to_string())));
-                return;
-            }
+        let must_sync = !appended.is_empty() || !replayed.is_empty();
+        let written = writer.write(must_sync);
+        let settle = |result: Result<(), QueueError>| match (result, &written) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(QueueError::Storage(e.to_string())),
+            (Ok(()), Ok(())) => Ok(()),
+        };
+        for (reply, result) in appended {
+            let _ = reply.send(settle(result));
+        }
+        for (reply, result) in replayed {
+            let _ = reply.send(match result {
+                Ok(record) => settle(Ok(())).map(|()| record),
+                Err(e) => Err(e),
+            });
+        }
+        if let Err(e) = &written {
+            tracing::error!(error = %e, "queue journal write failed");
         }
         if let Some(f) = failure {
             tracing::error!(error = %f, "some queue updates were not applied; affected events will be redelivered after restart");
         }
+        if let Some(reply) = closing {
+            let _ = reply.send(writer.checkpoint());
+            return;
+        }
+        writer.maybe_checkpoint();
+    }
+    // Every handle is gone without a close: leave sled durable anyway.
+    if let Err(e) = writer.checkpoint() {
+        tracing::error!(error = %e, "queue checkpoint at exit failed; the journal still holds the changes");
     }
 }
 
@@ -421,28 +603,11 @@ impl Queue for SledQueue {
     }
 
     fn replay(&self, id: u64) -> BoxFuture<'_, Result<Record, QueueError>> {
-        let shared = self.shared.clone();
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Replay(id, tx));
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let k = key(DEAD, id);
-                let v = shared
-                    .tree
-                    .get(k)
-                    .map_err(storage)?
-                    .ok_or(QueueError::NotFound(id))?;
-                let letter: DeadLetter = decode(&k, &v)?;
-                let mut record = letter.record;
-                record.attempts.clear();
-                record.not_before_ms = 0;
-                shared.put(&record)?;
-                if shared.tree.remove(k).map_err(storage)?.is_some() {
-                    shared.dead.fetch_sub(1, Ordering::Relaxed);
-                }
-                shared.sync(false)?;
-                Ok(record)
-            })
-            .await
-            .map_err(storage)?
+            sent?;
+            rx.await.map_err(|_| QueueError::Closed)?
         })
     }
 
@@ -451,6 +616,7 @@ impl Queue for SledQueue {
             pending: self.shared.pending.load(Ordering::Relaxed),
             dead: self.shared.dead.load(Ordering::Relaxed),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
+            checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -573,6 +739,72 @@ mod tests {
         assert_eq!(q.stats().syncs - syncs, 1, "both appends shared one commit");
         assert_eq!(q.stats().pending, 2);
         q.close().await.unwrap();
+    }
+
+    /// The state a power loss can leave: the journal holds acknowledged
+    /// changes that sled never wrote. Opening applies them, in order.
+    #[tokio::test]
+    async fn changes_only_the_journal_holds_are_applied_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, delivered, dead) = {
+            let q = SledQueue::open(dir.path()).unwrap();
+            let r = (
+                record(&q, "kept"),
+                record(&q, "delivered"),
+                record(&q, "dead"),
+            );
+            q.close().await.unwrap();
+            r
+        };
+        let epoch = {
+            let db = sled::open(dir.path().join("queue")).unwrap();
+            let v = db.get(EPOCH_KEY).unwrap().unwrap();
+            u64::from_be_bytes(v.as_ref().try_into().unwrap())
+        };
+        let letter = DeadLetter {
+            record: dead.clone(),
+            error: "gone".into(),
+            dead_at_ms: 3,
+        };
+        {
+            let (mut j, old) = Journal::open(&dir.path().join("journal"), epoch).unwrap();
+            assert!(old.is_empty(), "a clean close leaves nothing to redo");
+            for r in [&kept, &delivered, &dead] {
+                j.add(&Entry::Put(r.id, encode(r).unwrap()));
+            }
+            j.write(true).unwrap();
+            j.add(&Entry::Remove(delivered.id));
+            j.add(&Entry::Dead(dead.id, encode(&letter).unwrap()));
+            j.write(false).unwrap();
+        }
+        let q = SledQueue::open(dir.path()).unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![kept.clone()]);
+        assert_eq!(q.dead_letters(10).await.unwrap(), vec![letter]);
+        assert_eq!((q.stats().pending, q.stats().dead), (1, 1));
+        assert!(q.next_id() > dead.id);
+        // The open checkpointed: the redone changes are sled's now, and the
+        // journal's old epoch is not applied a second time.
+        q.close().await.unwrap();
+        drop(q);
+        let q = SledQueue::open(dir.path()).unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![kept]);
+        assert_eq!(q.stats().dead, 1);
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("queue")).unwrap();
+            db.insert(FORMAT_KEY, b"1".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let q = SledQueue::open(dir.path()).unwrap();
+        q.close().await.unwrap();
+        drop(q);
+        let db = sled::open(dir.path().join("queue")).unwrap();
+        assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"2");
     }
 
     #[tokio::test]
