@@ -7,26 +7,31 @@
 //! the sled directory, the file `journal` (see [`journal`](super::journal)).
 //!
 //! All writes go through one writer thread. It takes every command waiting
-//! in its channel, applies them to sled (in memory) and writes the same
-//! changes, in the same order, as one frame of the journal; if any of them
-//! was an [`Queue::append`] (or a replay), it `fdatasync`s the journal before
+//! in its channel, applies them, and writes the same changes, in the same
+//! order, as one frame of the journal; if any of them was an
+//! [`Queue::append`] (or a replay), it `fdatasync`s the journal before
 //! answering: one sync covers every webhook that arrived meanwhile (group
 //! commit). Changes without an append (deliveries, retries, dead letters) are
 //! written to the journal without a sync: a process crash does not lose them.
 //!
-//! Every [`CHECKPOINT_BYTES`] of journal or [`CHECKPOINT_INTERVAL`], the
-//! writer makes sled itself durable (`flush()`, whose `sync_file_range`
-//! survives a process crash but not a power loss, then `fdatasync` of sled's
-//! log file, or `syncfs` when a large value went to sled's separate blob
-//! files) and starts a new journal epoch. On open, the current epoch's
-//! journal entries are applied to sled again, in order, before anything
-//! else: sled may have lost them (power loss) or kept some or all (sled also
-//! writes on its own). Applying a change twice, or an older change over a
-//! newer one, can only bring back a record that was already delivered (a
-//! redelivery, which at-least-once allows) or an older attempt history.
+//! Records stored since the last checkpoint live in memory (the *fresh*
+//! table) and in the journal, not in sled: most events are delivered well
+//! within a checkpoint interval, and then sled never sees them. Every
+//! [`CHECKPOINT_BYTES`] of journal or [`CHECKPOINT_INTERVAL`], the writer
+//! moves the fresh records still pending into sled, makes sled durable
+//! (`flush()`, whose `sync_file_range` survives a process crash but not a
+//! power loss, then `fdatasync` of sled's log file, or `syncfs` when a large
+//! value went to sled's separate blob files) and starts a new journal epoch.
+//!
+//! On open, the current epoch's journal entries are applied to sled, in
+//! order, before anything else. Applying a change twice, or an older change
+//! over a newer one (sled also writes on its own), can only bring back a
+//! record that was already delivered (a redelivery, which at-least-once
+//! allows) or an older attempt history.
 
 use super::journal::{Entry, Journal};
 use super::{Arrival, BoxFuture, DeadLetter, Op, Queue, QueueError, QueueStats, Record};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -82,6 +87,7 @@ enum Command {
     Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
+    Pending(oneshot::Sender<Result<Vec<Record>, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
 }
 
@@ -228,6 +234,7 @@ impl SledQueue {
         let mut writer = Writer {
             shared: shared.clone(),
             journal,
+            fresh: HashMap::new(),
             // What was redone may include large values.
             large: true,
             last_checkpoint: Instant::now(),
@@ -282,42 +289,67 @@ fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, Queue
     })
 }
 
+/// A pending record stored since the last checkpoint (see the module docs).
+struct Fresh {
+    /// The encoded record.
+    value: Vec<u8>,
+    /// An older version of it is in sled (a retry of a record from before
+    /// the checkpoint): removing it must remove that too.
+    in_sled: bool,
+}
+
 /// The writer thread's state: the only code that changes the queue.
 struct Writer {
     shared: Arc<Shared>,
     journal: Journal,
+    /// Pending records stored since the last checkpoint, by id.
+    fresh: HashMap<u64, Fresh>,
     /// A value above [`LARGE_VALUE`] went to sled since the last checkpoint.
     large: bool,
     last_checkpoint: Instant,
 }
 
 impl Writer {
-    /// Stores a pending record in sled and in the journal's next frame.
-    fn put(&mut self, record: &Record) -> Result<(), QueueError> {
+    /// Stores a pending record (in the fresh table and the journal's next
+    /// frame). `new`: the id was never stored before (an append).
+    fn put(&mut self, record: &Record, new: bool) -> Result<(), QueueError> {
         let value = encode(record)?;
-        self.large |= value.len() > LARGE_VALUE;
         self.journal.add_put(record.id, &value);
-        if self
-            .shared
-            .tree
-            .insert(key(PENDING, record.id), value)
-            .map_err(storage)?
-            .is_none()
-        {
+        if let Some(fresh) = self.fresh.get_mut(&record.id) {
+            fresh.value = value;
+            return Ok(());
+        }
+        let in_sled = !new
+            && self
+                .shared
+                .tree
+                .contains_key(key(PENDING, record.id))
+                .map_err(storage)?;
+        if !in_sled {
             self.shared.pending.fetch_add(1, Ordering::Relaxed);
         }
+        self.fresh.insert(record.id, Fresh { value, in_sled });
         Ok(())
     }
 
-    fn remove(&mut self, id: u64) -> Result<(), QueueError> {
-        self.journal.add(&Entry::Remove(id));
-        if self
-            .shared
-            .tree
-            .remove(key(PENDING, id))
-            .map_err(storage)?
-            .is_some()
-        {
+    /// Forgets pending record `id` (not journaled: the caller journals why).
+    fn forget(&mut self, id: u64) -> Result<(), QueueError> {
+        let in_sled = match self.fresh.remove(&id) {
+            Some(fresh) => {
+                self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+                if fresh.in_sled {
+                    self.shared.tree.remove(key(PENDING, id)).map_err(storage)?;
+                }
+                return Ok(());
+            }
+            None => self
+                .shared
+                .tree
+                .remove(key(PENDING, id))
+                .map_err(storage)?
+                .is_some(),
+        };
+        if in_sled {
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -325,8 +357,11 @@ impl Writer {
 
     fn apply(&mut self, op: Op) -> Result<(), QueueError> {
         match op {
-            Op::Put(record) => self.put(&record),
-            Op::Remove(id) => self.remove(id),
+            Op::Put(record) => self.put(&record, false),
+            Op::Remove(id) => {
+                self.journal.add(&Entry::Remove(id));
+                self.forget(id)
+            }
             Op::Dead(letter) => {
                 let id = letter.record.id;
                 let value = encode(&letter)?;
@@ -341,18 +376,25 @@ impl Writer {
                 {
                     self.shared.dead.fetch_add(1, Ordering::Relaxed);
                 }
-                if self
-                    .shared
-                    .tree
-                    .remove(key(PENDING, id))
-                    .map_err(storage)?
-                    .is_some()
-                {
-                    self.shared.pending.fetch_sub(1, Ordering::Relaxed);
-                }
-                Ok(())
+                self.forget(id)
             }
         }
+    }
+
+    /// Every pending record, in id order.
+    fn pending(&self) -> Result<Vec<Record>, QueueError> {
+        let mut records = Vec::new();
+        for item in self.shared.tree.scan_prefix([PENDING]) {
+            let (k, v) = item.map_err(storage)?;
+            if !self.fresh.contains_key(&id_of(&k)) {
+                records.push(decode::<Record>(&k, &v)?);
+            }
+        }
+        for (id, fresh) in &self.fresh {
+            records.push(decode::<Record>(&key(PENDING, *id), &fresh.value)?);
+        }
+        records.sort_by_key(|r| r.id);
+        Ok(records)
     }
 
     /// Moves dead letter `id` back to pending with a fresh attempt budget.
@@ -368,7 +410,7 @@ impl Writer {
         let mut record = letter.record;
         record.attempts.clear();
         record.not_before_ms = 0;
-        self.put(&record)?;
+        self.put(&record, false)?;
         self.journal.add(&Entry::Revive(id));
         if self.shared.tree.remove(k).map_err(storage)?.is_some() {
             self.shared.dead.fetch_sub(1, Ordering::Relaxed);
@@ -400,12 +442,19 @@ impl Writer {
         }
     }
 
-    /// Makes sled durable, then starts the next journal epoch.
+    /// Moves the fresh records into sled, makes sled durable, then starts
+    /// the next journal epoch.
     fn checkpoint(&mut self) -> Result<(), QueueError> {
-        // Whatever is still unwritten must not be carried into the next
-        // epoch: sled gets it durably now.
-        self.write(false)?;
+        for (id, fresh) in self.fresh.iter_mut() {
+            self.large |= fresh.value.len() > LARGE_VALUE;
+            self.shared
+                .tree
+                .insert(key(PENDING, *id), fresh.value.as_slice())
+                .map_err(storage)?;
+            fresh.in_sled = true;
+        }
         self.sync_sled()?;
+        self.fresh.clear();
         let next = self.journal.epoch() + 1;
         self.shared
             .tree
@@ -486,7 +535,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         for cmd in group.drain(..) {
             match cmd {
                 Command::Append(records, reply) => {
-                    let result = records.iter().try_for_each(|r| writer.put(r));
+                    let result = records.iter().try_for_each(|r| writer.put(r, true));
                     appended.push((reply, result));
                 }
                 Command::Apply(ops) => {
@@ -500,6 +549,9 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 Command::Replay(id, reply) => {
                     let result = writer.replay(id);
                     replayed.push((reply, result));
+                }
+                Command::Pending(reply) => {
+                    let _ = reply.send(writer.pending());
                 }
                 Command::Close(reply) => closing = Some(reply),
             }
@@ -566,20 +618,11 @@ impl Queue for SledQueue {
     }
 
     fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>> {
-        let shared = self.shared.clone();
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Pending(tx));
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                shared
-                    .tree
-                    .scan_prefix([PENDING])
-                    .map(|item| {
-                        let (k, v) = item.map_err(storage)?;
-                        decode::<Record>(&k, &v)
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(storage)?
+            sent?;
+            rx.await.map_err(|_| QueueError::Closed)?
         })
     }
 
@@ -738,6 +781,57 @@ mod tests {
         b.unwrap();
         assert_eq!(q.stats().syncs - syncs, 1, "both appends shared one commit");
         assert_eq!(q.stats().pending, 2);
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fresh_records_reach_sled_only_if_still_pending_at_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let in_sled =
+            |q: &SledQueue, id: u64| q.shared.tree.contains_key(key(PENDING, id)).unwrap();
+        let b = {
+            let q = SledQueue::open(dir.path()).unwrap();
+            let a = record(&q, "a");
+            q.append(vec![a.clone()]).await.unwrap();
+            assert!(
+                !in_sled(&q, a.id),
+                "a fresh record lives in the journal and in memory"
+            );
+            assert_eq!(q.pending().await.unwrap(), vec![a.clone()]);
+            assert_eq!(q.stats().pending, 1);
+            q.apply(vec![Op::Remove(a.id)]).unwrap();
+            // `pending` goes through the writer, after the removal.
+            assert!(q.pending().await.unwrap().is_empty());
+            assert_eq!(q.stats().pending, 0);
+            let b = record(&q, "b");
+            q.append(vec![b.clone()]).await.unwrap();
+            q.close().await.unwrap();
+            assert!(
+                in_sled(&q, b.id),
+                "still pending at the checkpoint: moved to sled"
+            );
+            assert!(!in_sled(&q, a.id));
+            b
+        };
+        // A retry of a record from an earlier epoch, then its delivery.
+        let q = SledQueue::open(dir.path()).unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![b.clone()]);
+        let mut retried = b.clone();
+        retried.not_before_ms = 42;
+        q.apply(vec![Op::Put(retried.clone())]).unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![retried]);
+        assert_eq!(q.stats().pending, 1);
+        q.apply(vec![Op::Remove(b.id)]).unwrap();
+        assert!(q.pending().await.unwrap().is_empty());
+        assert_eq!(q.stats().pending, 0);
+        assert!(
+            !in_sled(&q, b.id),
+            "the older version in sled is removed too"
+        );
+        q.close().await.unwrap();
+        drop(q);
+        let q = SledQueue::open(dir.path()).unwrap();
+        assert!(q.pending().await.unwrap().is_empty());
         q.close().await.unwrap();
     }
 
