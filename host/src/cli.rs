@@ -179,11 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { config: path } => {
             let config = Config::load(&path)?;
-            let cache = tempfile_dir()?;
-            let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(&cache)?);
+            let cache = ScratchDir::create()?;
+            let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(&cache.0)?);
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
-            let _ = std::fs::remove_dir_all(&cache);
             let count =
                 |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             println!(
@@ -251,8 +250,20 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     }
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("weft-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The throwaway component cache of `weft validate`, removed when dropped:
+/// also when validation fails half-way.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> anyhow::Result<ScratchDir> {
+        let dir = std::env::temp_dir().join(format!("weft-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -4,15 +4,26 @@ use std::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_weft-under-test");
 
+/// Runs `weft validate` on `text`; also checks that it leaves nothing in
+/// the temporary directory, whether the config is good or not.
 fn validate(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     let out = Command::new(BINARY)
         .args(["validate", "--config"])
         .arg(&path)
+        .env("TMPDIR", &tmp)
         .output()
         .unwrap();
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "weft validate left {left:?} behind");
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
