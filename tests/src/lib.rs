@@ -231,21 +231,36 @@ pub async fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)])
 }
 
 /// Sends a request; returns status, response headers and body text.
+/// Panics if the server cannot be reached (see [`try_send`]).
 pub async fn send_full(
     method: &str,
     url: &str,
     body: &str,
     headers: &[(&str, &str)],
 ) -> (u16, http::HeaderMap, String) {
-    let uri: http::Uri = url.parse().expect("url");
-    let host = uri.host().expect("host").to_string();
+    match try_send(method, url, body, headers).await {
+        Ok(answer) => answer,
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+/// Sends a request; returns status, response headers and body text, or what
+/// went wrong on the way (no connection, connection lost mid-request).
+pub async fn try_send(
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("url: {e}"))?;
+    let host = uri.host().ok_or("url without host")?.to_string();
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .expect("connect");
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
@@ -256,13 +271,16 @@ pub async fn send_full(
     }
     let req = req
         .body(Full::new(Bytes::from(body.to_string())))
-        .expect("request");
-    let resp = sender.send_request(req).await.expect("send");
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    let text =
-        String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned();
-    (status, parts.headers, text)
+    let body = body.collect().await.map_err(|e| format!("body: {e}"))?;
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    Ok((status, parts.headers, text))
 }
 
 /// POSTs JSON.

@@ -3,8 +3,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use weft_tests::{eventually, free_port, post_json, shared_cache_dir, FakeApi, WeftProcess};
+use weft_tests::{
+    eventually, free_port, post_json, shared_cache_dir, try_send, FakeApi, WeftProcess,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_weft-under-test");
 
@@ -130,5 +134,94 @@ async fn every_acknowledged_event_survives_sigkill() {
             "delivered events went through the transform"
         );
     }
+    assert!(weft.terminate(), "weft exits cleanly on SIGTERM");
+}
+
+/// SIGKILL in the middle of the traffic, with a working sink: webhooks are
+/// being acknowledged, delivered and removed when the process dies (and
+/// checkpoints come and go). Every acknowledged event is delivered after the
+/// restart; nothing acknowledged depends on the kill's timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_traffic_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start().await;
+    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = write_config(dir.path(), &api, webhook, admin);
+    let log = dir.path().join("weft.log");
+
+    let mut acked: HashSet<String> = HashSet::new();
+    for round in 0..4 {
+        let weft =
+            WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+        // 8 clients post until the process is gone; the kill comes after
+        // 150 acknowledgements in this round, while they keep posting.
+        let acks = Arc::new(AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for c in 0..8 {
+            let (url, acks) = (format!("http://{webhook}/hooks/in"), acks.clone());
+            clients.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0.. {
+                    let id = format!("m{round}-c{c}-e{i}");
+                    let body = format!("{{\"id\":\"{id}\",\"n\":{i}}}");
+                    let sent =
+                        try_send("POST", &url, &body, &[("content-type", "application/json")])
+                            .await;
+                    match sent {
+                        Ok((202, _, _)) => {
+                            ids.push(id);
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        // The process is gone.
+                        Err(_) => break,
+                    }
+                }
+                ids
+            }));
+        }
+        let enough = eventually(Duration::from_secs(60), || {
+            acks.load(Ordering::Relaxed) >= 150
+        })
+        .await;
+        assert!(enough, "round {round}: webhooks were acknowledged");
+        weft.kill9();
+        for c in clients {
+            acked.extend(c.await.unwrap());
+        }
+    }
+
+    let weft =
+        WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+    let delivered_ids = || -> HashSet<String> {
+        api.delivered()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect()
+    };
+    let all_delivered = eventually(Duration::from_secs(120), || {
+        acked.is_subset(&delivered_ids())
+    })
+    .await;
+    let missing: Vec<_> = acked
+        .difference(&delivered_ids())
+        .take(10)
+        .cloned()
+        .collect();
+    assert!(
+        all_delivered,
+        "{} of {} acknowledged events never delivered, e.g. {missing:?}; log: {}",
+        acked.difference(&delivered_ids()).count(),
+        acked.len(),
+        log.display()
+    );
+    let deliveries = api.delivered().len();
+    eprintln!(
+        "{} acknowledged, {} deliveries ({} redelivered after a kill)",
+        acked.len(),
+        deliveries,
+        deliveries.saturating_sub(delivered_ids().len())
+    );
     assert!(weft.terminate(), "weft exits cleanly on SIGTERM");
 }
