@@ -110,18 +110,33 @@ impl Admin {
         match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
                 let stats = self.router.queue().stats();
-                let body = self.metrics.render(&[
+                let counters = [
                     (
-                        "weft_queue_pending",
-                        "Records waiting to be processed or retried",
-                        stats.pending,
+                        "weft_queue_syncs_total",
+                        "Durable commits of the queue's journal (each acknowledges a group of webhooks)",
+                        stats.syncs,
                     ),
                     (
-                        "weft_queue_dead",
-                        "Records in the dead-letter store",
-                        stats.dead,
+                        "weft_queue_checkpoints_total",
+                        "Checkpoints: records still pending moved into sled, sled synced, journal restarted",
+                        stats.checkpoints,
                     ),
-                ]);
+                ];
+                let body = self.metrics.render(
+                    &counters,
+                    &[
+                        (
+                            "weft_queue_pending",
+                            "Records waiting to be processed or retried",
+                            stats.pending,
+                        ),
+                        (
+                            "weft_queue_dead",
+                            "Records in the dead-letter store",
+                            stats.dead,
+                        ),
+                    ],
+                );
                 text(200, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/api/status") => json(200, &self.status()),

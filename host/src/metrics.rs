@@ -128,9 +128,16 @@ impl Metrics {
         ]
     }
 
-    /// Prometheus text exposition, plus the given gauges.
-    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+    /// Prometheus text exposition, plus the given counters and gauges
+    /// (name, help, value) kept elsewhere (the queue's).
+    pub fn render(&self, counters: &[(&str, &str, u64)], gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
         for (name, help, value) in self.snapshot() {
             if let Some(base) = name.strip_suffix("_seconds_total") {
                 let name = format!("{base}_seconds_total");

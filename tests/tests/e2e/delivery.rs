@@ -269,6 +269,15 @@ async fn the_admin_api_needs_its_token() {
     .await;
     assert_eq!(status, 200);
     assert!(metrics.contains("weft_queue_pending 0"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE weft_queue_syncs_total counter\nweft_queue_syncs_total 0\n"),
+        "no webhook yet, so no journal sync: {metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE weft_queue_checkpoints_total counter")
+            && !metrics.contains("weft_queue_checkpoints_total 0\n"),
+        "opening the queue checkpoints it: {metrics}"
+    );
     host.stop().await;
 }
 
