@@ -6,7 +6,7 @@
 
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
 use crate::DeliveryOutcome;
@@ -210,9 +210,23 @@ pub struct InFlight {
 impl InFlight {
     /// Waits for the response and reads its whole body.
     pub fn wait(self) -> Result<Response, HttpError> {
+        self.wait_with(false)
+    }
+
+    /// [`InFlight::wait`]; with `probably_ready`, first asks for the response
+    /// without waiting (one host call instead of three when it has arrived,
+    /// as it usually has for all but the first of a batch sent together).
+    fn wait_with(self, probably_ready: bool) -> Result<Response, HttpError> {
         let future = self.future;
-        future.subscribe().block();
-        let incoming = match future.get() {
+        let arrived = if probably_ready { future.get() } else { None };
+        let arrived = match arrived {
+            Some(arrived) => Some(arrived),
+            None => {
+                future.subscribe().block();
+                future.get()
+            }
+        };
+        let incoming = match arrived {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(e))) => return Err(HttpError::Transport(describe(&e))),
             Some(Err(())) | None => {
@@ -251,7 +265,9 @@ impl InFlight {
                 }
             }
         }
-        let _ = IncomingBody::finish(body);
+        // Dropped rather than `finish`ed: no trailers are read, and `finish`
+        // would cost two host calls (it returns a future for them).
+        drop(body);
         Ok(Response {
             status,
             headers,
@@ -270,7 +286,8 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
         requests.into_iter().map(Request::start).collect();
     started
         .into_iter()
-        .map(|request| request.and_then(InFlight::wait))
+        .enumerate()
+        .map(|(i, request)| request.and_then(|r| r.wait_with(i > 0)))
         .collect()
 }
 
