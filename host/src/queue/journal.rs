@@ -23,7 +23,15 @@
 //! at each checkpoint) and checksum are right; reading stops at the first
 //! frame that is not, which is the end of this epoch (older epochs' frames
 //! and a torn last write both stop it). A torn frame was never acknowledged:
-//! the writer answers only after its sync.
+//! the writer answers only after its sync. The epoch is a random 64-bit
+//! number drawn at each checkpoint, not a counter: the stale frames further
+//! in the file hold old webhook bodies, and a frame forged inside one must
+//! not be able to pass for a frame of the current epoch.
+//!
+//! An intact frame of the current epoch *after* one that is not can only
+//! mean damage on the medium (the epoch is written front to back): the
+//! damaged bytes are skipped with an error in the log, and what follows is
+//! recovered.
 //!
 //! The file is reused from offset 0 in every epoch, and grown in steps of
 //! zeroes written and synced once, so that a commit overwrites blocks that
@@ -96,7 +104,16 @@ impl Journal {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (entries, end) = read_epoch(&bytes, epoch);
+        let read = read_epoch(&bytes, epoch);
+        for (from, to) in &read.damaged {
+            tracing::error!(
+                journal = %path.display(),
+                from,
+                to,
+                "journal damaged: skipped these bytes and recovered the intact frames after them; changes in the damaged part are lost"
+            );
+        }
+        let (entries, end) = (read.entries, read.end);
         let journal = Journal {
             file,
             epoch,
@@ -218,18 +235,58 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The entries of `epoch`'s frames from the start of `bytes`, and where they end.
-fn read_epoch(bytes: &[u8], epoch: u64) -> (Vec<Entry>, usize) {
-    let mut entries = Vec::new();
+/// What reading an epoch found.
+#[derive(Debug, PartialEq)]
+struct EpochRead {
+    /// The entries of every intact frame, in order.
+    entries: Vec<Entry>,
+    /// Where the last intact frame ends.
+    end: usize,
+    /// Byte ranges skipped because they were damaged *and* intact frames of
+    /// the same epoch follow them (a torn last write is not damage).
+    damaged: Vec<(usize, usize)>,
+}
+
+/// The entries of `epoch`'s frames from the start of `bytes`.
+///
+/// Reading stops at the first position that holds no intact frame of
+/// `epoch`, unless an intact frame of `epoch` follows further on: the epoch
+/// is written front to back, one frame after the other, so that can only be
+/// damage on the medium. Then the damaged bytes are skipped (and reported)
+/// and reading resumes at that frame: what can be recovered is.
+fn read_epoch(bytes: &[u8], epoch: u64) -> EpochRead {
+    let mut read = EpochRead {
+        entries: Vec::new(),
+        end: 0,
+        damaged: Vec::new(),
+    };
     let mut at = 0usize;
-    while let Some(payload) = frame_at(bytes, at, epoch) {
-        let Some(parsed) = parse_entries(payload) else {
-            break;
-        };
-        entries.extend(parsed);
-        at += HEADER + payload.len();
+    loop {
+        let intact = frame_at(bytes, at, epoch).and_then(|p| Some((p.len(), parse_entries(p)?)));
+        match intact {
+            Some((len, parsed)) => {
+                read.entries.extend(parsed);
+                at += HEADER + len;
+                read.end = at;
+            }
+            None => match next_frame(bytes, at + 1, epoch) {
+                Some(next) => {
+                    read.damaged.push((at, next));
+                    at = next;
+                }
+                None => return read,
+            },
+        }
     }
-    (entries, at)
+}
+
+/// The first position at or after `from` holding an intact frame of `epoch`.
+fn next_frame(bytes: &[u8], from: usize, epoch: u64) -> Option<usize> {
+    let magic = MAGIC.to_le_bytes();
+    (from..bytes.len().saturating_sub(HEADER - 1)).find(|&p| {
+        bytes[p..p + 4] == magic
+            && frame_at(bytes, p, epoch).is_some_and(|f| parse_entries(f).is_some())
+    })
 }
 
 /// The payload of a valid frame of `epoch` at `at`.
@@ -333,16 +390,47 @@ mod tests {
     }
 
     #[test]
+    fn damage_in_the_middle_is_skipped_and_the_frames_after_it_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut j, _) = Journal::open(&path, 3).unwrap();
+        let mut ends = Vec::new();
+        for id in 1..=3u64 {
+            j.add(&Entry::Put(id, vec![id as u8; 50]));
+            j.write(true).unwrap();
+            ends.push(j.len());
+        }
+        drop(j);
+        // A flipped byte inside the second frame (bad sectors, not a torn
+        // write: an intact frame follows).
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"\xff", ends[0] + 30).unwrap();
+        drop(file);
+        let bytes = std::fs::read(&path).unwrap();
+        let read = read_epoch(&bytes, 3);
+        assert_eq!(
+            read.entries,
+            vec![Entry::Put(1, vec![1; 50]), Entry::Put(3, vec![3; 50])]
+        );
+        assert_eq!(read.damaged, vec![(ends[0] as usize, ends[1] as usize)]);
+        assert_eq!(read.end, ends[2] as usize);
+    }
+
+    #[test]
     fn garbage_is_no_frame() {
-        assert_eq!(read_epoch(b"", 0), (vec![], 0));
-        assert_eq!(read_epoch(&[0u8; 64], 0), (vec![], 0));
-        assert_eq!(read_epoch(&[0xffu8; 64], 0), (vec![], 0));
+        let nothing = |bytes: &[u8]| {
+            let read = read_epoch(bytes, 0);
+            read.entries.is_empty() && read.end == 0 && read.damaged.is_empty()
+        };
+        assert!(nothing(b""));
+        assert!(nothing(&[0u8; 64]));
+        assert!(nothing(&[0xffu8; 64]));
         // A header claiming more bytes than there are.
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.extend_from_slice(&0u64.to_le_bytes());
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
-        assert_eq!(read_epoch(&b, 0), (vec![], 0));
+        assert!(nothing(&b));
     }
 }

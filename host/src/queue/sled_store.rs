@@ -2,7 +2,7 @@
 //! with group commit.
 //!
 //! Layout (one sled tree, keys prefixed): `m/format` holds the format version,
-//! `m/journal` the journal's current epoch, `p` + id (big endian) a pending
+//! `m/journal` the journal's current epoch (a random number), `p` + id (big endian) a pending
 //! [`Record`], `d` + id a [`DeadLetter`]. Values are postcard-encoded. Beside
 //! the sled directory, the file `journal` (see [`journal`](super::journal)).
 //!
@@ -455,7 +455,15 @@ impl Writer {
         }
         self.sync_sled()?;
         self.fresh.clear();
-        let next = self.journal.epoch() + 1;
+        // A random epoch, not a counter: the file's stale frames carry webhook
+        // data, and a frame forged inside an event's payload must not be able
+        // to pass for one of the current epoch (see `journal`).
+        let next = loop {
+            let n = rand::random::<u64>();
+            if n != self.journal.epoch() {
+                break n;
+            }
+        };
         self.shared
             .tree
             .insert(EPOCH_KEY, &next.to_be_bytes())
