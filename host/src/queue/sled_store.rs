@@ -334,22 +334,16 @@ impl Writer {
 
     /// Forgets pending record `id` (not journaled: the caller journals why).
     fn forget(&mut self, id: u64) -> Result<(), QueueError> {
-        let in_sled = match self.fresh.remove(&id) {
-            Some(fresh) => {
-                self.shared.pending.fetch_sub(1, Ordering::Relaxed);
-                if fresh.in_sled {
-                    self.shared.tree.remove(key(PENDING, id)).map_err(storage)?;
-                }
-                return Ok(());
-            }
-            None => self
+        let fresh = self.fresh.remove(&id);
+        // A copy in sled: stored before the last checkpoint.
+        let in_sled = fresh.as_ref().is_none_or(|f| f.in_sled)
+            && self
                 .shared
                 .tree
                 .remove(key(PENDING, id))
                 .map_err(storage)?
-                .is_some(),
-        };
-        if in_sled {
+                .is_some();
+        if fresh.is_some() || in_sled {
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
