@@ -291,7 +291,7 @@ impl Router {
             at_ms: now_ms(),
             plugin: plugin.to_string(),
             outcome: outcome.to_string(),
-            detail: detail.into(),
+            detail: attempt_detail(detail.into()),
         }
     }
 
@@ -573,5 +573,49 @@ impl Router {
         tracing::info!(event = %record.event.id, record = id, "dead letter replayed");
         self.schedule(record.clone());
         Ok(record)
+    }
+}
+
+/// Longest attempt detail kept, in bytes: plugins choose their reasons, and
+/// they end up in every log line, dead letter and admin API answer about the
+/// event.
+pub const MAX_ATTEMPT_DETAIL: usize = 2048;
+
+/// A plugin's reason or error as stored and logged: without the host stack
+/// trace that an error's debug text carries when `RUST_BACKTRACE` is set (a
+/// guest reading a `wasi:io` error with `to-debug-string` gets one), and
+/// shortened to [`MAX_ATTEMPT_DETAIL`] bytes.
+pub fn attempt_detail(mut text: String) -> String {
+    if let Some(at) = text.find("\nStack backtrace:") {
+        text.truncate(at);
+    }
+    if text.len() > MAX_ATTEMPT_DETAIL {
+        let mut end = MAX_ATTEMPT_DETAIL - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_details_lose_host_backtraces_and_are_capped() {
+        let with_trace =
+            "reading body: connection read timeout\nStack backtrace:\n   0: wasmtime::capture\n"
+                .to_string();
+        assert_eq!(
+            attempt_detail(with_trace),
+            "reading body: connection read timeout"
+        );
+        let long = "é".repeat(MAX_ATTEMPT_DETAIL);
+        let short = attempt_detail(long);
+        assert!(short.len() <= MAX_ATTEMPT_DETAIL && short.ends_with('…'));
+        assert_eq!(attempt_detail("plain".into()), "plain");
     }
 }

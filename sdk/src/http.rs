@@ -259,7 +259,7 @@ impl InFlight {
                     Err(StreamError::LastOperationFailed(e)) => {
                         return Err(HttpError::Transport(format!(
                             "reading body: {}",
-                            e.to_debug_string()
+                            without_backtrace(e.to_debug_string())
                         )))
                     }
                 }
@@ -289,6 +289,15 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
         .enumerate()
         .map(|(i, request)| request.and_then(|r| r.wait_with(i > 0)))
         .collect()
+}
+
+/// The message of a host error's debug text, without the host's stack trace
+/// (present when the host runs with `RUST_BACKTRACE` set).
+fn without_backtrace(mut text: String) -> String {
+    if let Some(at) = text.find("\nStack backtrace:") {
+        text.truncate(at);
+    }
+    text
 }
 
 fn describe(e: &ErrorCode) -> String {

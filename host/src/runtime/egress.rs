@@ -484,8 +484,15 @@ impl WasiHttpHooks for EgressHooks {
             if let Some(t) = options.and_then(|o| o.first_byte_timeout) {
                 timeout = timeout.min(t);
             }
-            let response = match tokio::time::timeout(timeout, client.request(request)).await {
-                Err(_) => return Err(HttpError::ConnectionReadTimeout),
+            // One deadline for the whole exchange: the response head, then
+            // its body (`GuardedBody` keeps polling the same timer).
+            let mut deadline = Box::pin(tokio::time::sleep(timeout));
+            let sent = tokio::select! {
+                sent = client.request(request) => Ok(sent),
+                () = deadline.as_mut() => Err(()),
+            };
+            let response = match sent {
+                Err(()) => return Err(HttpError::ConnectionReadTimeout),
                 Ok(Err(e)) => {
                     let detail = format!("{e:?}");
                     tracing::debug!(plugin = %policy.plugin, event = %event_id, url = %uri, error = %detail, "outbound request failed");
@@ -503,7 +510,6 @@ impl WasiHttpHooks for EgressHooks {
             if let (Some(tape), Some(request_seen)) = (&policy.tape, captured) {
                 return Ok((tape.keep(request_seen, response, limit).await?, done()));
             }
-            let deadline = Box::pin(tokio::time::sleep(timeout));
             let response = response.map(|inner| {
                 GuardedBody {
                     inner,
@@ -518,7 +524,8 @@ impl WasiHttpHooks for EgressHooks {
     }
 }
 
-/// A response body held to the plugin's size limit and the request deadline.
+/// A response body held to the plugin's size limit and to the deadline of
+/// the whole request (the same timer that bounded the wait for its head).
 struct GuardedBody {
     inner: hyper::body::Incoming,
     seen: u64,

@@ -370,3 +370,89 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_delivered() {
     );
     host.stop().await;
 }
+
+/// A stand-in for a downstream API that hangs: it reads each request, then
+/// either never answers (`partial = false`) or sends the head and a tenth of
+/// a promised body and stops there. Connections stay open.
+async fn stalling_api(partial: bool) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = stream.read(&mut buf).await;
+                if partial {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_that_hangs_is_timed_out_retried_and_dead_lettered() {
+    for partial in [false, true] {
+        let addr = stalling_api(partial).await;
+        let origin = format!("http://{addr}");
+        let config = format!(
+            r#"
+[retry]
+initial_ms = 100
+max_attempts = 2
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+limits = {{ http_timeout_ms = 300 }}
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#
+        );
+        let host = TestHost::start(&config).await;
+        let (status, _) = post_json(&host.hook("in"), "{\"id\":\"hung-1\"}").await;
+        assert_eq!(status, 202);
+        assert!(
+            eventually(Duration::from_secs(30), || host.stats().dead == 1).await,
+            "partial = {partial}: the event was dead-lettered after its attempts timed out"
+        );
+        let (_, body) = host.admin_get("/api/dead-letters").await;
+        let letter = &body["dead_letters"][0];
+        let attempts = letter["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "partial = {partial}: {letter}");
+        for attempt in attempts {
+            assert_eq!(attempt["outcome"], "retry", "{letter}");
+            let detail = attempt["detail"].as_str().unwrap();
+            let lower = detail.to_lowercase();
+            assert!(
+                lower.contains("readtimeout") || lower.contains("read timeout"),
+                "partial = {partial}: a timeout, not another failure: {detail}"
+            );
+            // What users read in logs and dead letters: no host stack trace
+            // (this test process may run with RUST_BACKTRACE set).
+            assert!(
+                !detail.contains("backtrace") && detail.len() <= weft::router::MAX_ATTEMPT_DETAIL,
+                "{detail}"
+            );
+        }
+        // The host kept serving meanwhile.
+        let (status, _) = post_json(&host.hook("in"), "{\"id\":\"hung-2\"}").await;
+        assert_eq!(status, 202);
+        host.stop().await;
+    }
+}
