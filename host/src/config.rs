@@ -164,6 +164,12 @@ pub const DEFAULT_REQUESTS_PER_S: u32 = 20_000;
 /// The largest `limits.requests_per_s` accepted.
 pub const MAX_REQUESTS_PER_S: u32 = 1_000_000;
 
+/// Default for `limits.max_events`.
+pub const DEFAULT_MAX_EVENTS: u32 = 10_000;
+
+/// The largest `limits.max_events` accepted.
+pub const MAX_MAX_EVENTS: u32 = 1_000_000;
+
 /// Sandbox limits of a plugin call.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -195,6 +201,12 @@ pub struct Limits {
     /// node delivers (docs/BENCHMARKS.md): set it to what the upstream
     /// should send.
     pub requests_per_s: u32,
+    /// Sources and transforms: the most events one call may produce. A
+    /// webhook whose source makes more is answered 413 and nothing of it is
+    /// stored; a transform that makes more (from one event, counting every
+    /// output of its step) fails that event permanently (dead letter). It
+    /// bounds what one request can make the queue hold.
+    pub max_events: u32,
 }
 
 impl Default for Limits {
@@ -207,6 +219,7 @@ impl Default for Limits {
             instance_reuse: 1,
             max_batch: 1,
             requests_per_s: DEFAULT_REQUESTS_PER_S,
+            max_events: DEFAULT_MAX_EVENTS,
         }
     }
 }
@@ -222,6 +235,7 @@ pub struct LimitOverrides {
     instance_reuse: Option<u32>,
     max_batch: Option<u32>,
     requests_per_s: Option<u32>,
+    max_events: Option<u32>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -299,6 +313,7 @@ impl PluginConfig {
                 .limits
                 .requests_per_s
                 .unwrap_or(defaults.requests_per_s),
+            max_events: self.limits.max_events.unwrap_or(defaults.max_events),
         }
     }
 
@@ -475,6 +490,12 @@ impl Config {
                     format!(
                         "plugins.{name}.limits.requests_per_s: must be 1..={MAX_REQUESTS_PER_S}"
                     ),
+                ));
+            }
+            if limits.max_events == 0 || limits.max_events > MAX_MAX_EVENTS {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.max_events: must be 1..={MAX_MAX_EVENTS}"),
                 ));
             }
         }

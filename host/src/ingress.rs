@@ -190,6 +190,21 @@ impl Ingress {
                 );
             }
         };
+        if events.len() > source.max_events() {
+            inc(&self.metrics.webhooks_rejected);
+            tracing::info!(source = %name, events = events.len(), limit = source.max_events(), "webhook rejected: more events than limits.max_events");
+            return json(
+                413,
+                &serde_json::json!({
+                    "error": format!(
+                        "this request makes {} events; source \"{name}\" accepts at most {} per request (limits.max_events)",
+                        events.len(),
+                        source.max_events()
+                    ),
+                    "kind": "payload-too-large",
+                }),
+            );
+        }
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         match self.router.ingest(&name, events, arrival).await {
             Ok(()) => {

@@ -382,6 +382,14 @@ impl Router {
                 let result = transform.transform(event).await;
                 add_elapsed(&self.metrics.transform_ns, started);
                 let (detail, permanent) = match result {
+                    Ok(Ok(out)) if next.len() + out.len() > transform.max_events() => (
+                        format!(
+                            "transform {} made more than {} events from one event (limits.max_events)",
+                            transform.name(),
+                            transform.max_events()
+                        ),
+                        true,
+                    ),
                     Ok(Ok(out)) => {
                         next.extend(out);
                         continue;

@@ -572,6 +572,12 @@ impl Plugin {
         self.limits.max_batch.max(1) as usize
     }
 
+    /// The most events one source or transform call may produce
+    /// (`limits.max_events`).
+    pub fn max_events(&self) -> usize {
+        self.limits.max_events.max(1) as usize
+    }
+
     /// A kept instance for the next call, if reuse is on and one is idle.
     fn take_warm(&self) -> Option<Warm> {
         if self.limits.instance_reuse <= 1 {

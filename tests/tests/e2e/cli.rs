@@ -61,6 +61,10 @@ fn bad_config_errors_name_file_line_and_field() {
             "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { requests_per_s = 0 }\n",
             "bad.toml:1:1: plugins.x.limits.requests_per_s: must be 1..=1000000",
         ),
+        (
+            "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { max_events = 0 }\n",
+            "bad.toml:1:1: plugins.x.limits.max_events: must be 1..=1000000",
+        ),
         ("[plugins.x]\npath = \"nowhere.wasm\"\n", "plugin x: cannot read"),
     ];
     for (text, expected) in cases {

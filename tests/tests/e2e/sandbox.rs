@@ -187,3 +187,87 @@ fn a_plugin_cannot_flood_the_host_log() {
         &stderr[stderr.len().saturating_sub(2000)..]
     );
 }
+
+/// `limits.max_events` bounds what one request can make the queue hold: a
+/// webhook its source turns into too many events gets 413 and nothing is
+/// stored; a transform that multiplies one event into too many fails it
+/// permanently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_floods_are_capped_by_max_events() {
+    let out = FakeApi::start().await;
+    let config = format!(
+        r#"
+[retry]
+max_attempts = 1
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id", split_array = true }}
+limits = {{ max_events = 4 }}
+
+[plugins.chaos]
+path = "{chaos}"
+limits = {{ max_events = 5 }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/ok" }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "flooded"
+source = "in"
+transforms = ["chaos"]
+sinks = ["out"]
+"#,
+        chaos = test_plugin("chaos").display(),
+        origin = out.origin()
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
+
+    // Five array items: five events, one more than the source allows.
+    let five: Vec<_> = (0..5)
+        .map(|i| serde_json::json!({ "id": format!("a{i}") }))
+        .collect();
+    let (status, body) = post_json(&hook, &serde_json::Value::from(five).to_string()).await;
+    assert_eq!(status, 413, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "payload-too-large");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_events"),
+        "{body}"
+    );
+    assert_eq!(
+        host.counter("weft_events_accepted_total"),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(host.stats().pending, 0);
+
+    // A transform making five events from one: at its limit, all delivered.
+    let (status, _) = post_json(&hook, r#"[{"id":"five","chaos":"flood","count":5}]"#).await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 5).await);
+
+    // Six: over it, the event is dead-lettered and none of the six goes out.
+    let (status, _) = post_json(&hook, r#"[{"id":"six","chaos":"flood","count":6}]"#).await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["event"]["id"], "six");
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_events"),
+        "{letter}"
+    );
+    assert_eq!(
+        out.delivered().len(),
+        5,
+        "nothing of the flood was delivered"
+    );
+    host.stop().await;
+}

@@ -3,7 +3,8 @@
 //! The event's JSON field `chaos` selects the misbehaviour:
 //! `trap` panics, `loop` spins forever, `alloc` allocates without bound,
 //! `egress` tries to reach `url` without a grant, `secret` asks for a secret it
-//! was not granted, `spam` writes 1,000 warning lines of 16 KiB each.
+//! was not granted, `spam` writes 1,000 warning lines of 16 KiB each,
+//! `flood` returns `count` copies of the event (ids suffixed `-0`, `-1`...).
 //! Anything else passes the event through unchanged.
 
 use weft_sdk::{http, log, secrets, Event, Transform, TransformError};
@@ -49,6 +50,16 @@ impl Transform for Chaos {
                     log::log(log::Level::Warn, &line, &[("event", &event.id)]);
                 }
                 Ok(vec![event])
+            }
+            Some("flood") => {
+                let count = data["count"].as_u64().unwrap_or(1) as usize;
+                Ok((0..count)
+                    .map(|i| {
+                        let mut copy = event.clone();
+                        copy.id = format!("{}-{i}", event.id);
+                        copy
+                    })
+                    .collect())
             }
             _ => Ok(vec![event]),
         }
