@@ -456,3 +456,75 @@ sinks = ["out"]
         host.stop().await;
     }
 }
+
+/// A downstream answering with a body larger than the sink's
+/// `limits.max_response_bytes`: the plugin never gets more than its limit,
+/// the attempt fails (and is retried, then dead-lettered), the host keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_max_response_bytes_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let body = vec![b'x'; 256 * 1024];
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&body).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let origin = format!("http://{addr}");
+    let config = format!(
+        r#"
+[retry]
+initial_ms = 100
+max_attempts = 2
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+limits = {{ max_response_bytes = 4096 }}
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#
+    );
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"big-answer\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    let letter = &body["dead_letters"][0];
+    let attempts = letter["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{letter}");
+    for attempt in attempts {
+        let detail = attempt["detail"].as_str().unwrap().to_lowercase();
+        assert!(
+            detail.contains("body size") || detail.contains("bodysize"),
+            "the response was cut at the limit: {detail}"
+        );
+    }
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"after\"}").await;
+    assert_eq!(status, 202, "the host keeps serving");
+    host.stop().await;
+}
