@@ -4,12 +4,17 @@
 //! * `GET /`: the dashboard (a static page; it asks for the token and calls the API).
 //! * `GET /metrics`: Prometheus text. Token required.
 //! * `GET /api/status`: routes, plugins, queue counts, counters.
-//! * `GET /api/dead-letters?limit=N`: dead letters with their attempt history.
+//! * `GET /api/dead-letters?limit=N&after=ID&route=R`: dead letters with
+//!   their attempt history, oldest first (page with `after`: the last `id`
+//!   seen), optionally of one route.
 //! * `POST /api/dead-letters/{id}/replay`: puts a dead letter back in the queue.
+//! * `POST /api/dead-letters/replay?route=R&limit=N`: replays the oldest
+//!   dead letters (of one route, if given; at most `limit`, default 1000).
 //!
 //! Every endpoint but `/healthz` and `/` needs `Authorization: Bearer <token>`.
 
 use crate::metrics::Metrics;
+use crate::queue::DeadLetterQuery;
 use crate::router::Router;
 use crate::runtime::Plugin;
 use crate::server::{error, json, text, Reply};
@@ -141,14 +146,11 @@ impl Admin {
             }
             (&Method::GET, "/api/status") => json(200, &self.status()),
             (&Method::GET, "/api/dead-letters") => {
-                let limit = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100usize)
-                    .min(10_000);
-                match self.router.queue().dead_letters(limit).await {
+                let query = match dead_letter_query(req.uri().query(), 100) {
+                    Ok(q) => q,
+                    Err(reply) => return reply,
+                };
+                match self.router.queue().dead_letters(query).await {
                     Ok(letters) => {
                         let items: Vec<_> = letters
                             .into_iter()
@@ -175,6 +177,19 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
+            (&Method::POST, "/api/dead-letters/replay") => {
+                let query = match dead_letter_query(req.uri().query(), 1000) {
+                    Ok(q) => q,
+                    Err(reply) => return reply,
+                };
+                match self.router.replay_matching(query).await {
+                    Ok(replayed) => json(
+                        200,
+                        &serde_json::json!({ "replayed": replayed.len(), "ids": replayed }),
+                    ),
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
             (&Method::POST, p) if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
                 let id = p
                     .trim_start_matches("/api/dead-letters/")
@@ -196,4 +211,26 @@ impl Admin {
             _ => error(404, format!("no such endpoint {method} {path}")),
         }
     }
+}
+
+/// Most dead letters one listing or bulk replay covers.
+const MAX_DEAD_LETTER_PAGE: usize = 10_000;
+
+/// `limit`, `after` and `route` from a dead-letter request's query string.
+fn dead_letter_query(query: Option<&str>, default_limit: usize) -> Result<DeadLetterQuery, Reply> {
+    let mut q = DeadLetterQuery::first(default_limit);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| error(400, format!("{name} must be a number, got \"{value}\"")))
+        };
+        match name.as_ref() {
+            "limit" => q.limit = (number()? as usize).min(MAX_DEAD_LETTER_PAGE),
+            "after" => q.after = Some(number()?),
+            "route" => q.route = Some(value.into_owned()),
+            _ => return Err(error(400, format!("unknown query parameter \"{name}\""))),
+        }
+    }
+    Ok(q)
 }

@@ -575,6 +575,29 @@ impl Router {
         self.commit(ops, later);
     }
 
+    /// Replays every dead letter `query` lists (their stores share group
+    /// commits); returns the record ids replayed. One that is replayed by
+    /// someone else meanwhile is skipped.
+    pub async fn replay_matching(
+        self: &Arc<Self>,
+        query: crate::queue::DeadLetterQuery,
+    ) -> Result<Vec<u64>, QueueError> {
+        let letters = self.queue.dead_letters(query).await?;
+        let mut replayed = Vec::with_capacity(letters.len());
+        for chunk in letters.chunks(256) {
+            let results =
+                futures::future::join_all(chunk.iter().map(|d| self.replay(d.record.id))).await;
+            for (letter, result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(_) => replayed.push(letter.record.id),
+                    Err(QueueError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(replayed)
+    }
+
     /// Moves a dead letter back into the queue and runs it now.
     pub async fn replay(self: &Arc<Self>, id: u64) -> Result<Record, QueueError> {
         let record = self.queue.replay(id).await?;

@@ -116,6 +116,30 @@ pub enum Op {
     Dead(DeadLetter),
 }
 
+/// Which dead letters to list: oldest first, only those with a record id
+/// above `after` (to page through them) and on `route` (if given), at most
+/// `limit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterQuery {
+    /// Only record ids above this one.
+    pub after: Option<u64>,
+    /// Only this route's.
+    pub route: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl DeadLetterQuery {
+    /// The oldest `limit` dead letters.
+    pub fn first(limit: usize) -> DeadLetterQuery {
+        DeadLetterQuery {
+            after: None,
+            route: None,
+            limit,
+        }
+    }
+}
+
 /// Counts for the admin API and metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct QueueStats {
@@ -180,8 +204,11 @@ pub trait Queue: Send + Sync + 'static {
     /// Every pending record (used at start-up to resume work).
     fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>>;
 
-    /// Dead letters, oldest first, at most `limit`.
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>>;
+    /// Dead letters matching `query`, oldest first.
+    fn dead_letters(
+        &self,
+        query: DeadLetterQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>>;
 
     /// Moves a dead letter back to pending with a fresh attempt budget, and
     /// returns the record to run.

@@ -30,7 +30,9 @@
 //! allows) or an older attempt history.
 
 use super::journal::{Entry, Journal};
-use super::{Arrival, BoxFuture, DeadLetter, Op, Queue, QueueError, QueueStats, Record};
+use super::{
+    Arrival, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats, Record,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -628,19 +630,30 @@ impl Queue for SledQueue {
         })
     }
 
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>> {
+    fn dead_letters(
+        &self,
+        query: DeadLetterQuery,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>> {
         let shared = self.shared.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                shared
-                    .tree
-                    .scan_prefix([DEAD])
-                    .take(limit)
-                    .map(|item| {
-                        let (k, v) = item.map_err(storage)?;
-                        decode::<DeadLetter>(&k, &v)
-                    })
-                    .collect()
+                let from = key(DEAD, query.after.map_or(0, |a| a.saturating_add(1)));
+                let mut letters = Vec::new();
+                for item in shared.tree.range(from..=key(DEAD, u64::MAX)) {
+                    if letters.len() >= query.limit {
+                        break;
+                    }
+                    let (k, v) = item.map_err(storage)?;
+                    let letter: DeadLetter = decode(&k, &v)?;
+                    if query
+                        .route
+                        .as_ref()
+                        .is_none_or(|r| *r == letter.record.route)
+                    {
+                        letters.push(letter);
+                    }
+                }
+                Ok(letters)
             })
             .await
             .map_err(storage)?
@@ -738,7 +751,7 @@ mod tests {
         };
         let q = SledQueue::open(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![a.clone()]);
-        let dead = q.dead_letters(10).await.unwrap();
+        let dead = q.dead_letters(DeadLetterQuery::first(10)).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].record.attempts.len(), 1);
         assert!(q.next_id() > b.id);
@@ -875,7 +888,10 @@ mod tests {
         }
         let q = SledQueue::open(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![kept.clone()]);
-        assert_eq!(q.dead_letters(10).await.unwrap(), vec![letter]);
+        assert_eq!(
+            q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
+            vec![letter]
+        );
         assert_eq!((q.stats().pending, q.stats().dead), (1, 1));
         assert!(q.next_id() > dead.id);
         // The open checkpointed: the redone changes are sled's now, and the

@@ -528,3 +528,74 @@ sinks = ["out"]
     assert_eq!(status, 202, "the host keeps serving");
     host.stop().await;
 }
+
+/// After an outage, dead letters are paged through and replayed in bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_paged_and_replayed_in_bulk() {
+    let api = FakeApi::start().await;
+    api.set_default(503);
+    let host = TestHost::start(&relay_config(&api, "max_attempts = 1")).await;
+    for i in 0..5 {
+        let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"down-{i}\"}}")).await;
+        assert_eq!(status, 202);
+    }
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 5).await);
+
+    // Pages of two, oldest first, continuing after the last id seen.
+    let ids = |body: &serde_json::Value| -> Vec<u64> {
+        body["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, all) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(status, 200);
+    let all = ids(&all);
+    assert_eq!(all.len(), 5);
+    let (_, first) = host.admin_get("/api/dead-letters?limit=2").await;
+    assert_eq!(ids(&first), all[..2]);
+    let (_, second) = host
+        .admin_get(&format!("/api/dead-letters?limit=2&after={}", all[1]))
+        .await;
+    assert_eq!(ids(&second), all[2..4]);
+    let (_, other_route) = host.admin_get("/api/dead-letters?route=elsewhere").await;
+    assert!(ids(&other_route).is_empty());
+    let (_, this_route) = host.admin_get("/api/dead-letters?route=relay").await;
+    assert_eq!(ids(&this_route), all);
+    let (status, _) = host.admin_get("/api/dead-letters?limit=many").await;
+    assert_eq!(status, 400);
+    let (status, _) = host.admin_get("/api/dead-letters?color=red").await;
+    assert_eq!(status, 400);
+
+    // The API is back: replay the oldest three, then the rest.
+    api.set_default(200);
+    let (status, body) = host.admin_post("/api/dead-letters/replay?limit=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 3, "{body}");
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 3).await);
+    assert_eq!(host.stats().dead, 2);
+    let (status, body) = host
+        .admin_post("/api/dead-letters/replay?route=relay")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 2, "{body}");
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 5).await);
+    assert!(
+        eventually(Duration::from_secs(10), || host.stats().dead == 0
+            && host.stats().pending == 0)
+        .await
+    );
+    let mut delivered: Vec<String> = api
+        .delivered()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        (0..5).map(|i| format!("down-{i}")).collect::<Vec<_>>()
+    );
+    host.stop().await;
+}
