@@ -148,7 +148,7 @@ impl Admin {
             (&Method::GET, "/api/dead-letters") => {
                 let query = match dead_letter_query(req.uri().query(), 100) {
                     Ok(q) => q,
-                    Err(reply) => return reply,
+                    Err(problem) => return error(400, problem),
                 };
                 match self.router.queue().dead_letters(query).await {
                     Ok(letters) => {
@@ -180,7 +180,7 @@ impl Admin {
             (&Method::POST, "/api/dead-letters/replay") => {
                 let query = match dead_letter_query(req.uri().query(), 1000) {
                     Ok(q) => q,
-                    Err(reply) => return reply,
+                    Err(problem) => return error(400, problem),
                 };
                 match self.router.replay_matching(query).await {
                     Ok(replayed) => json(
@@ -216,20 +216,21 @@ impl Admin {
 /// Most dead letters one listing or bulk replay covers.
 const MAX_DEAD_LETTER_PAGE: usize = 10_000;
 
-/// `limit`, `after` and `route` from a dead-letter request's query string.
-fn dead_letter_query(query: Option<&str>, default_limit: usize) -> Result<DeadLetterQuery, Reply> {
+/// `limit`, `after` and `route` from a dead-letter request's query string, or
+/// what is wrong with it.
+fn dead_letter_query(query: Option<&str>, default_limit: usize) -> Result<DeadLetterQuery, String> {
     let mut q = DeadLetterQuery::first(default_limit);
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let number = || {
             value
                 .parse::<u64>()
-                .map_err(|_| error(400, format!("{name} must be a number, got \"{value}\"")))
+                .map_err(|_| format!("{name} must be a number, got \"{value}\""))
         };
         match name.as_ref() {
             "limit" => q.limit = (number()? as usize).min(MAX_DEAD_LETTER_PAGE),
             "after" => q.after = Some(number()?),
             "route" => q.route = Some(value.into_owned()),
-            _ => return Err(error(400, format!("unknown query parameter \"{name}\""))),
+            _ => return Err(format!("unknown query parameter \"{name}\"")),
         }
     }
     Ok(q)
