@@ -8,7 +8,7 @@ use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
 /// sink's plugin line (`builtin = ...` or `path = ...`), `sink_config` extra
 /// config entries and `sink_limits` its limits table.
 fn route_config(
-    api: &FakeApi,
+    origin: &str,
     retry: &str,
     split: bool,
     sink: &str,
@@ -34,15 +34,14 @@ limits = {{ {sink_limits} }}
 name = "relay"
 source = "in"
 sinks = ["out"]
-"#,
-        origin = api.origin()
+"#
     )
 }
 
 /// The built-in `http-post` sink, one event per call.
 fn relay_config(api: &FakeApi, retry: &str) -> String {
     route_config(
-        api,
+        &api.origin(),
         retry,
         false,
         "builtin = \"http-post\"",
@@ -53,7 +52,7 @@ fn relay_config(api: &FakeApi, retry: &str) -> String {
 
 /// Array webhooks into a sink (`sink`: its plugin line) taking batches of 16.
 fn batch_config(api: &FakeApi, sink: &str, retry: &str) -> String {
-    route_config(api, retry, true, sink, "", "max_batch = 16")
+    route_config(&api.origin(), retry, true, sink, "", "max_batch = 16")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,162 +370,110 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_delivered() {
     host.stop().await;
 }
 
-/// A stand-in for a downstream API that hangs: it reads each request, then
-/// either never answers (`partial = false`) or sends the head and a tenth of
-/// a promised body and stops there. Connections stay open.
-async fn stalling_api(partial: bool) -> std::net::SocketAddr {
+/// A downstream written at the TCP level, for answers no well-behaved HTTP
+/// server gives: for each request it reads, it writes `answer` as is, then
+/// either hangs with the connection open (`hang`) or waits for the next
+/// request.
+async fn raw_api(answer: Vec<u8>, hang: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let answer: std::sync::Arc<[u8]> = answer.into();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let _ = stream.read(&mut buf).await;
-                if partial {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                drop(stream);
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_downstream_that_hangs_is_timed_out_retried_and_dead_lettered() {
-    for partial in [false, true] {
-        let addr = stalling_api(partial).await;
-        let origin = format!("http://{addr}");
-        let config = format!(
-            r#"
-[retry]
-initial_ms = 100
-max_attempts = 2
-jitter = 0.0
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/deliver" }}
-allowed_hosts = ["{origin}"]
-limits = {{ http_timeout_ms = 300 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#
-        );
-        let host = TestHost::start(&config).await;
-        let (status, _) = post_json(&host.hook("in"), "{\"id\":\"hung-1\"}").await;
-        assert_eq!(status, 202);
-        assert!(
-            eventually(Duration::from_secs(30), || host.stats().dead == 1).await,
-            "partial = {partial}: the event was dead-lettered after its attempts timed out"
-        );
-        let (_, body) = host.admin_get("/api/dead-letters").await;
-        let letter = &body["dead_letters"][0];
-        let attempts = letter["attempts"].as_array().unwrap();
-        assert_eq!(attempts.len(), 2, "partial = {partial}: {letter}");
-        for attempt in attempts {
-            assert_eq!(attempt["outcome"], "retry", "{letter}");
-            let detail = attempt["detail"].as_str().unwrap();
-            let lower = detail.to_lowercase();
-            assert!(
-                lower.contains("readtimeout") || lower.contains("read timeout"),
-                "partial = {partial}: a timeout, not another failure: {detail}"
-            );
-            // What users read in logs and dead letters: no host stack trace
-            // (this test process may run with RUST_BACKTRACE set).
-            assert!(
-                !detail.contains("backtrace") && detail.len() <= weft::router::MAX_ATTEMPT_DETAIL,
-                "{detail}"
-            );
-        }
-        // The host kept serving meanwhile.
-        let (status, _) = post_json(&host.hook("in"), "{\"id\":\"hung-2\"}").await;
-        assert_eq!(status, 202);
-        host.stop().await;
-    }
-}
-
-/// A downstream answering with a body larger than the sink's
-/// `limits.max_response_bytes`: the plugin never gets more than its limit,
-/// the attempt fails (and is retried, then dead-lettered), the host keeps
-/// serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_response_over_max_response_bytes_is_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
+                    if n == 0 || stream.write_all(&answer).await.is_err() {
                         break;
                     }
-                    let body = vec![b'x'; 256 * 1024];
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                    if stream.write_all(head.as_bytes()).await.is_err()
-                        || stream.write_all(&body).await.is_err()
-                    {
-                        break;
+                    if hang {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
                 }
             });
         }
     });
-    let origin = format!("http://{addr}");
-    let config = format!(
-        r#"
-[retry]
-initial_ms = 100
-max_attempts = 2
-jitter = 0.0
+    format!("http://{addr}")
+}
 
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/deliver" }}
-allowed_hosts = ["{origin}"]
-limits = {{ max_response_bytes = 4096 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#
+/// Posts one event to a relay whose sink (`sink_limits`) talks to `origin`
+/// and waits for it to be dead-lettered after two attempts; returns their
+/// details, after checking what users read in logs and dead letters carries
+/// no host stack trace (this test process may run with RUST_BACKTRACE set).
+async fn two_failed_attempts(origin: &str, sink_limits: &str) -> Vec<String> {
+    let retry = "initial_ms = 100\nmax_attempts = 2\njitter = 0.0";
+    let config = route_config(
+        origin,
+        retry,
+        false,
+        "builtin = \"http-post\"",
+        "",
+        sink_limits,
     );
     let host = TestHost::start(&config).await;
-    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"big-answer\"}").await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"doomed\"}").await;
     assert_eq!(status, 202);
     assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
     let (_, body) = host.admin_get("/api/dead-letters").await;
     let letter = &body["dead_letters"][0];
     let attempts = letter["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{letter}");
-    for attempt in attempts {
-        let detail = attempt["detail"].as_str().unwrap().to_lowercase();
+    let details: Vec<String> = attempts
+        .iter()
+        .map(|a| {
+            assert_eq!(a["outcome"], "retry", "{letter}");
+            a["detail"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for detail in &details {
         assert!(
-            detail.contains("body size") || detail.contains("bodysize"),
+            !detail.contains("backtrace") && detail.len() <= weft::router::MAX_ATTEMPT_DETAIL,
+            "{detail}"
+        );
+    }
+    // The host kept serving meanwhile.
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"after\"}").await;
+    assert_eq!(status, 202);
+    host.stop().await;
+    details
+}
+
+/// A downstream that hangs (never answers, or sends the head and a tenth of
+/// the promised body) is timed out by the sink's `http_timeout_ms`, retried
+/// and dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_that_hangs_is_timed_out_retried_and_dead_lettered() {
+    let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789".to_vec();
+    for answer in [Vec::new(), partial] {
+        let origin = raw_api(answer, true).await;
+        for detail in two_failed_attempts(&origin, "http_timeout_ms = 300").await {
+            let lower = detail.to_lowercase();
+            assert!(
+                lower.contains("readtimeout") || lower.contains("read timeout"),
+                "a timeout, not another failure: {detail}"
+            );
+        }
+    }
+}
+
+/// A downstream answering with a body larger than the sink's
+/// `limits.max_response_bytes`: the plugin never gets more than its limit,
+/// the attempt fails (and is retried, then dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_max_response_bytes_is_cut_off() {
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 256 * 1024).into_bytes();
+    answer.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    let origin = raw_api(answer, false).await;
+    for detail in two_failed_attempts(&origin, "max_response_bytes = 4096").await {
+        let lower = detail.to_lowercase();
+        assert!(
+            lower.contains("body size") || lower.contains("bodysize"),
             "the response was cut at the limit: {detail}"
         );
     }
-    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"after\"}").await;
-    assert_eq!(status, 202, "the host keeps serving");
-    host.stop().await;
 }
 
 /// After an outage, dead letters are paged through and replayed in bulk.

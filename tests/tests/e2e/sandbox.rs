@@ -4,22 +4,28 @@
 use std::time::Duration;
 use weft_tests::{eventually, post_json, test_plugin, FakeApi, TestHost};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
-    let out = FakeApi::start().await;
-    let victim = FakeApi::start().await;
-    let config = format!(
+/// A route `in` (webhook-json, ids from `/id`, plus `source_config`) →
+/// `chaos` → `http-post` to `out`, one attempt per event; `source_limits`
+/// and `chaos_limits` go into the two plugins' `limits`.
+fn chaos_route(
+    out: &FakeApi,
+    source_config: &str,
+    source_limits: &str,
+    chaos_limits: &str,
+) -> String {
+    format!(
         r#"
 [retry]
 max_attempts = 1
 
 [plugins.in]
 builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
+config = {{ id_pointer = "/id"{source_config} }}
+limits = {{ {source_limits} }}
 
 [plugins.chaos]
 path = "{chaos}"
-limits = {{ timeout_ms = 300, memory_mib = 32 }}
+limits = {{ {chaos_limits} }}
 
 [plugins.out]
 builtin = "http-post"
@@ -34,7 +40,14 @@ sinks = ["out"]
 "#,
         chaos = test_plugin("chaos").display(),
         origin = out.origin()
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
+    let out = FakeApi::start().await;
+    let victim = FakeApi::start().await;
+    let config = chaos_route(&out, "", "", "timeout_ms = 300, memory_mib = 32");
     let host = TestHost::start(&config).await;
     let hook = host.hook("in");
     let events = [
@@ -195,33 +208,11 @@ fn a_plugin_cannot_flood_the_host_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_floods_are_capped_by_max_events() {
     let out = FakeApi::start().await;
-    let config = format!(
-        r#"
-[retry]
-max_attempts = 1
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id", split_array = true }}
-limits = {{ max_events = 4 }}
-
-[plugins.chaos]
-path = "{chaos}"
-limits = {{ max_events = 5 }}
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/ok" }}
-allowed_hosts = ["{origin}"]
-
-[[routes]]
-name = "flooded"
-source = "in"
-transforms = ["chaos"]
-sinks = ["out"]
-"#,
-        chaos = test_plugin("chaos").display(),
-        origin = out.origin()
+    let config = chaos_route(
+        &out,
+        ", split_array = true",
+        "max_events = 4",
+        "max_events = 5",
     );
     let host = TestHost::start(&config).await;
     let hook = host.hook("in");
