@@ -49,6 +49,12 @@ pub enum QueueError {
     /// No such dead letter.
     #[error("no dead letter with id {0}")]
     NotFound(u64),
+    /// Another process has the store open.
+    #[error("{path} is in use by another Weft process (or another program holds its lock); stop that one or give this one its own storage.data_dir")]
+    InUse {
+        /// The store's directory.
+        path: String,
+    },
 }
 
 /// What a pending record still needs.

@@ -179,7 +179,17 @@ impl SledQueue {
     /// [`writer_loop`]); zero disables the wait.
     pub fn open_with(dir: &Path, commit_delay: Duration) -> Result<SledQueue, QueueError> {
         let path = dir.join("queue");
-        let db = sled::Config::new().path(&path).open().map_err(storage)?;
+        let db = sled::Config::new().path(&path).open().map_err(|e| {
+            // sled takes an exclusive lock on its files: a second process
+            // on the same directory fails here.
+            if e.to_string().contains("could not acquire lock") {
+                QueueError::InUse {
+                    path: path.display().to_string(),
+                }
+            } else {
+                storage(e)
+            }
+        })?;
         check_format(&db, &path)?;
         let epoch =
             match db.get(EPOCH_KEY).map_err(storage)? {
@@ -917,6 +927,21 @@ mod tests {
         drop(q);
         let db = sled::open(dir.path().join("queue")).unwrap();
         assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"2");
+    }
+
+    #[tokio::test]
+    async fn a_store_already_open_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledQueue::open(dir.path()).unwrap();
+        // sled's lock is a flock on its log file, taken per open file: a
+        // second opener fails like a second process would.
+        let err = SledQueue::open(dir.path()).err().unwrap();
+        assert!(matches!(err, QueueError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains("in use by another Weft process"),
+            "{err}"
+        );
+        first.close().await.unwrap();
     }
 
     #[tokio::test]
