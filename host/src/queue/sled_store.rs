@@ -914,14 +914,18 @@ mod tests {
         q.close().await.unwrap();
     }
 
+    /// A data dir whose sled store holds only the format marker `version`.
+    fn store_of_format(version: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("queue")).unwrap();
+        db.insert(FORMAT_KEY, version).unwrap();
+        db.flush().unwrap();
+        dir
+    }
+
     #[tokio::test]
     async fn a_format_1_store_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path().join("queue")).unwrap();
-            db.insert(FORMAT_KEY, b"1".to_vec()).unwrap();
-            db.flush().unwrap();
-        }
+        let dir = store_of_format(b"1");
         let q = SledQueue::open(dir.path()).unwrap();
         q.close().await.unwrap();
         drop(q);
@@ -946,12 +950,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_format_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path().join("queue")).unwrap();
-            db.insert(FORMAT_KEY, b"99".to_vec()).unwrap();
-            db.flush().unwrap();
-        }
+        let dir = store_of_format(b"99");
         let err = SledQueue::open(dir.path()).err().unwrap();
         assert!(err.to_string().contains("format version 99"), "{err}");
     }

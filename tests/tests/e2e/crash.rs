@@ -63,22 +63,82 @@ sinks = ["out"]
     path
 }
 
+/// A Weft to kill and restart: its data dir, ports, config and log, and the
+/// stand-in sink it delivers to.
+struct Rig {
+    _dir: tempfile::TempDir,
+    api: FakeApi,
+    webhook: SocketAddr,
+    admin: SocketAddr,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Rig {
+    async fn new(api: FakeApi) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = write_config(dir.path(), &api, webhook, admin);
+        let log = dir.path().join("weft.log");
+        Rig {
+            _dir: dir,
+            api,
+            webhook,
+            admin,
+            config,
+            log,
+        }
+    }
+
+    /// Starts the real binary on the rig's data dir.
+    async fn spawn(&self) -> WeftProcess {
+        WeftProcess::spawn(
+            std::path::Path::new(BINARY),
+            &self.config,
+            self.webhook,
+            self.admin,
+            &self.log,
+        )
+        .await
+    }
+
+    /// The ids the sink has received (each once).
+    fn delivered_ids(&self) -> HashSet<String> {
+        self.api.delivered_ids().into_iter().collect()
+    }
+
+    /// Waits until every id in `acked` has reached the sink; fails naming
+    /// some that did not.
+    async fn assert_all_delivered(&self, acked: &HashSet<String>) {
+        let all_delivered = eventually(Duration::from_secs(120), || {
+            acked.is_subset(&self.delivered_ids())
+        })
+        .await;
+        let delivered = self.delivered_ids();
+        let missing: Vec<_> = acked.difference(&delivered).take(10).collect();
+        assert!(
+            all_delivered,
+            "{} of {} acknowledged events never delivered, e.g. {missing:?}; log: {}",
+            acked.difference(&delivered).count(),
+            acked.len(),
+            self.log.display()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::start().await;
     // The sink is failing when the crash comes, so acknowledged events are
     // sitting in the queue (fresh or waiting for a retry).
     api.fail_next(150, 503, &[]);
-    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = write_config(dir.path(), &api, webhook, admin);
-    let log = dir.path().join("weft.log");
+    let rig = Rig::new(api).await;
+    let webhook = rig.webhook;
 
     let mut acked: HashSet<String> = HashSet::new();
     for round in 0..3 {
-        let weft =
-            WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+        let weft = rig.spawn().await;
         // 8 concurrent clients, 25 events each.
         let mut clients = Vec::new();
         for c in 0..8 {
@@ -104,30 +164,9 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert_eq!(acked.len(), 600, "every webhook was acknowledged");
 
     // Restart; everything acknowledged gets delivered.
-    let weft =
-        WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
-    let all_delivered = eventually(Duration::from_secs(120), || {
-        let delivered: HashSet<String> = api
-            .delivered()
-            .iter()
-            .filter_map(|r| r.header("ce-id").map(str::to_string))
-            .collect();
-        acked.is_subset(&delivered)
-    })
-    .await;
-    let delivered: HashSet<String> = api
-        .delivered()
-        .iter()
-        .filter_map(|r| r.header("ce-id").map(str::to_string))
-        .collect();
-    let missing: Vec<_> = acked.difference(&delivered).take(10).collect();
-    assert!(
-        all_delivered,
-        "{} acknowledged events never delivered, e.g. {missing:?}; log: {}",
-        acked.len() - acked.intersection(&delivered).count(),
-        log.display()
-    );
-    for r in api.delivered() {
+    let weft = rig.spawn().await;
+    rig.assert_all_delivered(&acked).await;
+    for r in rig.api.delivered() {
         assert_eq!(
             r.json()["seen"],
             true,
@@ -143,17 +182,12 @@ async fn every_acknowledged_event_survives_sigkill() {
 /// restart; nothing acknowledged depends on the kill's timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_traffic_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = FakeApi::start().await;
-    let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = write_config(dir.path(), &api, webhook, admin);
-    let log = dir.path().join("weft.log");
+    let rig = Rig::new(FakeApi::start().await).await;
+    let webhook = rig.webhook;
 
     let mut acked: HashSet<String> = HashSet::new();
     for round in 0..4 {
-        let weft =
-            WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
+        let weft = rig.spawn().await;
         // 8 clients post until the process is gone; the kill comes after
         // 150 acknowledgements in this round, while they keep posting.
         let acks = Arc::new(AtomicUsize::new(0));
@@ -192,36 +226,14 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_event() {
         }
     }
 
-    let weft =
-        WeftProcess::spawn(std::path::Path::new(BINARY), &config, webhook, admin, &log).await;
-    let delivered_ids = || -> HashSet<String> {
-        api.delivered()
-            .iter()
-            .filter_map(|r| r.header("ce-id").map(str::to_string))
-            .collect()
-    };
-    let all_delivered = eventually(Duration::from_secs(120), || {
-        acked.is_subset(&delivered_ids())
-    })
-    .await;
-    let missing: Vec<_> = acked
-        .difference(&delivered_ids())
-        .take(10)
-        .cloned()
-        .collect();
-    assert!(
-        all_delivered,
-        "{} of {} acknowledged events never delivered, e.g. {missing:?}; log: {}",
-        acked.difference(&delivered_ids()).count(),
-        acked.len(),
-        log.display()
-    );
-    let deliveries = api.delivered().len();
+    let weft = rig.spawn().await;
+    rig.assert_all_delivered(&acked).await;
+    let deliveries = rig.api.delivered().len();
     eprintln!(
         "{} acknowledged, {} deliveries ({} redelivered after a kill)",
         acked.len(),
         deliveries,
-        deliveries.saturating_sub(delivered_ids().len())
+        deliveries.saturating_sub(rig.delivered_ids().len())
     );
     assert!(weft.terminate(), "weft exits cleanly on SIGTERM");
 }
