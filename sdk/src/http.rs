@@ -1,14 +1,22 @@
-//! A small blocking HTTP client over the standard `wasi:http/outgoing-handler`.
+//! A small blocking HTTP client.
+//!
+//! [`Request::send`] and [`send_all`] hand whole requests to the host's
+//! `weft:connector/outbound` interface: one host call per batch. A request
+//! can also go out over the standard `wasi:http/outgoing-handler`
+//! ([`Request::start`], [`Request::send_over_wasi_http`]); both paths get the
+//! same grants, limits and errors.
 //!
 //! The host lets a request through only to the hosts the plugin's config
-//! grants (`allowed_hosts`); anything else fails with [`HttpError::Denied`]
-//! style errors reported by the host. Redirects are never followed.
+//! grants (`allowed_hosts`); anything else fails with an
+//! [`HttpError::Transport`] error naming the denial. Redirects are never
+//! followed.
 
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{
     ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
+use crate::bindings::weft::connector::outbound;
 use crate::DeliveryOutcome;
 
 /// Why a request failed before a response arrived.
@@ -103,14 +111,39 @@ impl Request {
         self
     }
 
-    /// Sends the request and reads the whole response.
+    /// Sends the request and reads the whole response (one host call).
     pub fn send(self) -> Result<Response, HttpError> {
+        send_all(vec![self])
+            .pop()
+            .unwrap_or_else(|| Err(HttpError::Transport("no answer from the host".into())))
+    }
+
+    /// Sends the request over the standard `wasi:http/outgoing-handler`
+    /// and reads the whole response: what [`Request::send`] does, in about
+    /// twenty-five host calls instead of one.
+    pub fn send_over_wasi_http(self) -> Result<Response, HttpError> {
         self.start()?.wait()
     }
 
-    /// Sends the request without waiting for the answer: several requests
-    /// started one after the other are in flight at the same time (see
-    /// [`send_all`]).
+    /// The request as the `outbound` interface takes it.
+    fn whole(self) -> Result<outbound::Request, HttpError> {
+        ParsedUrl::parse(&self.url)?;
+        Ok(outbound::Request {
+            method: self.method,
+            url: self.url,
+            headers: self
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes()))
+                .collect(),
+            body: self.body,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+
+    /// Sends the request over `wasi:http/outgoing-handler` without waiting
+    /// for the answer: several requests started one after the other are in
+    /// flight at the same time.
     pub fn start(self) -> Result<InFlight, HttpError> {
         let url = ParsedUrl::parse(&self.url)?;
         // All headers in one host call (not one `append` per header).
@@ -210,22 +243,9 @@ pub struct InFlight {
 impl InFlight {
     /// Waits for the response and reads its whole body.
     pub fn wait(self) -> Result<Response, HttpError> {
-        self.wait_with(false)
-    }
-
-    /// [`InFlight::wait`]; with `probably_ready`, first asks for the response
-    /// without waiting (one host call instead of three when it has arrived,
-    /// as it usually has for all but the first of a batch sent together).
-    fn wait_with(self, probably_ready: bool) -> Result<Response, HttpError> {
         let future = self.future;
-        let arrived = if probably_ready { future.get() } else { None };
-        let arrived = match arrived {
-            Some(arrived) => Some(arrived),
-            None => {
-                future.subscribe().block();
-                future.get()
-            }
-        };
+        future.subscribe().block();
+        let arrived = future.get();
         let incoming = match arrived {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(e))) => return Err(HttpError::Transport(describe(&e))),
@@ -279,15 +299,35 @@ impl InFlight {
 /// Sends every request at once and returns the answers in the same order.
 ///
 /// All requests are in flight together (over the host's pooled connections),
-/// so a batch of N costs about one round trip, not N. A sink's
-/// `deliver_batch` is the natural user.
+/// so a batch of N costs about one round trip, not N, and one host call. A
+/// sink's `deliver_batch` is the natural user. The answers of one call hold
+/// at most the plugin's `limits.max_response_bytes` together.
 pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
-    let started: Vec<Result<InFlight, HttpError>> =
-        requests.into_iter().map(Request::start).collect();
-    started
+    let mut answers: Vec<Option<Result<Response, HttpError>>> = Vec::with_capacity(requests.len());
+    let mut whole = Vec::with_capacity(requests.len());
+    for request in requests {
+        match request.whole() {
+            Ok(r) => {
+                whole.push(r);
+                answers.push(None);
+            }
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    let mut sent = outbound::send_all(&whole).into_iter();
+    answers
         .into_iter()
-        .enumerate()
-        .map(|(i, request)| request.and_then(|r| r.wait_with(i > 0)))
+        .map(|answer| {
+            answer.unwrap_or_else(|| match sent.next() {
+                Some(Ok(r)) => Ok(Response {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                }),
+                Some(Err(e)) => Err(HttpError::Transport(describe(&e))),
+                None => Err(HttpError::Transport("no answer from the host".into())),
+            })
+        })
         .collect()
 }
 

@@ -95,6 +95,7 @@ macro_rules! role_bindings {
                     "weft:connector/config@0.1.0": crate::bindings::weft::connector::config,
                     "weft:connector/state@0.1.0": crate::bindings::weft::connector::state,
                     "weft:connector/secrets@0.1.0": crate::bindings::weft::connector::secrets,
+                    "weft:connector/outbound@0.1.0": crate::bindings::weft::connector::outbound,
                     "wasi:http/types@0.2.12": crate::bindings::wasi::http::types,
                     "wasi:http/outgoing-handler@0.2.12": crate::bindings::wasi::http::outgoing_handler,
                     "wasi:io/error@0.2.12": crate::bindings::wasi::io::error,

@@ -10,6 +10,8 @@ pub mod source {
         world: "weft:connector/source",
         path: "../wit",
         exports: { default: async },
+        // Whole requests wait on the network: the call yields its fiber.
+        imports: { "weft:connector/outbound.send-all": async },
         require_store_data_send: true,
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -51,6 +53,7 @@ pub mod sink {
     });
 }
 
+pub use source::weft::connector::outbound;
 pub use source::weft::connector::types as wit;
 
 use crate::event::Event;

@@ -8,6 +8,7 @@
 //! headers injected and go out through one shared [`HttpClient`], whose
 //! connector refuses addresses no grant should reach (see [`ip_allowed`]).
 
+use super::bindings::outbound;
 use super::tape::Tape;
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -19,11 +20,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, FieldSizePayload};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Which hosts a grant matches.
@@ -447,28 +450,44 @@ type ResponseFuture = Box<
 impl WasiHttpHooks for EgressHooks {
     fn send_request(
         &mut self,
-        mut request: http::Request<WasiBody>,
+        request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> ResponseFuture {
+        let exchange = self.exchange(request, options.and_then(|o| o.first_byte_timeout));
+        Box::new(async move {
+            let done = Box::new(async { Ok(()) })
+                as Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+            exchange.await.map(|response| (response, done))
+        })
+    }
+}
+
+impl EgressHooks {
+    /// Sends one request under the plugin's policy: the grant check, the
+    /// secret headers, the shared pool, one deadline for the head and the
+    /// body, and the response-size limit. Both outbound paths
+    /// (`wasi:http/outgoing-handler` and `weft:connector/outbound`) end here.
+    fn exchange(
+        &self,
+        mut request: http::Request<WasiBody>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<http::Response<WasiBody>, HttpError>> + Send + 'static {
         let policy = self.policy.clone();
         let client = self.client.clone();
         let event_id = self.event_id.clone().unwrap_or_default();
-        Box::new(async move {
+        async move {
             let uri = request.uri().clone();
             if !policy.allows(&uri) {
                 tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: host not in the plugin's allowed_hosts");
                 return Err(HttpError::HttpRequestDenied);
             }
             let limit = policy.max_response_bytes;
-            let done = || {
-                Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), HttpError>> + Send>
-            };
             let mut captured = None;
             if let Some(tape) = &policy.tape {
                 let (rebuilt, request_seen) = Tape::capture(request, limit).await?;
                 if tape.replaying() {
-                    return Ok((tape.answer(&request_seen)?, done()));
+                    return tape.answer(&request_seen);
                 }
                 request = rebuilt;
                 captured = Some(request_seen);
@@ -480,10 +499,7 @@ impl WasiHttpHooks for EgressHooks {
                         .insert(injection.header.clone(), injection.value.clone());
                 }
             }
-            let mut timeout = policy.timeout;
-            if let Some(t) = options.and_then(|o| o.first_byte_timeout) {
-                timeout = timeout.min(t);
-            }
+            let timeout = timeout.map_or(policy.timeout, |t| t.min(policy.timeout));
             // One deadline for the whole exchange: the response head, then
             // its body (`GuardedBody` keeps polling the same timer).
             let mut deadline = Box::pin(tokio::time::sleep(timeout));
@@ -508,9 +524,9 @@ impl WasiHttpHooks for EgressHooks {
                 Ok(Ok(r)) => r,
             };
             if let (Some(tape), Some(request_seen)) = (&policy.tape, captured) {
-                return Ok((tape.keep(request_seen, response, limit).await?, done()));
+                return tape.keep(request_seen, response, limit).await;
             }
-            let response = response.map(|inner| {
+            Ok(response.map(|inner| {
                 GuardedBody {
                     inner,
                     seen: 0,
@@ -518,10 +534,138 @@ impl WasiHttpHooks for EgressHooks {
                     deadline,
                 }
                 .boxed_unsync()
-            });
-            Ok((response, done()))
-        })
+            }))
+        }
     }
+
+    /// Sends whole requests for `weft:connector/outbound` and reads every
+    /// answer to its end: [`OUTBOUND_IN_FLIGHT`] at a time, the answers of
+    /// one call holding at most the plugin's `max_response_bytes` together
+    /// (they all land in the guest's memory at once). The future owns what it
+    /// needs, so the store is free while the requests are out.
+    pub fn send_all(
+        &self,
+        requests: Vec<outbound::Request>,
+    ) -> impl Future<Output = Vec<Result<outbound::Response, ErrorCode>>> + Send + 'static {
+        let budget = Arc::new(AtomicU64::new(self.policy.max_response_bytes));
+        let mut waves = Vec::new();
+        let mut requests = requests.into_iter().peekable();
+        while requests.peek().is_some() {
+            let wave: Vec<_> = requests
+                .by_ref()
+                .take(OUTBOUND_IN_FLIGHT)
+                .map(|request| {
+                    let exchange = whole_request(request)
+                        .map(|(request, timeout)| self.exchange(request, timeout));
+                    read_whole(exchange, budget.clone())
+                })
+                .collect();
+            waves.push(wave);
+        }
+        async move {
+            let mut answers = Vec::new();
+            for wave in waves {
+                answers.extend(futures::future::join_all(wave).await);
+            }
+            answers
+        }
+    }
+}
+
+/// Requests of one `outbound.send-all` call in flight at once.
+pub const OUTBOUND_IN_FLIGHT: usize = 256;
+
+/// Awaits one exchange and reads its body, drawing on the call's `budget`
+/// of response bytes.
+async fn read_whole(
+    exchange: Result<impl Future<Output = Result<http::Response<WasiBody>, HttpError>>, ErrorCode>,
+    budget: Arc<AtomicU64>,
+) -> Result<outbound::Response, ErrorCode> {
+    let response = exchange?.await.map_err(error_code)?;
+    let (parts, mut body) = response.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(error_code)?;
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            let left =
+                budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n));
+            if left.is_err() {
+                return Err(ErrorCode::HttpResponseBodySize(Some(
+                    bytes.len() as u64 + n,
+                )));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(outbound::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        body: bytes,
+    })
+}
+
+/// The `wasi:http` error code the guest sees for a failed exchange: the same
+/// one the `wasi:http` path reports for the errors [`EgressHooks::exchange`]
+/// and [`GuardedBody`] produce.
+fn error_code(e: HttpError) -> ErrorCode {
+    match e {
+        HttpError::HttpRequestDenied => ErrorCode::HttpRequestDenied,
+        HttpError::DestinationIpProhibited => ErrorCode::DestinationIpProhibited,
+        HttpError::ConnectionRefused => ErrorCode::ConnectionRefused,
+        HttpError::ConnectionReadTimeout => ErrorCode::ConnectionReadTimeout,
+        HttpError::HttpResponseBodySize(n) => ErrorCode::HttpResponseBodySize(n),
+        HttpError::HttpResponseIncomplete => ErrorCode::HttpResponseIncomplete,
+        HttpError::Hyper(e) => ErrorCode::from(e),
+        HttpError::InternalError(detail) => ErrorCode::InternalError(detail),
+        other => ErrorCode::InternalError(Some(other.to_string())),
+    }
+}
+
+/// Turns an `outbound` request record into an HTTP request: a bad method,
+/// URL or header is refused; hop-by-hop headers and `content-length` are
+/// left out (hyper sets the length from the body).
+fn whole_request(
+    request: outbound::Request,
+) -> Result<(http::Request<WasiBody>, Option<Duration>), ErrorCode> {
+    let timeout = request.timeout_ms.map(Duration::from_millis);
+    let method = http::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| ErrorCode::HttpRequestMethodInvalid)?;
+    let uri: Uri = request
+        .url
+        .parse()
+        .map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(ErrorCode::HttpRequestUriInvalid);
+    }
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for (name, value) in &request.headers {
+        let bad = || {
+            ErrorCode::HttpRequestHeaderSize(Some(FieldSizePayload {
+                field_name: Some(name.clone()),
+                field_size: None,
+            }))
+        };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        if wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(&name)
+            || name == http::header::CONTENT_LENGTH
+        {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(value).map_err(|_| bad())?;
+        builder = builder.header(name, value);
+    }
+    let body = http_body_util::Full::new(Bytes::from(request.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let request = builder
+        .body(body)
+        .map_err(|e| ErrorCode::InternalError(Some(e.to_string())))?;
+    Ok((request, timeout))
 }
 
 /// A response body held to the plugin's size limit and to the deadline of

@@ -1,7 +1,8 @@
 //! What a plugin sees of the host: the per-call store state and the
-//! implementations of the `weft:connector` imports (log, config, state, secrets).
+//! implementations of the `weft:connector` imports (log, config, state,
+//! secrets, outbound).
 
-use super::bindings::source::weft::connector::{config, log, secrets, state, types};
+use super::bindings::source::weft::connector::{config, log, outbound, secrets, state, types};
 use super::egress::{EgressHooks, EgressPolicy, HttpClient};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -289,5 +290,14 @@ impl secrets::Host for StoreState {
             Hmac::<Sha256>::new_from_slice(&value.hmac_key()).map_err(|e| e.to_string())?;
         mac.update(&message);
         Ok(mac.finalize().into_bytes().to_vec())
+    }
+}
+
+impl outbound::Host for StoreState {
+    async fn send_all(
+        &mut self,
+        requests: Vec<outbound::Request>,
+    ) -> Vec<Result<outbound::Response, outbound::ErrorCode>> {
+        self.hooks.send_all(requests).await
     }
 }

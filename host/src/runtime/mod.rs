@@ -255,6 +255,10 @@ impl Runtime {
             &mut linker,
             |s| s,
         ))?;
+        link(weft::outbound::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))?;
         let cache = ComponentCache::new(&engine, cache_dir);
         let client = egress::client(Duration::from_secs(5));
         let ticker = Ticker::start(engine.clone());

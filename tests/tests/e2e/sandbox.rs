@@ -55,6 +55,7 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
         serde_json::json!({ "id": "loop", "chaos": "loop" }),
         serde_json::json!({ "id": "alloc", "chaos": "alloc" }),
         serde_json::json!({ "id": "egress", "chaos": "egress", "url": format!("{}/steal", victim.origin()) }),
+        serde_json::json!({ "id": "egress-wasi", "chaos": "egress-wasi", "url": format!("{}/steal", victim.origin()) }),
         serde_json::json!({ "id": "secret", "chaos": "secret" }),
     ];
     for e in &events {
@@ -62,8 +63,8 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
         assert_eq!(status, 202, "{body}");
     }
     assert!(
-        eventually(Duration::from_secs(60), || host.stats().dead == 5).await,
-        "all five misbehaviours were dead-lettered"
+        eventually(Duration::from_secs(60), || host.stats().dead == 6).await,
+        "all six misbehaviours were dead-lettered"
     );
 
     // The host still serves: a well-behaved event goes through.
@@ -98,11 +99,13 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
         "{}",
         error_of("alloc")
     );
-    assert!(
-        error_of("egress").contains("HttpRequestDenied"),
-        "{}",
-        error_of("egress")
-    );
+    for id in ["egress", "egress-wasi"] {
+        assert!(
+            error_of(id).contains("HttpRequestDenied"),
+            "{}",
+            error_of(id)
+        );
+    }
     assert!(
         error_of("secret").contains("not granted"),
         "{}",
@@ -116,7 +119,7 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
     let failures = host.counter("weft_plugin_failures_total");
     assert_eq!(
         failures, 3,
-        "trap, loop and alloc are plugin failures; egress and secret are the plugin's own errors"
+        "trap, loop and alloc are plugin failures; egress (both paths) and secret are the plugin's own errors"
     );
     host.stop().await;
 }

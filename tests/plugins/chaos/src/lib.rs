@@ -2,7 +2,8 @@
 //!
 //! The event's JSON field `chaos` selects the misbehaviour:
 //! `trap` panics, `loop` spins forever, `alloc` allocates without bound,
-//! `egress` tries to reach `url` without a grant, `secret` asks for a secret it
+//! `egress` tries to reach `url` without a grant (through the host's
+//! `outbound` interface; `egress-wasi` the same over `wasi:http`), `secret` asks for a secret it
 //! was not granted, `spam` writes 1,000 warning lines of 16 KiB each,
 //! `flood` returns `count` copies of the event (ids suffixed `-0`, `-1`...).
 //! Anything else passes the event through unchanged.
@@ -30,9 +31,15 @@ impl Transform for Chaos {
                     std::hint::black_box(&hoard);
                 }
             }
-            Some("egress") => {
+            Some(mode @ ("egress" | "egress-wasi")) => {
                 let url = data["url"].as_str().unwrap_or("http://127.0.0.1:9/");
-                match http::Request::get(url).send() {
+                let request = http::Request::get(url);
+                let sent = if mode == "egress" {
+                    request.send()
+                } else {
+                    request.send_over_wasi_http()
+                };
+                match sent {
                     Ok(r) => Err(TransformError::Permanent(format!(
                         "egress reached the host: HTTP {}",
                         r.status
