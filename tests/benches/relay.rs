@@ -28,7 +28,8 @@
 //! `BENCH_CONFIG=text` runs only the Weft configurations whose name contains
 //! `text` (e.g. `BENCH_CONFIG="reuse = 1000, sink"`); `BENCH_ROUNDS=N` runs
 //! the whole set N times and adds a table of medians and ranges (this VM's
-//! speed drifts by a quarter within an hour).
+//! speed drifts by a quarter within an hour); `BENCH_WEFT_BIN=path` runs
+//! another build of Weft (an A/B comparison in the same hour).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -851,7 +852,9 @@ fn main() {
     multi_thread_runtime().block_on(async move {
         let sink = start_sink().await;
         let me = std::env::current_exe().unwrap();
-        let weft_bin = env!("CARGO_BIN_EXE_weft-under-test");
+        // `BENCH_WEFT_BIN`: another build of Weft (for A/B runs).
+        let weft_bin = std::env::var("BENCH_WEFT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_weft-under-test").to_string());
         let mut results = Vec::new();
         // `-- weft-only`: skip the plain relay and 64 clients (for profiling).
         let weft_only = std::env::args().any(|a| a == "weft-only");
@@ -915,7 +918,7 @@ fn main() {
                 let dir = tempfile::tempdir().unwrap();
                 let (webhook, admin) = (weft_tests::free_port(), weft_tests::free_port());
                 let config = weft_config(dir.path(), webhook, admin, sink.addr, reuse, batch);
-                let mut cmd = std::process::Command::new(weft_bin);
+                let mut cmd = std::process::Command::new(&weft_bin);
                 if let Ok(n) = std::env::var("WEFT_WORKERS") {
                     cmd.env("TOKIO_WORKER_THREADS", n);
                 }
