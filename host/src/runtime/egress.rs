@@ -729,6 +729,93 @@ fn split_host_port(rest: &str) -> Result<(String, Option<u16>), String> {
 mod tests {
     use super::*;
 
+    fn whole(method: &str, url: &str, headers: &[(&str, &str)]) -> outbound::Request {
+        outbound::Request {
+            method: method.into(),
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: b"{}".to_vec(),
+            timeout_ms: Some(250),
+        }
+    }
+
+    #[test]
+    fn whole_requests_become_http_requests_without_hop_by_hop_headers() {
+        let (request, timeout) = whole_request(whole(
+            "POST",
+            "http://127.0.0.1:9000/orders?x=1",
+            &[
+                ("content-type", "application/json"),
+                ("Connection", "close"),
+                ("host", "elsewhere.example"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "999"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(request.uri(), "http://127.0.0.1:9000/orders?x=1");
+        assert_eq!(timeout, Some(Duration::from_millis(250)));
+        let names: Vec<&str> = request.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type"],
+            "hop-by-hop and length headers are left out"
+        );
+        assert_eq!(http_body::Body::size_hint(request.body()).exact(), Some(2));
+    }
+
+    #[test]
+    fn malformed_whole_requests_get_wasi_http_error_codes() {
+        let code = |r| whole_request(r).map(|_| ()).unwrap_err();
+        assert!(matches!(
+            code(whole("GE T", "http://a/", &[])),
+            ErrorCode::HttpRequestMethodInvalid
+        ));
+        for url in ["not a url", "/relative", "ftp://a/x", "http:///nohost"] {
+            assert!(
+                matches!(
+                    code(whole("GET", url, &[])),
+                    ErrorCode::HttpRequestUriInvalid
+                ),
+                "{url}"
+            );
+        }
+        match code(whole("GET", "http://a/", &[("bad name", "x")])) {
+            ErrorCode::HttpRequestHeaderSize(Some(p)) => {
+                assert_eq!(p.field_name.as_deref(), Some("bad name"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            code(whole("GET", "http://a/", &[("x-a", "line\nbreak")])),
+            ErrorCode::HttpRequestHeaderSize(_)
+        ));
+    }
+
+    #[test]
+    fn exchange_errors_map_to_the_codes_wasi_http_reports() {
+        assert!(matches!(
+            error_code(HttpError::HttpRequestDenied),
+            ErrorCode::HttpRequestDenied
+        ));
+        assert!(matches!(
+            error_code(HttpError::DestinationIpProhibited),
+            ErrorCode::DestinationIpProhibited
+        ));
+        assert!(matches!(
+            error_code(HttpError::HttpResponseBodySize(Some(9))),
+            ErrorCode::HttpResponseBodySize(Some(9))
+        ));
+        assert!(matches!(
+            error_code(HttpError::ConnectionReadTimeout),
+            ErrorCode::ConnectionReadTimeout
+        ));
+    }
+
     #[test]
     fn patterns_match_scheme_host_and_port() {
         let p = HostPattern::parse("http://127.0.0.1:9000").unwrap();
