@@ -84,11 +84,13 @@ impl Admin {
             .into_iter()
             .map(|(k, _, v)| (k.to_string(), v.into()))
             .collect();
+        let (answered, latency_ns) = self.metrics.webhook_latency.totals();
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
             "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints },
             "counters": counters,
+            "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
         })
     }
 

@@ -66,8 +66,17 @@ pub fn rejection_kind_name(kind: wit::RejectionKind) -> &'static str {
 }
 
 impl Ingress {
-    /// Handles one request.
+    /// Handles one request and records how long its sender waited.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let reply = self.answer(req).await;
+        metrics.webhook_latency.observe(started.elapsed());
+        reply
+    }
+
+    /// The answer to one request.
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
         let Some(name) = path
             .strip_prefix("/hooks/")

@@ -2,7 +2,62 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Upper bounds (seconds) of [`Histogram`] buckets: from half a millisecond,
+/// where a group-committed webhook is answered, to the ten seconds after
+/// which webhook senders give up.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency distribution in fixed buckets ([`LATENCY_BUCKETS`]), exported as
+/// a Prometheus histogram: counters are cheap to update from any thread, and
+/// Prometheus computes quantiles from them over any window.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed on export).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// All observations (the `+Inf` bucket).
+    count: AtomicU64,
+    /// Their sum in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far and their sum in nanoseconds.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.sum_ns.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Appends the Prometheus text exposition of this histogram.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let (count, sum_ns) = self.totals();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
 
 /// Process-wide counters. Times are summed in nanoseconds so the benchmark can
 /// say where the CPU goes (ingress plugin, storage, transforms, sinks).
@@ -38,6 +93,9 @@ pub struct Metrics {
     pub sink_ns: AtomicU64,
     /// Sink plugin calls (`deliver` or `deliver-batch`).
     pub sink_calls: AtomicU64,
+    /// How long webhooks wait for their answer: from the request head to the
+    /// response (the 202 once durable, or the rejection).
+    pub webhook_latency: Histogram,
 }
 
 /// Adds the time since `start` to a counter.
@@ -160,6 +218,39 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        self.webhook_latency.render(
+            &mut out,
+            "weft_webhook_duration_seconds",
+            "Time from a webhook's request head to its answer (202 once durable, or the rejection)",
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_export_cumulative_buckets_sum_and_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "help");
+        for line in [
+            "# TYPE x_seconds histogram",
+            "x_seconds_bucket{le=\"0.0005\"} 1\n",
+            "x_seconds_bucket{le=\"0.0025\"} 1\n",
+            "x_seconds_bucket{le=\"0.005\"} 2\n",
+            "x_seconds_bucket{le=\"10\"} 2\n",
+            "x_seconds_bucket{le=\"+Inf\"} 3\n",
+            "x_seconds_sum 20.0033\n",
+            "x_seconds_count 3\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
+        assert_eq!(h.totals(), (3, 20_003_300_000));
     }
 }

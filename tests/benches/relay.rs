@@ -468,8 +468,11 @@ async fn measure(
         };
         let calls = delta("weft_sink_calls_total") * 1e6;
         let syncs = delta("queue_syncs") * 1e6;
+        // The webhook's whole stay in Weft, per answered request.
+        let answered = delta("webhooks_answered") * 1e6 * delivered.max(1) as f64;
+        let answer_ms = delta("webhook_latency_ns") * delivered.max(1) as f64 / answered.max(1.0);
         format!(
-            "source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call, {:.1} per durable commit",
+            "webhook answered in {answer_ms:.3} ms; source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call, {:.1} per durable commit",
             delta("weft_source_seconds_total"),
             delta("weft_storage_seconds_total"),
             delta("weft_transform_seconds_total"),
@@ -516,6 +519,14 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
     counters.push((
         "queue_syncs".into(),
         v["queue"]["syncs"].as_u64().unwrap_or(0),
+    ));
+    counters.push((
+        "webhooks_answered".into(),
+        v["webhooks"]["answered"].as_u64().unwrap_or(0),
+    ));
+    counters.push((
+        "webhook_latency_ns".into(),
+        v["webhooks"]["latency_ns_total"].as_u64().unwrap_or(0),
     ));
     counters
 }

@@ -277,6 +277,25 @@ async fn the_admin_api_needs_its_token() {
             && !metrics.contains("weft_queue_checkpoints_total 0\n"),
         "opening the queue checkpoints it: {metrics}"
     );
+    // Every webhook answer, accepted or rejected, is timed.
+    assert_eq!(post_json(&host.hook("in"), "{\"id\":\"a\"}").await.0, 202);
+    assert_eq!(post_json(&host.hook("in"), "not json").await.0, 400);
+    let (_, metrics) = send(
+        "GET",
+        &format!("{}/metrics", host.admin()),
+        "",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert!(
+        metrics.contains("# TYPE weft_webhook_duration_seconds histogram")
+            && metrics.contains("weft_webhook_duration_seconds_bucket{le=\"+Inf\"} 2\n")
+            && metrics.contains("weft_webhook_duration_seconds_count 2\n"),
+        "{metrics}"
+    );
+    let (_, body) = host.admin_get("/api/status").await;
+    assert_eq!(body["webhooks"]["answered"], 2, "{body}");
+    assert!(body["webhooks"]["latency_ns_total"].as_u64().unwrap() > 0);
     host.stop().await;
 }
 
