@@ -314,7 +314,12 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
             Err(e) => answers.push(Some(Err(e))),
         }
     }
-    let mut sent = outbound::send_all(&whole).into_iter();
+    let sent = if whole.is_empty() {
+        Vec::new()
+    } else {
+        outbound::send_all(&whole)
+    };
+    let mut sent = sent.into_iter();
     answers
         .into_iter()
         .map(|answer| {
