@@ -265,3 +265,100 @@ async fn event_floods_are_capped_by_max_events() {
     );
     host.stop().await;
 }
+
+/// Secret headers (`inject`) reach only the host their entry names, over both
+/// outbound paths (`outbound.send-all` from `http-post`, `wasi:http` from the
+/// chaos transform), and the secret's value shows up in nothing an operator
+/// reads through the admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_secrets_reach_only_their_host() {
+    let granted = FakeApi::start().await;
+    let other = FakeApi::start().await;
+    other.set_default(400);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "s3cret-value\n").unwrap();
+    let grant = |plugin: &str, url: &str, allowed: &str| {
+        format!(
+            r#"
+[plugins.{plugin}]
+{url}
+allowed_hosts = [{allowed}]
+secrets = {{ token = {{ file = "{file}" }} }}
+inject = [{{ host = "{g}", header = "authorization", secret = "token", prefix = "Bearer " }}]
+"#,
+            file = secret.display(),
+            g = granted.origin(),
+        )
+    };
+    let config = format!(
+        r#"
+[retry]
+max_attempts = 1
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+{chaos}
+path = "{chaos_path}"
+{ledger}
+builtin = "http-post"
+{mirror}
+builtin = "http-post"
+
+[[routes]]
+name = "r"
+source = "in"
+transforms = ["chaos"]
+sinks = ["ledger", "mirror"]
+"#,
+        chaos = grant("chaos", "", &format!("\"{}\"", granted.origin())),
+        chaos_path = test_plugin("chaos").display(),
+        ledger = grant(
+            "ledger",
+            &format!("config = {{ url = \"{}/x\" }}", granted.origin()),
+            &format!("\"{}\"", granted.origin()),
+        ),
+        mirror = grant(
+            "mirror",
+            &format!("config = {{ url = \"{}/y\" }}", other.origin()),
+            &format!("\"{}\", \"{}\"", granted.origin(), other.origin()),
+        ),
+    );
+    // Each `path`/`builtin` line lands in the table `grant` just opened.
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
+    assert_eq!(post_json(&hook, "{\"id\":\"a\"}").await.0, 202);
+    let probe = serde_json::json!({ "id": "b", "chaos": "egress-wasi", "url": format!("{}/probe", granted.origin()) });
+    assert_eq!(post_json(&hook, &probe.to_string()).await.0, 202);
+    assert!(
+        eventually(Duration::from_secs(30), || host.stats().dead == 2).await,
+        "mirror's rejection of a and the chaos probe b are dead letters"
+    );
+
+    let auth_of = |api: &FakeApi, path: &str| -> Vec<Option<String>> {
+        api.requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.header("authorization").map(str::to_string))
+            .collect()
+    };
+    let expected = Some("Bearer s3cret-value".to_string());
+    assert_eq!(
+        auth_of(&granted, "/x"),
+        vec![expected.clone()],
+        "outbound.send-all"
+    );
+    assert_eq!(auth_of(&granted, "/probe"), vec![expected], "wasi:http");
+    assert_eq!(
+        auth_of(&other, "/y"),
+        vec![None],
+        "a host the entry does not name"
+    );
+
+    for path in ["/api/dead-letters", "/api/status"] {
+        let (_, body) = host.admin_get(path).await;
+        assert!(!body.to_string().contains("s3cret"), "{path}: {body}");
+    }
+    host.stop().await;
+}
