@@ -144,23 +144,31 @@ builtin = "http-post"
 config = {{ url = "{origin}/y" }}
 allowed_hosts = ["http://127.0.0.1:1"]
 
+# Granted, but the address is cloud metadata: refused at connect time.
+[plugins.metadata]
+builtin = "http-post"
+config = {{ url = "http://169.254.169.254/latest/meta-data" }}
+allowed_hosts = ["http://169.254.169.254"]
+
 [[routes]]
 name = "r"
 source = "in"
-sinks = ["out", "elsewhere"]
+sinks = ["out", "elsewhere", "metadata"]
 "#,
         origin = api.origin()
     );
     let host = TestHost::start(&config).await;
     let (status, _) = post_json(&host.hook("in"), "{\"a\":1}").await;
     assert_eq!(status, 202);
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 2).await);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 3).await);
     let (_, body) = host.admin_get("/api/dead-letters").await;
     for d in body["dead_letters"].as_array().unwrap() {
-        assert!(
-            d["error"].as_str().unwrap().contains("HttpRequestDenied"),
-            "{d}"
-        );
+        let expected = if d["attempts"][0]["plugin"] == "metadata" {
+            "DestinationIpProhibited"
+        } else {
+            "HttpRequestDenied"
+        };
+        assert!(d["error"].as_str().unwrap().contains(expected), "{d}");
     }
     assert!(api.requests().is_empty());
     host.stop().await;
