@@ -1,7 +1,9 @@
 """Outbound HTTP for Weft connectors written in Python.
 
-A small blocking client over `wasi:http/outgoing-handler`, the only way out of
-a Weft plugin's sandbox: the host checks every request against the plugin's
+A small blocking client. `request` hands the whole request to the host's
+`weft:connector/outbound` interface (one host call); `request_over_wasi_http`
+sends it over the standard `wasi:http/outgoing-handler` (some twenty-five host
+calls). Either way the host checks every request against the plugin's
 `allowed_hosts` grants (and injects its secret headers), so a request to a
 host without a grant fails with `HttpError`.
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from componentize_py_types import Err
-from wit_world.imports import outgoing_handler, streams
+from wit_world.imports import outbound, outgoing_handler, streams
 from wit_world.imports import wasi_http_types as http
 
 _CHUNK = 4096
@@ -59,19 +61,46 @@ def _method(name: str):
     return known[upper]() if upper in known else http.Method_Other(upper)
 
 
+def _check_url(url: str):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise HttpError(f"not an http(s) URL: {url}")
+    return parts
+
+
 def request(
     method: str,
     url: str,
     headers: list[tuple[str, str]] | None = None,
     body: bytes = b"",
 ) -> Response:
-    """Sends one request and reads the whole response.
+    """Sends one request and reads the whole response (one host call).
 
     Raises `HttpError` when no response arrives (including a host denial).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise HttpError(f"not an http(s) URL: {url}")
+    _check_url(url)
+    whole = outbound.Request(
+        method=method.upper(),
+        url=url,
+        headers=[(name.lower(), value.encode()) for name, value in (headers or [])],
+        body=body,
+        timeout_ms=None,
+    )
+    answer = outbound.send_all([whole])[0]
+    if isinstance(answer, Err):
+        raise HttpError(f"no response: {answer.value}")
+    response = answer.value
+    return Response(response.status, response.headers, response.body)
+
+
+def request_over_wasi_http(
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Response:
+    """`request` over the standard `wasi:http/outgoing-handler`."""
+    parts = _check_url(url)
     try:
         fields = http.Fields.from_list(
             [(name.lower(), value.encode()) for name, value in (headers or [])]
