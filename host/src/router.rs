@@ -422,7 +422,9 @@ impl Router {
         let mut events = events.into_iter().peekable();
         while events.peek().is_some() {
             let chunk: Vec<Event> = events.by_ref().take(size).collect();
-            calls.push(async move {
+            // Boxed, like the futures below: plugin calls make large futures,
+            // and `join_all` would otherwise copy each one several times.
+            calls.push(Box::pin(async move {
                 let n = chunk.len();
                 let started = Instant::now();
                 let outcomes = if n == 1 {
@@ -452,7 +454,7 @@ impl Router {
                     .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
                 inc(&self.metrics.sink_calls);
                 outcomes
-            });
+            }));
         }
         futures::future::join_all(calls)
             .await
@@ -467,9 +469,11 @@ impl Router {
     async fn run_routes(self: &Arc<Self>, route: &Route, records: Vec<Record>) {
         let mut ops = Vec::new();
         let mut later = Vec::new();
-        let transformed = futures::future::join_all(records.into_iter().map(|record| async {
-            let result = self.run_transforms(route, record.event.clone()).await;
-            (record, result)
+        let transformed = futures::future::join_all(records.into_iter().map(|record| {
+            Box::pin(async {
+                let result = self.run_transforms(route, record.event.clone()).await;
+                (record, result)
+            })
         }))
         .await;
         let mut passed = Vec::with_capacity(transformed.len());
@@ -494,7 +498,7 @@ impl Router {
             .flat_map(|(i, (_, events))| events.iter().map(move |e| (i, e)))
             .collect();
         let per_sink = futures::future::join_all(route.sinks.iter().map(|sink| {
-            self.deliver_all(sink, outputs.iter().map(|(_, e)| (*e).clone()).collect())
+            Box::pin(self.deliver_all(sink, outputs.iter().map(|(_, e)| (*e).clone()).collect()))
         }))
         .await;
         for (sink, outcomes) in route.sinks.iter().zip(per_sink) {

@@ -1,6 +1,10 @@
-//! JSON helpers: JSON-pointer reads and writes that create missing parents.
+//! JSON helpers: JSON-pointer reads and writes that create missing parents,
+//! and [`Document`], which parses only the members an edit touches.
 
+use serde::de::{Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Pointer-based edits on a JSON value (RFC 6901 pointers such as `/order/id`).
 pub trait JsonExt {
@@ -72,10 +76,302 @@ impl JsonExt for Value {
     }
 }
 
+/// A JSON document whose top-level members stay unparsed text until a read
+/// or an edit names them.
+///
+/// Why it exists: most connectors read or change a few fields of an event
+/// and pass the rest on unchanged. Parsing the whole event into a [`Value`]
+/// and printing it again allocates every string and number in it; a
+/// `Document` checks the whole text once (invalid JSON is still an error),
+/// builds values only for the members a pointer names, and copies the other
+/// members' text to the output as it came. Member order is kept; members an
+/// edit adds go last.
+///
+/// ```
+/// use weft_sdk::{Document, JsonExt};
+/// let body = br#"{"id":7,"customer":{"email":"a@b.c"},"note":"long text"}"#;
+/// let mut doc = Document::parse(body).unwrap();
+/// assert_eq!(doc.get("/customer/email"), Some(serde_json::json!("a@b.c")));
+/// doc.edit(&["/customer/email", "/email"], |v| {
+///     let email = v.take_pointer("/customer/email").unwrap();
+///     v.set_pointer("/email", email)
+/// });
+/// doc.remove("/note");
+/// assert_eq!(doc.to_vec(), br#"{"id":7,"customer":{},"email":"a@b.c"}"#);
+/// ```
+pub struct Document<'a> {
+    body: Body<'a>,
+}
+
+enum Body<'a> {
+    /// A JSON object: its members, in order.
+    Object(Vec<(Cow<'a, str>, Member<'a>)>),
+    /// Anything else (or an object an edit needed whole), parsed.
+    Whole(Value),
+}
+
+enum Member<'a> {
+    /// As it came: checked, not parsed.
+    Raw(&'a RawValue),
+    /// Parsed (and maybe changed) by an edit.
+    Parsed(Value),
+}
+
+impl Member<'_> {
+    fn take(&mut self) -> Value {
+        match self {
+            // Already checked when the document was parsed.
+            Member::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            Member::Parsed(v) => std::mem::take(v),
+        }
+    }
+
+    fn value(&self) -> Cow<'_, Value> {
+        match self {
+            Member::Raw(raw) => Cow::Owned(serde_json::from_str(raw.get()).unwrap_or(Value::Null)),
+            Member::Parsed(v) => Cow::Borrowed(v),
+        }
+    }
+}
+
+/// Reads a JSON object's members without parsing their values.
+struct Members;
+
+impl<'de> Visitor<'de> for Members {
+    type Value = Vec<(Cow<'de, str>, Member<'de>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members: Self::Value = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let value = Member::Raw(map.next_value::<&'de RawValue>()?);
+            // A repeated key: the last value wins, as with `Value`.
+            match members.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => members.push((key, value)),
+            }
+        }
+        Ok(members)
+    }
+}
+
+/// The top-level member a pointer starts in (`/a/b` → `a`), if the pointer
+/// names one.
+fn first_token(pointer: &str) -> Option<Cow<'_, str>> {
+    let rest = pointer.strip_prefix('/')?;
+    let token = rest.split('/').next().unwrap_or(rest);
+    Some(if token.contains('~') {
+        Cow::Owned(unescape(token))
+    } else {
+        Cow::Borrowed(token)
+    })
+}
+
+impl<'a> Document<'a> {
+    /// Checks `json` and splits a top-level object into its members.
+    pub fn parse(json: &'a [u8]) -> Result<Document<'a>, serde_json::Error> {
+        let starts_object = json
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let body = if starts_object {
+            let mut de = serde_json::Deserializer::from_slice(json);
+            let members = (&mut de).deserialize_map(Members)?;
+            de.end()?;
+            Body::Object(members)
+        } else {
+            Body::Whole(serde_json::from_slice(json)?)
+        };
+        Ok(Document { body })
+    }
+
+    fn index(members: &[(Cow<'a, str>, Member<'a>)], key: &str) -> Option<usize> {
+        members.iter().position(|(k, _)| k == key)
+    }
+
+    /// The value at `pointer` (`""` is the whole document).
+    pub fn get(&self, pointer: &str) -> Option<Value> {
+        match (&self.body, first_token(pointer)) {
+            (Body::Object(members), Some(key)) => {
+                let i = Self::index(members, &key)?;
+                let value = members[i].1.value();
+                let rest = &pointer[1 + pointer[1..].find('/').unwrap_or(pointer.len() - 1)..];
+                value.pointer(rest).cloned()
+            }
+            (Body::Object(_), None) => self.to_value().pointer(pointer).cloned(),
+            (Body::Whole(v), _) => v.pointer(pointer).cloned(),
+        }
+    }
+
+    /// Runs `f` on an object holding the members `pointers` start in (those
+    /// present), then puts back what `f` left there: members it removed are
+    /// removed, members it added are added. `f` must only touch what the
+    /// pointers name. A pointer that names no member (`""`, or a document
+    /// that is not an object) gives `f` the whole document instead.
+    pub fn edit<R>(&mut self, pointers: &[&str], f: impl FnOnce(&mut Value) -> R) -> R {
+        let keys: Option<Vec<Cow<'_, str>>> = pointers.iter().map(|p| first_token(p)).collect();
+        let (members, keys) = match (&mut self.body, keys) {
+            (Body::Object(members), Some(keys)) => (members, keys),
+            (Body::Whole(v), _) => return f(v),
+            (Body::Object(_), None) => {
+                let mut whole = self.to_value();
+                let result = f(&mut whole);
+                self.body = Body::Whole(whole);
+                return result;
+            }
+        };
+        let mut named = Map::new();
+        for key in &keys {
+            if let Some(i) = Self::index(members, key) {
+                named.insert(key.to_string(), members[i].1.take());
+            }
+        }
+        let mut object = Value::Object(named);
+        let result = f(&mut object);
+        let Value::Object(mut named) = object else {
+            // `f` replaced the object itself: it wanted the whole document.
+            self.body = Body::Whole(object);
+            return result;
+        };
+        members.retain(|(k, _)| !keys.iter().any(|key| key == k) || named.contains_key(k.as_ref()));
+        for (key, value) in std::mem::take(&mut named) {
+            match Self::index(members, &key) {
+                Some(i) => members[i].1 = Member::Parsed(value),
+                None => members.push((Cow::Owned(key), Member::Parsed(value))),
+            }
+        }
+        result
+    }
+
+    /// Removes the value at `pointer`; a whole top-level member goes without
+    /// being parsed. Whether there was one.
+    pub fn remove(&mut self, pointer: &str) -> bool {
+        if let (Body::Object(members), Some(key)) = (&mut self.body, first_token(pointer)) {
+            if !pointer[1..].contains('/') {
+                let before = members.len();
+                members.retain(|(k, _)| *k != key);
+                return members.len() < before;
+            }
+        }
+        self.edit(&[pointer], |v| v.take_pointer(pointer).is_some())
+    }
+
+    /// The document as a [`Value`].
+    pub fn to_value(&self) -> Value {
+        match &self.body {
+            Body::Object(members) => Value::Object(
+                members
+                    .iter()
+                    .map(|(k, m)| (k.to_string(), m.value().into_owned()))
+                    .collect(),
+            ),
+            Body::Whole(v) => v.clone(),
+        }
+    }
+
+    /// The document as JSON text: untouched members as they came.
+    pub fn to_vec(&self) -> Vec<u8> {
+        match &self.body {
+            Body::Object(members) => {
+                let mut out = Vec::with_capacity(
+                    2 + members
+                        .iter()
+                        .map(|(k, m)| {
+                            k.len()
+                                + 4
+                                + match m {
+                                    Member::Raw(r) => r.get().len(),
+                                    Member::Parsed(_) => 16,
+                                }
+                        })
+                        .sum::<usize>(),
+                );
+                out.push(b'{');
+                for (i, (key, member)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Writing to a Vec cannot fail, nor can printing a Value.
+                    let _ = serde_json::to_writer(&mut out, key.as_ref());
+                    out.push(b':');
+                    match member {
+                        Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                        Member::Parsed(v) => {
+                            let _ = serde_json::to_writer(&mut out, v);
+                        }
+                    }
+                }
+                out.push(b'}');
+                out
+            }
+            Body::Whole(v) => serde_json::to_vec(v).unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_document_parses_only_what_is_named_and_keeps_the_rest_verbatim() {
+        let text =
+            br#" {"b": [1, 2.50, "x"], "a" :{"k":"\u00e9"}, "c~/d": 3, "b": {"again": true}} "#;
+        let mut doc = Document::parse(text).unwrap();
+        assert_eq!(
+            doc.get("/b/again"),
+            Some(json!(true)),
+            "the last of a repeated key wins"
+        );
+        assert_eq!(doc.get("/c~0~1d"), Some(json!(3)));
+        assert_eq!(doc.get("/a/k"), Some(json!("\u{e9}")));
+        assert_eq!(doc.get("/missing"), None);
+        assert_eq!(
+            doc.get(""),
+            Some(json!({"a": {"k": "\u{e9}"}, "b": {"again": true}, "c~/d": 3}))
+        );
+        // Untouched members keep their text (spacing inside a value, 2.50).
+        let n = doc.edit(&["/a/k", "/new/x"], |v| {
+            let k = v.take_pointer("/a/k");
+            v.set_pointer("/new/x", k.unwrap_or(Value::Null));
+            1
+        });
+        assert_eq!(n, 1);
+        assert!(doc.remove("/c~0~1d"));
+        assert!(!doc.remove("/c~0~1d"));
+        assert_eq!(
+            std::str::from_utf8(&doc.to_vec()).unwrap(),
+            r#"{"b":{"again": true},"a":{},"new":{"x":"é"}}"#
+        );
+        // An edit that removes a named member removes it.
+        doc.edit(&["/a"], |v| v.take_pointer("/a"));
+        assert_eq!(
+            doc.to_value(),
+            json!({"b": {"again": true}, "new": {"x": "é"}})
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_an_object_or_an_edit_of_the_root_works_on_the_whole() {
+        let mut doc = Document::parse(b"[1, 2]").unwrap();
+        doc.edit(&["/0"], |v| v.set_pointer("/0", json!(9)));
+        assert_eq!(doc.to_vec(), b"[9,2]");
+        let mut doc = Document::parse(br#"{"a": 1}"#).unwrap();
+        doc.edit(&[""], |v| v.set_pointer("", json!({"b": 2})));
+        assert_eq!(doc.to_vec(), br#"{"b":2}"#);
+        assert!(!doc.remove("/a"));
+        for bad in [&b"{"[..], b"{\"a\": }", b"{} x", b"", b"{\"a\":1,}"] {
+            assert!(
+                Document::parse(bad).is_err(),
+                "{:?}",
+                std::str::from_utf8(bad)
+            );
+        }
+    }
 
     #[test]
     fn set_creates_parents_and_take_removes() {

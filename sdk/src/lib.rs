@@ -67,7 +67,7 @@
 pub mod http;
 mod json;
 
-pub use json::JsonExt;
+pub use json::{Document, JsonExt};
 
 /// Raw bindings for the host imports (`weft:connector/imports` world).
 ///

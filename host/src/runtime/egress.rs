@@ -557,7 +557,9 @@ impl EgressHooks {
                 .map(|request| {
                     let exchange = whole_request(request)
                         .map(|(request, timeout)| self.exchange(request, timeout));
-                    read_whole(exchange, budget.clone())
+                    // Boxed: the exchange is a large future, and `join_all`
+                    // would otherwise copy each one several times.
+                    Box::pin(read_whole(exchange, budget.clone()))
                 })
                 .collect();
             waves.push(wave);

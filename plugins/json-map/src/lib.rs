@@ -23,7 +23,7 @@
 
 use serde_json::Value;
 use std::sync::OnceLock;
-use weft_sdk::{config, Event, JsonExt, Transform, TransformError};
+use weft_sdk::{config, Document, Event, JsonExt, Transform, TransformError};
 
 /// The mapping transform.
 pub struct JsonMap;
@@ -190,16 +190,32 @@ fn mapping() -> Result<&'static [Value], TransformError> {
     }
 }
 
+/// Applies one mapping operation to a [`Document`]: only the top-level
+/// members the operation's pointers name are parsed; a top-level `drop`
+/// parses nothing.
+pub fn apply_to(doc: &mut Document, op: &Value) -> Result<(), TransformError> {
+    if op.get("op").and_then(Value::as_str) == Some("drop") {
+        doc.remove(field(op, "path")?);
+        return Ok(());
+    }
+    let pointers: Vec<&str> = ["from", "to", "path", "by_path"]
+        .iter()
+        .filter_map(|name| op.get(*name).and_then(Value::as_str))
+        .collect();
+    doc.edit(&pointers, |v| apply(v, op))
+}
+
 impl Transform for JsonMap {
     fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
         let mapping = mapping()?;
-        let mut doc = event
-            .json()
+        let mut doc = Document::parse(&event.data)
             .map_err(|e| permanent(format!("event data is not JSON: {e}")))?;
         for op in mapping {
-            apply(&mut doc, op)?;
+            apply_to(&mut doc, op)?;
         }
-        event.set_json(&doc);
+        let data = doc.to_vec();
+        event.data = data;
+        event.datacontenttype = Some("application/json".to_string());
         if let Some(ty) = config::get("type") {
             event.type_ = ty;
         }
@@ -214,12 +230,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Applies `ops` in order to `doc`.
-    fn run(mut doc: Value, ops: Value) -> Result<Value, TransformError> {
-        for op in ops.as_array().unwrap() {
-            apply(&mut doc, op)?;
+    /// Applies `ops` in order to `doc`, both on a parsed [`Value`] and on a
+    /// [`Document`] of its text (what the transform does), and checks that
+    /// both give the same result.
+    fn run(doc: Value, ops: Value) -> Result<Value, TransformError> {
+        let text = serde_json::to_vec(&doc).unwrap();
+        let whole = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .try_fold(doc, |mut doc, op| apply(&mut doc, op).map(|()| doc));
+        let mut lazy = Document::parse(&text).unwrap();
+        let by_document = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .try_for_each(|op| apply_to(&mut lazy, op))
+            .map(|()| serde_json::from_slice::<Value>(&lazy.to_vec()).unwrap());
+        match (&whole, &by_document) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "the document path agrees"),
+            (Err(TransformError::Permanent(a)), Err(TransformError::Permanent(b))) => {
+                assert_eq!(a, b, "the document path fails the same way")
+            }
+            other => panic!("the two paths disagree: {other:?}"),
         }
-        Ok(doc)
+        whole
     }
 
     fn permanent_message(result: Result<Value, TransformError>) -> String {

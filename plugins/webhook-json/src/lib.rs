@@ -16,7 +16,9 @@
 use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use weft_sdk::{config, secrets, Event, Rejection, RejectionKind, Source, WebhookRequest};
+use weft_sdk::{
+    config, secrets, Document, Event, Rejection, RejectionKind, Source, WebhookRequest,
+};
 
 /// The JSON webhook source.
 pub struct WebhookJson;
@@ -25,10 +27,10 @@ fn reject(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
     Rejection::new(kind, reason)
 }
 
-/// Reads a string (or number) at `pointer`.
-fn text_at(body: &Value, pointer: &str) -> Option<String> {
-    match body.pointer(pointer)? {
-        Value::String(s) => Some(s.clone()),
+/// A string (or number) as event attribute text.
+fn text(value: Option<Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -103,15 +105,16 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
     }
 }
 
+/// The event for one JSON document; `at` reads the document at a pointer.
 fn make_event(
-    body: &Value,
+    at: &dyn Fn(&str) -> Option<Value>,
     raw: Vec<u8>,
     request: &WebhookRequest,
     index: Option<usize>,
 ) -> Result<Event, Rejection> {
     let source = config::get_or("source", "/hooks/webhook");
     let ty = match config::get("type_pointer") {
-        Some(p) => text_at(body, &p).ok_or_else(|| {
+        Some(p) => text(at(&p)).ok_or_else(|| {
             reject(
                 RejectionKind::Unprocessable,
                 format!("no event type at {p}"),
@@ -120,7 +123,7 @@ fn make_event(
         None => config::get_or("type", "webhook.received"),
     };
     let id = match config::get("id_pointer") {
-        Some(p) => text_at(body, &p)
+        Some(p) => text(at(&p))
             .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
         None => {
             let base = match request.header("webhook-id") {
@@ -136,7 +139,7 @@ fn make_event(
     let mut event = Event::new(id, source, ty, raw);
     event.datacontenttype = Some("application/json".to_string());
     if let Some(p) = config::get("subject_pointer") {
-        event.subject = text_at(body, &p);
+        event.subject = text(at(&p));
     }
     Ok(event)
 }
@@ -157,37 +160,47 @@ impl Source for WebhookJson {
         if let Some(secret) = config::get("signing_secret") {
             verify_signature(&request, &secret)?;
         }
-        let body: Value = serde_json::from_slice(&request.body).map_err(|e| {
+        let bad_json = |e: serde_json::Error| {
             reject(
                 RejectionKind::BadRequest,
                 format!("body is not valid JSON: {e}"),
             )
-        })?;
+        };
         let split = config::get("split_array").as_deref() == Some("true");
-        match body {
-            Value::Array(items) if split => items
+        let first = request
+            .body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .copied();
+        if split && first == Some(b'[') {
+            let items: Vec<Value> = serde_json::from_slice(&request.body).map_err(bad_json)?;
+            return items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
                     make_event(
-                        item,
+                        &|p| item.pointer(p).cloned(),
                         serde_json::to_vec(item).unwrap_or_default(),
                         &request,
                         Some(i),
                     )
                 })
-                .collect(),
-            Value::Object(_) | Value::Array(_) => Ok(vec![make_event(
-                &body,
-                request.body.clone(),
-                &request,
-                None,
-            )?]),
-            _ => Err(reject(
+                .collect();
+        }
+        // Checked whole, parsed only where the pointers look.
+        let doc = Document::parse(&request.body).map_err(bad_json)?;
+        if !matches!(first, Some(b'{' | b'[')) {
+            return Err(reject(
                 RejectionKind::Unprocessable,
                 "body must be a JSON object or array",
-            )),
+            ));
         }
+        Ok(vec![make_event(
+            &|p| doc.get(p),
+            request.body.clone(),
+            &request,
+            None,
+        )?])
     }
 }
 
