@@ -88,7 +88,7 @@ impl Admin {
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
-            "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints },
+            "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
         })
@@ -127,6 +127,11 @@ impl Admin {
                         "weft_queue_checkpoints_total",
                         "Checkpoints: records still pending moved into sled, sled synced, journal restarted",
                         stats.checkpoints,
+                    ),
+                    (
+                        "weft_queue_checkpoint_seconds_total",
+                        "Time spent in checkpoints; commits wait while one runs",
+                        stats.checkpoint_ns,
                     ),
                 ];
                 let body = self.metrics.render(

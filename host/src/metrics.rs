@@ -191,10 +191,19 @@ impl Metrics {
     pub fn render(&self, counters: &[(&str, &str, u64)], gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            // `_seconds_total` counters are kept in nanoseconds.
+            if name.ends_with("_seconds_total") {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    *value as f64 / 1e9
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
+            }
         }
         for (name, help, value) in self.snapshot() {
             if let Some(base) = name.strip_suffix("_seconds_total") {

@@ -471,8 +471,12 @@ async fn measure(
         // The webhook's whole stay in Weft, per answered request.
         let answered = delta("webhooks_answered") * 1e6 * delivered.max(1) as f64;
         let answer_ms = delta("webhook_latency_ns") * delivered.max(1) as f64 / answered.max(1.0);
+        // Checkpoints: how many in the window, and the mean pause each is.
+        let checkpoints = delta("queue_checkpoints") * 1e6 * delivered.max(1) as f64;
+        let checkpoint_ms =
+            delta("queue_checkpoint_ns") * delivered.max(1) as f64 / checkpoints.max(1.0);
         format!(
-            "webhook answered in {answer_ms:.3} ms; source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call, {:.1} per durable commit",
+            "webhook answered in {answer_ms:.3} ms; {checkpoints:.0} checkpoints of {checkpoint_ms:.2} ms on average; source {:.3} ms, storage wait {:.3} ms, transform {:.3} ms, sink+egress {:.3} ms; {:.1} events per sink call, {:.1} per durable commit",
             delta("weft_source_seconds_total"),
             delta("weft_storage_seconds_total"),
             delta("weft_transform_seconds_total"),
@@ -519,6 +523,14 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
     counters.push((
         "queue_syncs".into(),
         v["queue"]["syncs"].as_u64().unwrap_or(0),
+    ));
+    counters.push((
+        "queue_checkpoints".into(),
+        v["queue"]["checkpoints"].as_u64().unwrap_or(0),
+    ));
+    counters.push((
+        "queue_checkpoint_ns".into(),
+        v["queue"]["checkpoint_ns_total"].as_u64().unwrap_or(0),
     ));
     counters.push((
         "webhooks_answered".into(),

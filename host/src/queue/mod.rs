@@ -159,6 +159,10 @@ pub struct QueueStats {
     /// Checkpoints since start (the whole store made durable and the
     /// journal started over).
     pub checkpoints: u64,
+    /// Time spent in those checkpoints, in nanoseconds. Commits wait while
+    /// one runs: its mean is the pause a webhook may meet once per
+    /// checkpoint interval.
+    pub checkpoint_ns: u64,
 }
 
 /// "An append is on its way": held by a webhook from the moment it is

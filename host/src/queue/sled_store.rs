@@ -101,6 +101,7 @@ struct Shared {
     dead: AtomicU64,
     syncs: AtomicU64,
     checkpoints: AtomicU64,
+    checkpoint_ns: AtomicU64,
     /// Webhooks being processed whose append has not been handed over yet.
     arriving: Arc<AtomicUsize>,
 }
@@ -241,6 +242,7 @@ impl SledQueue {
             dead: AtomicU64::new(dead),
             syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            checkpoint_ns: AtomicU64::new(0),
             arriving: Arc::new(AtomicUsize::new(0)),
         });
         let mut writer = Writer {
@@ -451,6 +453,7 @@ impl Writer {
     /// Moves the fresh records into sled, makes sled durable, then starts
     /// the next journal epoch.
     fn checkpoint(&mut self) -> Result<(), QueueError> {
+        let started = Instant::now();
         for (id, fresh) in self.fresh.iter_mut() {
             self.large |= fresh.value.len() > LARGE_VALUE;
             self.shared
@@ -480,6 +483,9 @@ impl Writer {
         self.large = false;
         self.last_checkpoint = Instant::now();
         self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .checkpoint_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -685,6 +691,7 @@ impl Queue for SledQueue {
             dead: self.shared.dead.load(Ordering::Relaxed),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
             checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
+            checkpoint_ns: self.shared.checkpoint_ns.load(Ordering::Relaxed),
         }
     }
 

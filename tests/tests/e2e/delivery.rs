@@ -274,6 +274,14 @@ async fn the_admin_api_needs_its_token() {
             && !metrics.contains("weft_queue_checkpoints_total 0\n"),
         "opening the queue checkpoints it: {metrics}"
     );
+    // ... and that checkpoint took time, reported in seconds.
+    let checkpoint_s: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_queue_checkpoint_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(checkpoint_s > 0.0, "{metrics}");
+    assert!(body["queue"]["checkpoint_ns_total"].as_u64().unwrap_or(0) > 0);
     // Every webhook answer, accepted or rejected, is timed.
     assert_eq!(post_json(&host.hook("in"), "{\"id\":\"a\"}").await.0, 202);
     assert_eq!(post_json(&host.hook("in"), "not json").await.0, 400);
