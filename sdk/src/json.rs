@@ -225,6 +225,10 @@ impl<'a> Document<'a> {
         };
         let mut named = Map::new();
         for key in &keys {
+            // Two pointers into one member take it once.
+            if named.contains_key(key.as_ref()) {
+                continue;
+            }
             if let Some(i) = Self::index(members, key) {
                 named.insert(key.to_string(), members[i].1.take());
             }
@@ -353,6 +357,18 @@ mod tests {
             doc.to_value(),
             json!({"b": {"again": true}, "new": {"x": "é"}})
         );
+        // Two pointers into one member (parsed by an earlier edit), twice.
+        for _ in 0..2 {
+            doc.edit(&["/new/x", "/new/y"], |v| {
+                let x = v.take_pointer("/new/x");
+                v.set_pointer("/new/y", x.unwrap_or(json!("gone")))
+            });
+            doc.edit(&["/new/y", "/new/x"], |v| {
+                let y = v.take_pointer("/new/y");
+                v.set_pointer("/new/x", y.unwrap_or(json!("gone")))
+            });
+        }
+        assert_eq!(doc.get("/new"), Some(json!({"x": "é"})));
     }
 
     #[test]

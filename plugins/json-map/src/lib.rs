@@ -285,6 +285,25 @@ mod tests {
     }
 
     #[test]
+    fn operations_inside_one_member_see_each_others_changes() {
+        let doc = json!({"customer": {"email": "a@b.c", "name": "Ada"}, "n": 2});
+        let out = run(
+            doc,
+            json!([
+                {"op": "copy", "from": "/customer/name", "to": "/customer/display"},
+                {"op": "rename", "from": "/customer/email", "to": "/customer/contact/email"},
+                {"op": "multiply", "from": "/n", "by_path": "/n"},
+                {"op": "rename", "from": "/customer/contact", "to": "/customer/reach"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"customer": {"name": "Ada", "display": "Ada", "reach": {"email": "a@b.c"}}, "n": 4})
+        );
+    }
+
+    #[test]
     fn count_sum_and_multiply_compute_fields() {
         let doc = json!({"items": [
             {"qty": 2, "price": 8.5},
