@@ -82,22 +82,28 @@ impl JsonExt for Value {
 /// Why it exists: most connectors read or change a few fields of an event
 /// and pass the rest on unchanged. Parsing the whole event into a [`Value`]
 /// and printing it again allocates every string and number in it; a
-/// `Document` checks the whole text once (invalid JSON is still an error),
-/// builds values only for the members a pointer names, and copies the other
-/// members' text to the output as it came. Member order is kept; members an
-/// edit adds go last.
+/// `Document` checks the whole text against JSON's grammar once (invalid
+/// JSON is still an error), builds values only for the members a pointer
+/// names, and copies the other members' text to the output as it came.
+/// Member order is kept; members an edit adds go last.
+///
+/// The grammar allows two things a [`Value`] cannot hold: numbers beyond
+/// `f64`'s range (`1e400`) and unpaired surrogate escapes (`"\ud800"`). In a
+/// member nobody names they pass through untouched; reading or editing such a
+/// member is an error, and the document stays as it was.
 ///
 /// ```
 /// use weft_sdk::{Document, JsonExt};
 /// let body = br#"{"id":7,"customer":{"email":"a@b.c"},"note":"long text"}"#;
-/// let mut doc = Document::parse(body).unwrap();
-/// assert_eq!(doc.get("/customer/email"), Some(serde_json::json!("a@b.c")));
+/// let mut doc = Document::parse(body)?;
+/// assert_eq!(doc.get("/customer/email")?, Some(serde_json::json!("a@b.c")));
 /// doc.edit(&["/customer/email", "/email"], |v| {
-///     let email = v.take_pointer("/customer/email").unwrap();
+///     let email = v.take_pointer("/customer/email").unwrap_or_default();
 ///     v.set_pointer("/email", email)
-/// });
-/// doc.remove("/note");
+/// })?;
+/// doc.remove("/note")?;
 /// assert_eq!(doc.to_vec(), br#"{"id":7,"customer":{},"email":"a@b.c"}"#);
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 pub struct Document<'a> {
     body: Body<'a>,
@@ -118,18 +124,18 @@ enum Member<'a> {
 }
 
 impl Member<'_> {
-    fn take(&mut self) -> Value {
+    /// The member's value, moved out of a parsed member (a raw one stays).
+    fn take(&mut self) -> Result<Value, serde_json::Error> {
         match self {
-            // Already checked when the document was parsed.
-            Member::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-            Member::Parsed(v) => std::mem::take(v),
+            Member::Raw(raw) => serde_json::from_str(raw.get()),
+            Member::Parsed(v) => Ok(std::mem::take(v)),
         }
     }
 
-    fn value(&self) -> Cow<'_, Value> {
+    fn value(&self) -> Result<Cow<'_, Value>, serde_json::Error> {
         match self {
-            Member::Raw(raw) => Cow::Owned(serde_json::from_str(raw.get()).unwrap_or(Value::Null)),
-            Member::Parsed(v) => Cow::Borrowed(v),
+            Member::Raw(raw) => serde_json::from_str(raw.get()).map(Cow::Owned),
+            Member::Parsed(v) => Ok(Cow::Borrowed(v)),
         }
     }
 }
@@ -192,35 +198,42 @@ impl<'a> Document<'a> {
         members.iter().position(|(k, _)| k == key)
     }
 
-    /// The value at `pointer` (`""` is the whole document).
-    pub fn get(&self, pointer: &str) -> Option<Value> {
-        match (&self.body, first_token(pointer)) {
+    /// The value at `pointer` (`""` is the whole document), if there is one.
+    pub fn get(&self, pointer: &str) -> Result<Option<Value>, serde_json::Error> {
+        Ok(match (&self.body, first_token(pointer)) {
             (Body::Object(members), Some(key)) => {
-                let i = Self::index(members, &key)?;
-                let value = members[i].1.value();
+                let Some(i) = Self::index(members, &key) else {
+                    return Ok(None);
+                };
+                let value = members[i].1.value()?;
                 let rest = &pointer[1 + pointer[1..].find('/').unwrap_or(pointer.len() - 1)..];
                 value.pointer(rest).cloned()
             }
-            (Body::Object(_), None) => self.to_value().pointer(pointer).cloned(),
+            (Body::Object(_), None) => self.to_value()?.pointer(pointer).cloned(),
             (Body::Whole(v), _) => v.pointer(pointer).cloned(),
-        }
+        })
     }
 
     /// Runs `f` on an object holding the members `pointers` start in (those
     /// present), then puts back what `f` left there: members it removed are
     /// removed, members it added are added. `f` must only touch what the
     /// pointers name. A pointer that names no member (`""`, or a document
-    /// that is not an object) gives `f` the whole document instead.
-    pub fn edit<R>(&mut self, pointers: &[&str], f: impl FnOnce(&mut Value) -> R) -> R {
+    /// that is not an object) gives `f` the whole document instead. A named
+    /// member that cannot become a [`Value`] is an error, before `f` runs.
+    pub fn edit<R>(
+        &mut self,
+        pointers: &[&str],
+        f: impl FnOnce(&mut Value) -> R,
+    ) -> Result<R, serde_json::Error> {
         let keys: Option<Vec<Cow<'_, str>>> = pointers.iter().map(|p| first_token(p)).collect();
         let (members, keys) = match (&mut self.body, keys) {
             (Body::Object(members), Some(keys)) => (members, keys),
-            (Body::Whole(v), _) => return f(v),
+            (Body::Whole(v), _) => return Ok(f(v)),
             (Body::Object(_), None) => {
-                let mut whole = self.to_value();
+                let mut whole = self.to_value()?;
                 let result = f(&mut whole);
                 self.body = Body::Whole(whole);
-                return result;
+                return Ok(result);
             }
         };
         let mut named = Map::new();
@@ -229,8 +242,22 @@ impl<'a> Document<'a> {
             if named.contains_key(key.as_ref()) {
                 continue;
             }
-            if let Some(i) = Self::index(members, key) {
-                named.insert(key.to_string(), members[i].1.take());
+            let Some(i) = Self::index(members, key) else {
+                continue;
+            };
+            match members[i].1.take() {
+                Ok(value) => {
+                    named.insert(key.to_string(), value);
+                }
+                Err(e) => {
+                    // Put back what was already taken out.
+                    for (key, value) in named {
+                        if let Some(i) = Self::index(members, &key) {
+                            members[i].1 = Member::Parsed(value);
+                        }
+                    }
+                    return Err(e);
+                }
             }
         }
         let mut object = Value::Object(named);
@@ -238,7 +265,7 @@ impl<'a> Document<'a> {
         let Value::Object(mut named) = object else {
             // `f` replaced the object itself: it wanted the whole document.
             self.body = Body::Whole(object);
-            return result;
+            return Ok(result);
         };
         members.retain(|(k, _)| !keys.iter().any(|key| key == k) || named.contains_key(k.as_ref()));
         for (key, value) in std::mem::take(&mut named) {
@@ -247,32 +274,31 @@ impl<'a> Document<'a> {
                 None => members.push((Cow::Owned(key), Member::Parsed(value))),
             }
         }
-        result
+        Ok(result)
     }
 
     /// Removes the value at `pointer`; a whole top-level member goes without
     /// being parsed. Whether there was one.
-    pub fn remove(&mut self, pointer: &str) -> bool {
+    pub fn remove(&mut self, pointer: &str) -> Result<bool, serde_json::Error> {
         if let (Body::Object(members), Some(key)) = (&mut self.body, first_token(pointer)) {
             if !pointer[1..].contains('/') {
                 let before = members.len();
                 members.retain(|(k, _)| *k != key);
-                return members.len() < before;
+                return Ok(members.len() < before);
             }
         }
         self.edit(&[pointer], |v| v.take_pointer(pointer).is_some())
     }
 
     /// The document as a [`Value`].
-    pub fn to_value(&self) -> Value {
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
         match &self.body {
-            Body::Object(members) => Value::Object(
-                members
-                    .iter()
-                    .map(|(k, m)| (k.to_string(), m.value().into_owned()))
-                    .collect(),
-            ),
-            Body::Whole(v) => v.clone(),
+            Body::Object(members) => members
+                .iter()
+                .map(|(k, m)| Ok((k.to_string(), m.value()?.into_owned())))
+                .collect::<Result<Map<_, _>, _>>()
+                .map(Value::Object),
+            Body::Whole(v) => Ok(v.clone()),
         }
     }
 
@@ -326,35 +352,38 @@ mod tests {
         let text =
             br#" {"b": [1, 2.50, "x"], "a" :{"k":"\u00e9"}, "c~/d": 3, "b": {"again": true}} "#;
         let mut doc = Document::parse(text).unwrap();
+        let get = |doc: &Document, p: &str| doc.get(p).unwrap();
         assert_eq!(
-            doc.get("/b/again"),
+            get(&doc, "/b/again"),
             Some(json!(true)),
             "the last of a repeated key wins"
         );
-        assert_eq!(doc.get("/c~0~1d"), Some(json!(3)));
-        assert_eq!(doc.get("/a/k"), Some(json!("\u{e9}")));
-        assert_eq!(doc.get("/missing"), None);
+        assert_eq!(get(&doc, "/c~0~1d"), Some(json!(3)));
+        assert_eq!(get(&doc, "/a/k"), Some(json!("\u{e9}")));
+        assert_eq!(get(&doc, "/missing"), None);
         assert_eq!(
-            doc.get(""),
+            get(&doc, ""),
             Some(json!({"a": {"k": "\u{e9}"}, "b": {"again": true}, "c~/d": 3}))
         );
         // Untouched members keep their text (spacing inside a value, 2.50).
-        let n = doc.edit(&["/a/k", "/new/x"], |v| {
-            let k = v.take_pointer("/a/k");
-            v.set_pointer("/new/x", k.unwrap_or(Value::Null));
-            1
-        });
+        let n = doc
+            .edit(&["/a/k", "/new/x"], |v| {
+                let k = v.take_pointer("/a/k");
+                v.set_pointer("/new/x", k.unwrap_or(Value::Null));
+                1
+            })
+            .unwrap();
         assert_eq!(n, 1);
-        assert!(doc.remove("/c~0~1d"));
-        assert!(!doc.remove("/c~0~1d"));
+        assert!(doc.remove("/c~0~1d").unwrap());
+        assert!(!doc.remove("/c~0~1d").unwrap());
         assert_eq!(
             std::str::from_utf8(&doc.to_vec()).unwrap(),
             r#"{"b":{"again": true},"a":{},"new":{"x":"é"}}"#
         );
         // An edit that removes a named member removes it.
-        doc.edit(&["/a"], |v| v.take_pointer("/a"));
+        doc.edit(&["/a"], |v| v.take_pointer("/a")).unwrap();
         assert_eq!(
-            doc.to_value(),
+            doc.to_value().unwrap(),
             json!({"b": {"again": true}, "new": {"x": "é"}})
         );
         // Two pointers into one member (parsed by an earlier edit), twice.
@@ -362,24 +391,50 @@ mod tests {
             doc.edit(&["/new/x", "/new/y"], |v| {
                 let x = v.take_pointer("/new/x");
                 v.set_pointer("/new/y", x.unwrap_or(json!("gone")))
-            });
+            })
+            .unwrap();
             doc.edit(&["/new/y", "/new/x"], |v| {
                 let y = v.take_pointer("/new/y");
                 v.set_pointer("/new/x", y.unwrap_or(json!("gone")))
-            });
+            })
+            .unwrap();
         }
-        assert_eq!(doc.get("/new"), Some(json!({"x": "é"})));
+        assert_eq!(get(&doc, "/new"), Some(json!({"x": "é"})));
+    }
+
+    #[test]
+    fn what_the_grammar_allows_but_a_value_cannot_hold_passes_through_or_fails_cleanly() {
+        let text = br#"{"big": 1e400, "odd": "\ud800", "ok": {"n": 1}}"#;
+        let mut doc = Document::parse(text).unwrap();
+        assert!(doc.get("/big").is_err());
+        assert!(doc.get("/odd").is_err());
+        assert!(doc.to_value().is_err());
+        // An edit naming a bad member fails before it runs, and puts back
+        // the members it had already taken (here `ok`, parsed first).
+        doc.edit(&["/ok/n"], |v| v.set_pointer("/ok/n", json!(2)))
+            .unwrap();
+        let ran = std::cell::Cell::new(false);
+        assert!(doc.edit(&["/ok/m", "/big"], |_| ran.set(true)).is_err());
+        assert!(!ran.get());
+        // Untouched, they travel as they came.
+        assert!(doc.remove("/odd").unwrap());
+        assert_eq!(
+            std::str::from_utf8(&doc.to_vec()).unwrap(),
+            r#"{"big":1e400,"ok":{"n":2}}"#
+        );
     }
 
     #[test]
     fn a_document_that_is_not_an_object_or_an_edit_of_the_root_works_on_the_whole() {
         let mut doc = Document::parse(b"[1, 2]").unwrap();
-        doc.edit(&["/0"], |v| v.set_pointer("/0", json!(9)));
+        doc.edit(&["/0"], |v| v.set_pointer("/0", json!(9)))
+            .unwrap();
         assert_eq!(doc.to_vec(), b"[9,2]");
         let mut doc = Document::parse(br#"{"a": 1}"#).unwrap();
-        doc.edit(&[""], |v| v.set_pointer("", json!({"b": 2})));
+        doc.edit(&[""], |v| v.set_pointer("", json!({"b": 2})))
+            .unwrap();
         assert_eq!(doc.to_vec(), br#"{"b":2}"#);
-        assert!(!doc.remove("/a"));
+        assert!(!doc.remove("/a").unwrap());
         for bad in [&b"{"[..], b"{\"a\": }", b"{} x", b"", b"{\"a\":1,}"] {
             assert!(
                 Document::parse(bad).is_err(),

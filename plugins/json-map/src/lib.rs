@@ -194,15 +194,16 @@ fn mapping() -> Result<&'static [Value], TransformError> {
 /// members the operation's pointers name are parsed; a top-level `drop`
 /// parses nothing.
 pub fn apply_to(doc: &mut Document, op: &Value) -> Result<(), TransformError> {
+    let unreadable = |e: serde_json::Error| permanent(format!("event data: {e}"));
     if op.get("op").and_then(Value::as_str) == Some("drop") {
-        doc.remove(field(op, "path")?);
+        doc.remove(field(op, "path")?).map_err(unreadable)?;
         return Ok(());
     }
     let pointers: Vec<&str> = ["from", "to", "path", "by_path"]
         .iter()
         .filter_map(|name| op.get(*name).and_then(Value::as_str))
         .collect();
-    doc.edit(&pointers, |v| apply(v, op))
+    doc.edit(&pointers, |v| apply(v, op)).map_err(unreadable)?
 }
 
 impl Transform for JsonMap {

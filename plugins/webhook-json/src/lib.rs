@@ -107,14 +107,14 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
 
 /// The event for one JSON document; `at` reads the document at a pointer.
 fn make_event(
-    at: &dyn Fn(&str) -> Option<Value>,
+    at: &dyn Fn(&str) -> Result<Option<Value>, Rejection>,
     raw: Vec<u8>,
     request: &WebhookRequest,
     index: Option<usize>,
 ) -> Result<Event, Rejection> {
     let source = config::get_or("source", "/hooks/webhook");
     let ty = match config::get("type_pointer") {
-        Some(p) => text(at(&p)).ok_or_else(|| {
+        Some(p) => text(at(&p)?).ok_or_else(|| {
             reject(
                 RejectionKind::Unprocessable,
                 format!("no event type at {p}"),
@@ -123,7 +123,7 @@ fn make_event(
         None => config::get_or("type", "webhook.received"),
     };
     let id = match config::get("id_pointer") {
-        Some(p) => text(at(&p))
+        Some(p) => text(at(&p)?)
             .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
         None => {
             let base = match request.header("webhook-id") {
@@ -139,7 +139,7 @@ fn make_event(
     let mut event = Event::new(id, source, ty, raw);
     event.datacontenttype = Some("application/json".to_string());
     if let Some(p) = config::get("subject_pointer") {
-        event.subject = text(at(&p));
+        event.subject = text(at(&p)?);
     }
     Ok(event)
 }
@@ -179,7 +179,7 @@ impl Source for WebhookJson {
                 .enumerate()
                 .map(|(i, item)| {
                     make_event(
-                        &|p| item.pointer(p).cloned(),
+                        &|p| Ok(item.pointer(p).cloned()),
                         serde_json::to_vec(item).unwrap_or_default(),
                         &request,
                         Some(i),
@@ -196,7 +196,7 @@ impl Source for WebhookJson {
             ));
         }
         Ok(vec![make_event(
-            &|p| doc.get(p),
+            &|p| doc.get(p).map_err(bad_json),
             request.body.clone(),
             &request,
             None,
