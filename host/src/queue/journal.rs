@@ -53,6 +53,9 @@ const GROW_STEP: u64 = 2 << 20;
 /// cut back to [`KEEP_BYTES`].
 const SHRINK_ABOVE: u64 = 64 << 20;
 const KEEP_BYTES: u64 = 8 << 20;
+/// A group's entries beyond this many bytes continue in another frame (a
+/// frame's length field is 32 bits).
+const MAX_FRAME_PAYLOAD: usize = 1 << 30;
 
 /// One change, as journaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,53 +138,68 @@ impl Journal {
     }
 
     /// Adds an entry to the frame being built.
-    pub(super) fn add(&mut self, entry: &Entry) {
+    pub(super) fn add(&mut self, entry: &Entry) -> std::io::Result<()> {
         let (tag, id, value): (u8, u64, &[u8]) = match entry {
             Entry::Put(id, v) => (PUT, *id, v),
             Entry::Remove(id) => (REMOVE, *id, &[]),
             Entry::Dead(id, v) => (DEAD, *id, v),
             Entry::Revive(id) => (REVIVE, *id, &[]),
         };
-        self.add_raw(tag, id, value);
+        self.add_raw(tag, id, value)
     }
 
     /// [`Journal::add`] without building an [`Entry`] (no copy of `value`).
-    pub(super) fn add_put(&mut self, id: u64, value: &[u8]) {
-        self.add_raw(PUT, id, value);
+    pub(super) fn add_put(&mut self, id: u64, value: &[u8]) -> std::io::Result<()> {
+        self.add_raw(PUT, id, value)
     }
 
     /// Adds a dead-lettering (see [`Entry::Dead`]) without copying `value`.
-    pub(super) fn add_dead(&mut self, id: u64, value: &[u8]) {
-        self.add_raw(DEAD, id, value);
+    pub(super) fn add_dead(&mut self, id: u64, value: &[u8]) -> std::io::Result<()> {
+        self.add_raw(DEAD, id, value)
     }
 
-    fn add_raw(&mut self, tag: u8, id: u64, value: &[u8]) {
+    fn add_raw(&mut self, tag: u8, id: u64, value: &[u8]) -> std::io::Result<()> {
+        if value.len() > MAX_FRAME_PAYLOAD - ENTRY_HEADER {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a queue record of {} bytes is too large to journal",
+                    value.len()
+                ),
+            ));
+        }
         self.payload.push(tag);
         self.payload.extend_from_slice(&id.to_le_bytes());
         self.payload
             .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.payload.extend_from_slice(value);
+        Ok(())
     }
 
-    /// Writes the frame built so far (if any) and, when `sync`, waits until
-    /// it is on stable storage. Without `sync` the frame survives a crash of
-    /// the process (it is in the page cache) but not a power loss.
+    /// Writes the entries added so far (if any) as one frame, or several
+    /// when they exceed [`MAX_FRAME_PAYLOAD`], and, when `sync`, waits until
+    /// they are on stable storage. Without `sync` they survive a crash of
+    /// the process (they are in the page cache) but not a power loss. If
+    /// writing fails, the entries stay and go out with the next write.
     pub(super) fn write(&mut self, sync: bool) -> std::io::Result<()> {
         if self.payload.is_empty() {
             return Ok(());
         }
-        let payload = std::mem::take(&mut self.payload);
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&MAGIC.to_le_bytes());
-        frame.extend_from_slice(&self.epoch.to_le_bytes());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&checksum(self.epoch, &payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        let end = self.offset + frame.len() as u64;
+        let mut frames = Vec::with_capacity(HEADER + self.payload.len());
+        for part in frame_parts(&self.payload, MAX_FRAME_PAYLOAD) {
+            let part = &self.payload[part];
+            frames.extend_from_slice(&MAGIC.to_le_bytes());
+            frames.extend_from_slice(&self.epoch.to_le_bytes());
+            frames.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            frames.extend_from_slice(&checksum(self.epoch, part).to_le_bytes());
+            frames.extend_from_slice(part);
+        }
+        let end = self.offset + frames.len() as u64;
         if end > self.allocated {
             self.grow(end)?;
         }
-        self.file.write_all_at(&frame, self.offset)?;
+        self.file.write_all_at(&frames, self.offset)?;
+        self.payload.clear();
         self.offset = end;
         if sync {
             self.file.sync_data()?;
@@ -217,6 +235,28 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Splits a payload into runs of whole entries of at most `max` bytes each
+/// (an entry larger than `max` alone is a run of its own).
+fn frame_parts(payload: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::with_capacity(1 + payload.len() / max.max(1));
+    if payload.len() <= max {
+        parts.push(0..payload.len());
+        return parts;
+    }
+    let (mut start, mut at) = (0, 0);
+    while at < payload.len() {
+        let len = u32_at(payload, at + 9).map_or(0, |l| l as usize);
+        let next = (at + ENTRY_HEADER + len).min(payload.len());
+        if next - start > max && at > start {
+            parts.push(start..at);
+            start = at;
+        }
+        at = next;
+    }
+    parts.push(start..payload.len());
+    parts
 }
 
 fn checksum(epoch: u64, payload: &[u8]) -> u32 {
@@ -329,14 +369,14 @@ mod tests {
         let path = dir.path().join("journal");
         let (mut j, replayed) = Journal::open(&path, 7).unwrap();
         assert!(replayed.is_empty());
-        j.add(&Entry::Put(1, b"one".to_vec()));
-        j.add(&Entry::Put(2, b"two".to_vec()));
+        j.add(&Entry::Put(1, b"one".to_vec())).unwrap();
+        j.add(&Entry::Put(2, b"two".to_vec())).unwrap();
         j.write(true).unwrap();
-        j.add(&Entry::Remove(1));
-        j.add(&Entry::Dead(2, b"dead two".to_vec()));
+        j.add(&Entry::Remove(1)).unwrap();
+        j.add(&Entry::Dead(2, b"dead two".to_vec())).unwrap();
         j.write(false).unwrap();
-        j.add(&Entry::Revive(2));
-        j.add(&Entry::Put(2, b"two again".to_vec()));
+        j.add(&Entry::Revive(2)).unwrap();
+        j.add(&Entry::Put(2, b"two again".to_vec())).unwrap();
         j.write(true).unwrap();
         let end = j.len();
         drop(j);
@@ -374,13 +414,13 @@ mod tests {
         let path = dir.path().join("journal");
         let (mut j, _) = Journal::open(&path, 1).unwrap();
         for id in 0..100 {
-            j.add(&Entry::Put(id, vec![1u8; 100]));
+            j.add(&Entry::Put(id, vec![1u8; 100])).unwrap();
             j.write(true).unwrap();
         }
         // A checkpoint: epoch 2 overwrites from the start; the rest of
         // epoch 1's frames are still in the file but must not be read.
         j.restart(2).unwrap();
-        j.add(&Entry::Put(500, b"new".to_vec()));
+        j.add(&Entry::Put(500, b"new".to_vec())).unwrap();
         j.write(true).unwrap();
         drop(j);
         let (_, replayed) = Journal::open(&path, 2).unwrap();
@@ -396,7 +436,7 @@ mod tests {
         let (mut j, _) = Journal::open(&path, 3).unwrap();
         let mut ends = Vec::new();
         for id in 1..=3u64 {
-            j.add(&Entry::Put(id, vec![id as u8; 50]));
+            j.add(&Entry::Put(id, vec![id as u8; 50])).unwrap();
             j.write(true).unwrap();
             ends.push(j.len());
         }
@@ -414,6 +454,42 @@ mod tests {
         );
         assert_eq!(read.damaged, vec![(ends[0] as usize, ends[1] as usize)]);
         assert_eq!(read.end, ends[2] as usize);
+    }
+
+    #[test]
+    fn a_large_group_is_split_into_frames_of_whole_entries_and_read_back() {
+        let mut j = Journal {
+            file: tempfile::tempfile().unwrap(),
+            epoch: 5,
+            offset: 0,
+            allocated: 0,
+            payload: Vec::new(),
+        };
+        let values: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
+        for (id, v) in values.iter().enumerate() {
+            j.add_put(id as u64, v).unwrap();
+        }
+        let parts = frame_parts(&j.payload, 300);
+        assert!(parts.len() > 3, "{parts:?}");
+        assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(parts.last().unwrap().end, j.payload.len());
+        for p in &parts {
+            let entries = parse_entries(&j.payload[p.clone()]).unwrap();
+            assert!(!entries.is_empty() && p.len() <= 300, "{p:?}");
+        }
+        // An entry over the limit is a run of its own.
+        let mut big = Vec::new();
+        big.extend_from_slice(&j.payload[..ENTRY_HEADER + 100]);
+        let alone = frame_parts(&big, 50);
+        assert_eq!((alone.len(), alone[0].clone()), (1, 0..big.len()));
+        // Written as one group, read back in order.
+        let written = j.payload.clone();
+        j.write(true).unwrap();
+        assert!(j.payload.is_empty());
+        let mut bytes = Vec::new();
+        j.file.read_to_end(&mut bytes).unwrap();
+        let read = read_epoch(&bytes, 5);
+        assert_eq!(read.entries, parse_entries(&written).unwrap());
     }
 
     #[test]

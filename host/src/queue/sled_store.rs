@@ -33,7 +33,7 @@ use super::journal::{Entry, Journal};
 use super::{
     Arrival, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats, Record,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -249,6 +249,8 @@ impl SledQueue {
             shared: shared.clone(),
             journal,
             fresh: HashMap::new(),
+            removed: HashSet::new(),
+            revived: Vec::new(),
             // What was redone may include large values.
             large: true,
             last_checkpoint: Instant::now(),
@@ -318,6 +320,16 @@ struct Writer {
     journal: Journal,
     /// Pending records stored since the last checkpoint, by id.
     fresh: HashMap<u64, Fresh>,
+    /// Pending records removed (delivered) since the last checkpoint whose
+    /// copy in sled is still there: sled drops them at the next checkpoint,
+    /// after the records that replaced them (a retry, a delivery per failed
+    /// sink) are in sled too. Removing them from sled at once could let
+    /// sled's own flush make the removal durable while its replacement
+    /// lives only in an unsynced journal frame: a power loss would lose both.
+    removed: HashSet<u64>,
+    /// Dead letters replayed in the group being written: their removal from
+    /// sled waits until the journal frame reviving them is synced.
+    revived: Vec<u64>,
     /// A value above [`LARGE_VALUE`] went to sled since the last checkpoint.
     large: bool,
     last_checkpoint: Instant,
@@ -328,18 +340,22 @@ impl Writer {
     /// frame). `new`: the id was never stored before (an append).
     fn put(&mut self, record: &Record, new: bool) -> Result<(), QueueError> {
         let value = encode(record)?;
-        self.journal.add_put(record.id, &value);
+        self.journal.add_put(record.id, &value).map_err(storage)?;
         if let Some(fresh) = self.fresh.get_mut(&record.id) {
             fresh.value = value;
             return Ok(());
         }
-        let in_sled = !new
-            && self
-                .shared
-                .tree
-                .contains_key(key(PENDING, record.id))
-                .map_err(storage)?;
-        if !in_sled {
+        // Removed since the last checkpoint and stored again: pending once
+        // more, over the copy sled still holds.
+        let back = self.removed.remove(&record.id);
+        let in_sled = back
+            || (!new
+                && self
+                    .shared
+                    .tree
+                    .contains_key(key(PENDING, record.id))
+                    .map_err(storage)?);
+        if !in_sled || back {
             self.shared.pending.fetch_add(1, Ordering::Relaxed);
         }
         self.fresh.insert(record.id, Fresh { value, in_sled });
@@ -347,16 +363,25 @@ impl Writer {
     }
 
     /// Forgets pending record `id` (not journaled: the caller journals why).
-    fn forget(&mut self, id: u64) -> Result<(), QueueError> {
+    /// A copy in sled (stored before the last checkpoint) goes `at_once`, or
+    /// at the next checkpoint when what replaces it may so far be only in
+    /// the journal (see [`Writer::removed`]).
+    fn forget(&mut self, id: u64, at_once: bool) -> Result<(), QueueError> {
         let fresh = self.fresh.remove(&id);
-        // A copy in sled: stored before the last checkpoint.
         let in_sled = fresh.as_ref().is_none_or(|f| f.in_sled)
+            && !self.removed.contains(&id)
             && self
                 .shared
                 .tree
-                .remove(key(PENDING, id))
-                .map_err(storage)?
-                .is_some();
+                .contains_key(key(PENDING, id))
+                .map_err(storage)?;
+        if in_sled {
+            if at_once {
+                self.shared.tree.remove(key(PENDING, id)).map_err(storage)?;
+            } else {
+                self.removed.insert(id);
+            }
+        }
         if fresh.is_some() || in_sled {
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
         }
@@ -367,14 +392,14 @@ impl Writer {
         match op {
             Op::Put(record) => self.put(&record, false),
             Op::Remove(id) => {
-                self.journal.add(&Entry::Remove(id));
-                self.forget(id)
+                self.journal.add(&Entry::Remove(id)).map_err(storage)?;
+                self.forget(id, false)
             }
             Op::Dead(letter) => {
                 let id = letter.record.id;
                 let value = encode(&letter)?;
                 self.large |= value.len() > LARGE_VALUE;
-                self.journal.add_dead(id, &value);
+                self.journal.add_dead(id, &value).map_err(storage)?;
                 if self
                     .shared
                     .tree
@@ -384,7 +409,9 @@ impl Writer {
                 {
                     self.shared.dead.fetch_add(1, Ordering::Relaxed);
                 }
-                self.forget(id)
+                // At once: the dead letter is in sled before the removal, so
+                // sled can never hold the one without the other.
+                self.forget(id, true)
             }
         }
     }
@@ -394,7 +421,8 @@ impl Writer {
         let mut records = Vec::new();
         for item in self.shared.tree.scan_prefix([PENDING]) {
             let (k, v) = item.map_err(storage)?;
-            if !self.fresh.contains_key(&id_of(&k)) {
+            let id = id_of(&k);
+            if !self.fresh.contains_key(&id) && !self.removed.contains(&id) {
                 records.push(decode::<Record>(&k, &v)?);
             }
         }
@@ -406,7 +434,12 @@ impl Writer {
     }
 
     /// Moves dead letter `id` back to pending with a fresh attempt budget.
+    /// The dead letter leaves sled once the journal frame reviving it is
+    /// synced ([`Writer::revived`]).
     fn replay(&mut self, id: u64) -> Result<Record, QueueError> {
+        if self.revived.contains(&id) {
+            return Err(QueueError::NotFound(id));
+        }
         let k = key(DEAD, id);
         let v = self
             .shared
@@ -419,11 +452,27 @@ impl Writer {
         record.attempts.clear();
         record.not_before_ms = 0;
         self.put(&record, false)?;
-        self.journal.add(&Entry::Revive(id));
-        if self.shared.tree.remove(k).map_err(storage)?.is_some() {
-            self.shared.dead.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.journal.add(&Entry::Revive(id)).map_err(storage)?;
+        self.revived.push(id);
         Ok(record)
+    }
+
+    /// The journal frames reviving dead letters are synced: the dead letters
+    /// leave sled.
+    fn finish_revives(&mut self) -> Result<(), QueueError> {
+        while let Some(&id) = self.revived.last() {
+            if self
+                .shared
+                .tree
+                .remove(key(DEAD, id))
+                .map_err(storage)?
+                .is_some()
+            {
+                self.shared.dead.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.revived.pop();
+        }
+        Ok(())
     }
 
     /// Writes the changes so far to the journal; with `sync`, durably.
@@ -462,8 +511,19 @@ impl Writer {
                 .map_err(storage)?;
             fresh.in_sled = true;
         }
+        // After the inserts: sled writes its log in order, so no prefix of it
+        // holds a removal without the records that replaced it (or a revived
+        // dead letter's removal without the revived record).
+        for id in &self.removed {
+            self.shared
+                .tree
+                .remove(key(PENDING, *id))
+                .map_err(storage)?;
+        }
+        self.finish_revives()?;
         self.sync_sled()?;
         self.fresh.clear();
+        self.removed.clear();
         // A random epoch, not a counter: the file's stale frames carry webhook
         // data, and a frame forged inside an event's payload must not be able
         // to pass for one of the current epoch (see `journal`).
@@ -473,12 +533,24 @@ impl Writer {
                 break n;
             }
         };
+        let current = self.journal.epoch();
         self.shared
             .tree
             .insert(EPOCH_KEY, &next.to_be_bytes())
             .map_err(storage)?;
-        self.shared.tree.flush().map_err(storage)?;
-        self.shared.log_file.sync_data().map_err(storage)?;
+        let durable = self
+            .shared
+            .tree
+            .flush()
+            .map_err(storage)
+            .and_then(|_| self.shared.log_file.sync_data().map_err(storage));
+        if let Err(e) = durable {
+            // The journal goes on in the current epoch: sled must not be
+            // left naming the next one (its own flush could store it).
+            let _ = self.shared.tree.insert(EPOCH_KEY, &current.to_be_bytes());
+            let _ = self.shared.tree.flush();
+            return Err(e);
+        }
         self.journal.restart(next).map_err(storage)?;
         self.large = false;
         self.last_checkpoint = Instant::now();
@@ -576,8 +648,14 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 Command::Close(reply) => closing = Some(reply),
             }
         }
-        let must_sync = !appended.is_empty() || !replayed.is_empty();
+        // Revivals still waiting (an earlier write failed) need a sync too.
+        let must_sync = !appended.is_empty() || !replayed.is_empty() || !writer.revived.is_empty();
         let written = writer.write(must_sync);
+        if must_sync && written.is_ok() {
+            if let Err(e) = writer.finish_revives() {
+                tracing::error!(error = %e, "replayed dead letters could not be removed from sled; they stay listed until the next checkpoint");
+            }
+        }
         let settle = |result: Result<(), QueueError>| match (result, &written) {
             (Err(e), _) => Err(e),
             (Ok(()), Err(e)) => Err(QueueError::Storage(e.to_string())),
@@ -745,7 +823,7 @@ mod tests {
     async fn append_survives_reopen_and_dead_letters_replay() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
-            let q = SledQueue::open(dir.path()).unwrap();
+            let q = open_when_free(dir.path()).unwrap();
             let a = record(&q, "a");
             let b = record(&q, "b");
             q.append(vec![a.clone(), b.clone()]).await.unwrap();
@@ -766,7 +844,7 @@ mod tests {
             q.close().await.unwrap();
             (a, b)
         };
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![a.clone()]);
         let dead = q.dead_letters(DeadLetterQuery::first(10)).await.unwrap();
         assert_eq!(dead.len(), 1);
@@ -822,7 +900,7 @@ mod tests {
         let in_sled =
             |q: &SledQueue, id: u64| q.shared.tree.contains_key(key(PENDING, id)).unwrap();
         let b = {
-            let q = SledQueue::open(dir.path()).unwrap();
+            let q = open_when_free(dir.path()).unwrap();
             let a = record(&q, "a");
             q.append(vec![a.clone()]).await.unwrap();
             assert!(
@@ -846,24 +924,44 @@ mod tests {
             b
         };
         // A retry of a record from an earlier epoch, then its delivery.
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![b.clone()]);
         let mut retried = b.clone();
         retried.not_before_ms = 42;
         q.apply(vec![Op::Put(retried.clone())]).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![retried]);
         assert_eq!(q.stats().pending, 1);
-        q.apply(vec![Op::Remove(b.id)]).unwrap();
+        // Delivered to one sink, retried for another: the delivery record
+        // that replaces it is only in memory and the (unsynced) journal, so
+        // the copy in sled stays until a checkpoint puts the replacement in
+        // sled first (else sled's own flush could make the removal durable
+        // alone, and a power loss would lose the event).
+        let mut delivery = record(&q, "b, for the second sink");
+        delivery.stage = Stage::Deliver { sink: "s2".into() };
+        q.apply(vec![Op::Put(delivery.clone()), Op::Remove(b.id)])
+            .unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![delivery.clone()]);
+        assert_eq!(q.stats().pending, 1);
+        assert!(
+            in_sled(&q, b.id),
+            "removed from sled only at the checkpoint"
+        );
+        assert!(!in_sled(&q, delivery.id));
+        q.close().await.unwrap();
+        assert!(!in_sled(&q, b.id), "the checkpoint removed the older copy");
+        assert!(in_sled(&q, delivery.id));
+        drop(q);
+        let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(q.pending().await.unwrap(), vec![delivery.clone()]);
+        assert_eq!(q.stats().pending, 1);
+        q.apply(vec![Op::Remove(delivery.id)]).unwrap();
         assert!(q.pending().await.unwrap().is_empty());
         assert_eq!(q.stats().pending, 0);
-        assert!(
-            !in_sled(&q, b.id),
-            "the older version in sled is removed too"
-        );
         q.close().await.unwrap();
         drop(q);
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         assert!(q.pending().await.unwrap().is_empty());
+        assert_eq!(q.stats().pending, 0);
         q.close().await.unwrap();
     }
 
@@ -873,7 +971,7 @@ mod tests {
     async fn changes_only_the_journal_holds_are_applied_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let (kept, delivered, dead) = {
-            let q = SledQueue::open(dir.path()).unwrap();
+            let q = open_when_free(dir.path()).unwrap();
             let r = (
                 record(&q, "kept"),
                 record(&q, "delivered"),
@@ -896,14 +994,15 @@ mod tests {
             let (mut j, old) = Journal::open(&dir.path().join("journal"), epoch).unwrap();
             assert!(old.is_empty(), "a clean close leaves nothing to redo");
             for r in [&kept, &delivered, &dead] {
-                j.add(&Entry::Put(r.id, encode(r).unwrap()));
+                j.add(&Entry::Put(r.id, encode(r).unwrap())).unwrap();
             }
             j.write(true).unwrap();
-            j.add(&Entry::Remove(delivered.id));
-            j.add(&Entry::Dead(dead.id, encode(&letter).unwrap()));
+            j.add(&Entry::Remove(delivered.id)).unwrap();
+            j.add(&Entry::Dead(dead.id, encode(&letter).unwrap()))
+                .unwrap();
             j.write(false).unwrap();
         }
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![kept.clone()]);
         assert_eq!(
             q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
@@ -915,7 +1014,7 @@ mod tests {
         // journal's old epoch is not applied a second time.
         q.close().await.unwrap();
         drop(q);
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![kept]);
         assert_eq!(q.stats().dead, 1);
         q.close().await.unwrap();
@@ -930,10 +1029,24 @@ mod tests {
         dir
     }
 
+    /// Opens the queue in `dir` once a sled handle dropped just before has
+    /// let go of its file lock: sled's background threads close the file
+    /// shortly after the drop, not during it (a clean-clone CI run once met
+    /// the lock right after `store_of_format`).
+    fn open_when_free(dir: &Path) -> Result<SledQueue, QueueError> {
+        for _ in 0..500 {
+            match SledQueue::open(dir) {
+                Err(QueueError::InUse { .. }) => std::thread::sleep(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+        SledQueue::open(dir)
+    }
+
     #[tokio::test]
     async fn a_format_1_store_is_upgraded() {
         let dir = store_of_format(b"1");
-        let q = SledQueue::open(dir.path()).unwrap();
+        let q = open_when_free(dir.path()).unwrap();
         q.close().await.unwrap();
         drop(q);
         let db = sled::open(dir.path().join("queue")).unwrap();
@@ -958,7 +1071,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_format_is_refused() {
         let dir = store_of_format(b"99");
-        let err = SledQueue::open(dir.path()).err().unwrap();
+        let err = open_when_free(dir.path()).err().unwrap();
         assert!(err.to_string().contains("format version 99"), "{err}");
     }
 }
