@@ -306,7 +306,12 @@ impl Router {
     ) -> Option<Record> {
         let detail = attempt.detail.clone();
         record.attempts.push(attempt);
-        let made = record.attempts.len() as u32;
+        // A delivery carries the history of its event's transforms too, but
+        // its budget and backoff count only this sink's own attempts.
+        let made = match &record.stage {
+            Stage::Deliver { sink } => record.attempts.iter().filter(|a| a.plugin == *sink).count(),
+            _ => record.attempts.len(),
+        } as u32;
         if permanent || made >= self.retry.max_attempts() {
             tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, error = %detail, "dead-lettered");
             inc(&self.metrics.dead_lettered);
@@ -318,7 +323,7 @@ impl Router {
             None
         } else {
             let delay = self.retry.delay_ms(made, requested_ms);
-            record.not_before_ms = now_ms() + delay;
+            record.not_before_ms = now_ms().saturating_add(delay);
             tracing::info!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
             inc(&self.metrics.retries);
             ops.push(Op::Put(record.clone()));

@@ -90,6 +90,61 @@ async fn a_flaky_sink_gets_exactly_one_delivery_with_retries_spaced_by_the_sched
     host.stop().await;
 }
 
+/// A sink's retry budget is its own: the attempts a transform used before
+/// the event reached the sink do not count against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_retry_budget_does_not_include_the_transforms_attempts() {
+    let api = FakeApi::start().await;
+    api.fail_next(2, 503, &[]);
+    let origin = api.origin();
+    let config = format!(
+        r#"
+[retry]
+initial_ms = 50
+multiplier = 1.0
+max_attempts = 3
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.flaky]
+path = "{chaos}"
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "relay"
+source = "in"
+transforms = ["flaky"]
+sinks = ["out"]
+"#,
+        chaos = weft_tests::test_plugin("chaos").display()
+    );
+    let host = TestHost::start(&config).await;
+    // The transform fails twice (two of three attempts), then the sink
+    // fails twice: each stage stays within its own three attempts.
+    let (status, _) = post_json(
+        &host.hook("in"),
+        r#"{"id":"both-flaky","chaos":"flaky","fail":2}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 1).await);
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+    assert_eq!(
+        api.requests().len(),
+        3,
+        "two sink failures, then the delivery"
+    );
+    assert_eq!(host.stats().dead, 0, "nothing was dead-lettered");
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_from_the_sink_is_honored() {
     let api = FakeApi::start().await;

@@ -5,10 +5,12 @@
 //! `egress` tries to reach `url` without a grant (through the host's
 //! `outbound` interface; `egress-wasi` the same over `wasi:http`), `secret` asks for a secret it
 //! was not granted, `spam` writes 1,000 warning lines of 16 KiB each,
-//! `flood` returns `count` copies of the event (ids suffixed `-0`, `-1`...).
+//! `flood` returns `count` copies of the event (ids suffixed `-0`, `-1`...),
+//! `flaky` fails retryably the first `fail` times it sees an event id
+//! (counted in the plugin's state).
 //! Anything else passes the event through unchanged.
 
-use weft_sdk::{http, log, secrets, Event, Transform, TransformError};
+use weft_sdk::{http, log, secrets, state, Event, Transform, TransformError};
 
 /// The misbehaving transform.
 pub struct Chaos;
@@ -67,6 +69,22 @@ impl Transform for Chaos {
                         copy
                     })
                     .collect())
+            }
+            Some("flaky") => {
+                let key = format!("flaky/{}", event.id);
+                let seen = state::get(&key)
+                    .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                    .map_or(0, u32::from_le_bytes);
+                let fail = data["fail"].as_u64().unwrap_or(1) as u32;
+                if seen < fail {
+                    state::set(&key, &(seen + 1).to_le_bytes())
+                        .map_err(TransformError::Permanent)?;
+                    return Err(TransformError::Retryable(format!(
+                        "flaky: failure {} of {fail}",
+                        seen + 1
+                    )));
+                }
+                Ok(vec![event])
             }
             _ => Ok(vec![event]),
         }
