@@ -155,6 +155,10 @@ impl Default for RetryConfig {
     }
 }
 
+/// The largest `server.max_body_bytes` accepted: a webhook is stored whole
+/// in one queue record, and a record must fit one journal frame.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 /// The largest `limits.max_batch` accepted.
 pub const MAX_BATCH: u32 = 1000;
 
@@ -523,6 +527,12 @@ impl Config {
                 "server.workers: must be > 0".into(),
             ));
         }
+        if self.server.max_body_bytes > MAX_BODY_BYTES {
+            return Err(invalid(
+                text.find("max_body_bytes").unwrap_or(0),
+                format!("server.max_body_bytes: at most {MAX_BODY_BYTES} (256 MiB)"),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             if !names.insert(route.name.get_ref().clone()) {
@@ -643,6 +653,15 @@ mod tests {
         let err = parse("[retry]\nmax_attempts = \"many\"\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("weft.toml:2:16:"), "{msg}");
+    }
+
+    #[test]
+    fn a_body_limit_over_what_the_queue_can_store_is_rejected() {
+        let err = parse("[server]\nmax_body_bytes = 1073741824\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "weft.toml:2:1: server.max_body_bytes: at most 268435456 (256 MiB)"
+        );
     }
 
     #[test]

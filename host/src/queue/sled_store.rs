@@ -28,6 +28,13 @@
 //! over a newer one (sled also writes on its own), can only bring back a
 //! record that was already delivered (a redelivery, which at-least-once
 //! allows) or an older attempt history.
+//!
+//! Because sled writes on its own (every 500 ms), what the writer changes in
+//! sled may become durable before the journal frame that goes with it. So a
+//! change that would be wrong without its frame waits: a delivered record's
+//! copy in sled is removed at the next checkpoint, after the records that
+//! replace it are in sled ([`Writer::removed`]); a replayed dead letter is
+//! removed once the frame reviving it is synced ([`Writer::revived`]).
 
 use super::journal::{Entry, Journal};
 use super::{
