@@ -250,10 +250,13 @@ impl<'a> Document<'a> {
                     named.insert(key.to_string(), value);
                 }
                 Err(e) => {
-                    // Put back what was already taken out.
+                    // Put back what was moved out of parsed members (raw ones
+                    // were only read).
                     for (key, value) in named {
                         if let Some(i) = Self::index(members, &key) {
-                            members[i].1 = Member::Parsed(value);
+                            if let Member::Parsed(slot) = &mut members[i].1 {
+                                *slot = value;
+                            }
                         }
                     }
                     return Err(e);
@@ -280,6 +283,11 @@ impl<'a> Document<'a> {
     /// Removes the value at `pointer`; a whole top-level member goes without
     /// being parsed. Whether there was one.
     pub fn remove(&mut self, pointer: &str) -> Result<bool, serde_json::Error> {
+        if !pointer.starts_with('/') {
+            // Not a pointer to a member (`""` is the document itself, which
+            // cannot be removed from itself).
+            return Ok(false);
+        }
         if let (Body::Object(members), Some(key)) = (&mut self.body, first_token(pointer)) {
             if !pointer[1..].contains('/') {
                 let before = members.len();
@@ -416,6 +424,9 @@ mod tests {
         let ran = std::cell::Cell::new(false);
         assert!(doc.edit(&["/ok/m", "/big"], |_| ran.set(true)).is_err());
         assert!(!ran.get());
+        // Removing nothing reads nothing.
+        assert!(!doc.remove("").unwrap());
+        assert!(!doc.remove("big").unwrap());
         // Untouched, they travel as they came.
         assert!(doc.remove("/odd").unwrap());
         assert_eq!(

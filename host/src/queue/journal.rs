@@ -86,6 +86,8 @@ pub(super) struct Journal {
     allocated: u64,
     /// Entries of the frame being built.
     payload: Vec<u8>,
+    /// Frames were written since the last successful sync.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -123,6 +125,7 @@ impl Journal {
             offset: end as u64,
             allocated: bytes.len() as u64,
             payload: Vec::new(),
+            unsynced: false,
         };
         Ok((journal, entries))
     }
@@ -135,6 +138,11 @@ impl Journal {
     /// Bytes written in this epoch (0 right after a checkpoint).
     pub(super) fn len(&self) -> u64 {
         self.offset
+    }
+
+    /// Bytes of entries added but not yet written (kept by a failed write).
+    pub(super) fn buffered(&self) -> u64 {
+        self.payload.len() as u64
     }
 
     /// Adds an entry to the frame being built.
@@ -183,6 +191,11 @@ impl Journal {
     /// writing fails, the entries stay and go out with the next write.
     pub(super) fn write(&mut self, sync: bool) -> std::io::Result<()> {
         if self.payload.is_empty() {
+            // Frames an earlier sync failed on still need one.
+            if sync && self.unsynced {
+                self.file.sync_data()?;
+                self.unsynced = false;
+            }
             return Ok(());
         }
         let mut frames = Vec::with_capacity(HEADER + self.payload.len());
@@ -201,8 +214,10 @@ impl Journal {
         self.file.write_all_at(&frames, self.offset)?;
         self.payload.clear();
         self.offset = end;
+        self.unsynced = true;
         if sync {
             self.file.sync_data()?;
+            self.unsynced = false;
         }
         Ok(())
     }
@@ -227,7 +242,9 @@ impl Journal {
     pub(super) fn restart(&mut self, epoch: u64) -> std::io::Result<()> {
         self.epoch = epoch;
         self.offset = 0;
+        // What a failed write kept is in sled now, durably.
         self.payload.clear();
+        self.unsynced = false;
         if self.allocated > SHRINK_ABOVE {
             self.file.set_len(KEEP_BYTES)?;
             self.file.sync_all()?;
@@ -464,6 +481,7 @@ mod tests {
             offset: 0,
             allocated: 0,
             payload: Vec::new(),
+            unsynced: false,
         };
         let values: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 100 + i as usize]).collect();
         for (id, v) in values.iter().enumerate() {

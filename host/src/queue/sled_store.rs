@@ -258,6 +258,7 @@ impl SledQueue {
             fresh: HashMap::new(),
             removed: HashSet::new(),
             revived: Vec::new(),
+            epoch_in_doubt: false,
             // What was redone may include large values.
             large: true,
             last_checkpoint: Instant::now(),
@@ -337,6 +338,10 @@ struct Writer {
     /// Dead letters replayed in the group being written: their removal from
     /// sled waits until the journal frame reviving them is synced.
     revived: Vec<u64>,
+    /// A checkpoint stored the next epoch in sled but could not make it
+    /// durable, nor the current one again: which epoch sled holds after a
+    /// crash is unknown, so appends are refused until a checkpoint succeeds.
+    epoch_in_doubt: bool,
     /// A value above [`LARGE_VALUE`] went to sled since the last checkpoint.
     large: bool,
     last_checkpoint: Instant,
@@ -404,6 +409,9 @@ impl Writer {
             }
             Op::Dead(letter) => {
                 let id = letter.record.id;
+                // A revival still waiting to leave sled must not take this
+                // new dead letter with it.
+                self.revived.retain(|r| *r != id);
                 let value = encode(&letter)?;
                 self.large |= value.len() > LARGE_VALUE;
                 self.journal.add_dead(id, &value).map_err(storage)?;
@@ -554,11 +562,21 @@ impl Writer {
         if let Err(e) = durable {
             // The journal goes on in the current epoch: sled must not be
             // left naming the next one (its own flush could store it).
-            let _ = self.shared.tree.insert(EPOCH_KEY, &current.to_be_bytes());
-            let _ = self.shared.tree.flush();
+            let restored = self
+                .shared
+                .tree
+                .insert(EPOCH_KEY, &current.to_be_bytes())
+                .and_then(|_| self.shared.tree.flush())
+                .map_err(storage)
+                .and_then(|_| self.shared.log_file.sync_data().map_err(storage));
+            if let Err(again) = restored {
+                tracing::error!(error = %again, "queue storage failing: the journal epoch is in doubt; webhooks are refused until a checkpoint succeeds");
+                self.epoch_in_doubt = true;
+            }
             return Err(e);
         }
         self.journal.restart(next).map_err(storage)?;
+        self.epoch_in_doubt = false;
         self.large = false;
         self.last_checkpoint = Instant::now();
         self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -570,8 +588,9 @@ impl Writer {
 
     /// Checkpoints when the journal is big or old enough.
     fn maybe_checkpoint(&mut self) {
-        let len = self.journal.len();
-        if len >= CHECKPOINT_BYTES
+        let len = self.journal.len() + self.journal.buffered();
+        if self.epoch_in_doubt
+            || len >= CHECKPOINT_BYTES
             || (len > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
         {
             if let Err(e) = self.checkpoint() {
@@ -634,6 +653,12 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         for cmd in group.drain(..) {
             match cmd {
                 Command::Append(records, reply) => {
+                    if writer.epoch_in_doubt {
+                        let _ = reply.send(Err(QueueError::Storage(
+                            "queue storage failing (journal epoch in doubt); not accepted".into(),
+                        )));
+                        continue;
+                    }
                     let result = records.iter().try_for_each(|r| writer.put(r, true));
                     appended.push((reply, result));
                 }
@@ -646,6 +671,12 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                     }
                 }
                 Command::Replay(id, reply) => {
+                    if writer.epoch_in_doubt {
+                        let _ = reply.send(Err(QueueError::Storage(
+                            "queue storage failing (journal epoch in doubt); not replayed".into(),
+                        )));
+                        continue;
+                    }
                     let result = writer.replay(id);
                     replayed.push((reply, result));
                 }
