@@ -520,26 +520,16 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
                 .collect()
         })
         .unwrap_or_default();
-    counters.push((
-        "queue_syncs".into(),
-        v["queue"]["syncs"].as_u64().unwrap_or(0),
-    ));
-    counters.push((
-        "queue_checkpoints".into(),
-        v["queue"]["checkpoints"].as_u64().unwrap_or(0),
-    ));
-    counters.push((
-        "queue_checkpoint_ns".into(),
-        v["queue"]["checkpoint_ns_total"].as_u64().unwrap_or(0),
-    ));
-    counters.push((
-        "webhooks_answered".into(),
-        v["webhooks"]["answered"].as_u64().unwrap_or(0),
-    ));
-    counters.push((
-        "webhook_latency_ns".into(),
-        v["webhooks"]["latency_ns_total"].as_u64().unwrap_or(0),
-    ));
+    for (name, pointer) in [
+        ("queue_syncs", "/queue/syncs"),
+        ("queue_checkpoints", "/queue/checkpoints"),
+        ("queue_checkpoint_ns", "/queue/checkpoint_ns_total"),
+        ("webhooks_answered", "/webhooks/answered"),
+        ("webhook_latency_ns", "/webhooks/latency_ns_total"),
+    ] {
+        let value = v.pointer(pointer).and_then(|n| n.as_u64()).unwrap_or(0);
+        counters.push((name.into(), value));
+    }
     counters
 }
 
