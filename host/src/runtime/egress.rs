@@ -122,39 +122,73 @@ impl HostPattern {
 }
 
 /// Whether the connector may connect to `ip`, given the host name the request
-/// used. Never: unspecified, multicast, broadcast, link-local (cloud metadata
-/// lives at 169.254.169.254). Loopback and private ranges only when the grant
-/// names them directly (an IP literal or `localhost`): a public host name that
-/// resolves to them is refused, which stops DNS rebinding into the local network.
+/// used. Never: unspecified and "this network" (`0.0.0.0/8`), multicast,
+/// reserved (`240.0.0.0/4`, broadcast), link-local (cloud metadata lives at
+/// 169.254.169.254). Loopback, private, shared (`100.64.0.0/10`), protocol
+/// (`192.0.0.0/24`) and benchmarking (`198.18.0.0/15`) ranges, and IPv6
+/// unique-local and site-local ones, only when the grant names them directly
+/// (an IP literal or `localhost`): a public host name that resolves to them is
+/// refused, which stops DNS rebinding into the local network. An IPv6 address
+/// that carries an IPv4 one (mapped `::ffff:0:0/96`, compatible `::/96`,
+/// NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address it
+/// reaches; the local-use NAT64 prefix `64:ff9b:1::/48` counts as private.
 pub fn ip_allowed(ip: IpAddr, host: &str) -> bool {
     let literal = host.parse::<IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost");
     match ip {
         IpAddr::V4(v4) => {
-            if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() {
+            let [a, b, c, _] = v4.octets();
+            if a == 0 || v4.is_multicast() || a >= 240 || v4.is_link_local() {
                 return false;
             }
             if v4.is_loopback()
                 || v4.is_private()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18)
             {
                 return literal;
             }
             true
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return ip_allowed(IpAddr::V4(v4), host);
             }
-            let seg0 = v6.segments()[0];
-            if v6.is_unspecified() || v6.is_multicast() || (seg0 & 0xffc0) == 0xfe80 {
+            let seg = v6.segments();
+            if v6.is_unspecified() || v6.is_multicast() || (seg[0] & 0xffc0) == 0xfe80 {
                 return false;
             }
-            if v6.is_loopback() || (seg0 & 0xfe00) == 0xfc00 {
+            if v6.is_loopback()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfec0
+                || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1)
+            {
                 return literal;
             }
             true
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries and reaches, if it is of a kind
+/// that does: IPv4-mapped, IPv4-compatible (not `::` or `::1`), NAT64
+/// well-known prefix, 6to4.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = v6.segments();
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    if seg[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(low(seg[6], seg[7]));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return Some(low(seg[1], seg[2]));
+    }
+    None
 }
 
 /// A plain or TLS connection, as the pooled client sees it.
@@ -336,7 +370,19 @@ impl Connector {
                             rustls::pki_types::ServerName::try_from(bare.clone()).map_err(|e| {
                                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                             })?;
-                        Stream::Tls(Box::new(self.tls.connect(name, tcp).await?))
+                        // The handshake has its own deadline: the pool may
+                        // finish a connect in the background, where no
+                        // request's deadline covers it.
+                        let handshake = self.tls.connect(name, tcp);
+                        match tokio::time::timeout(self.connect_timeout, handshake).await {
+                            Ok(tls) => Stream::Tls(Box::new(tls?)),
+                            Err(_) => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                ))
+                            }
+                        }
                     } else {
                         Stream::Plain(tcp)
                     };
@@ -851,5 +897,54 @@ mod tests {
             "internal.example.com"
         ));
         assert!(ip_allowed("93.184.216.34".parse().unwrap(), "example.com"));
+    }
+
+    #[test]
+    fn ipv4_hidden_in_ipv6_and_reserved_ranges_are_judged_by_where_they_reach() {
+        let from_name = |ip: &str| ip_allowed(ip.parse().unwrap(), "api.example.com");
+        // Metadata and private addresses behind mapped, compatible, NAT64
+        // and 6to4 forms, reached through a public name: refused.
+        for ip in [
+            "::ffff:169.254.169.254",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::a00:5",
+            "2002:a00:5::1",
+            "2002:a9fe:a9fe::",
+            "64:ff9b:1::a00:5",
+            "fec0::1",
+            "fd00::1",
+        ] {
+            assert!(!from_name(ip), "{ip}");
+        }
+        // Reserved IPv4 ranges.
+        for ip in [
+            "0.1.2.3",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.255",
+            "100.64.0.1",
+        ] {
+            assert!(!from_name(ip), "{ip}");
+        }
+        // A public IPv4 address behind NAT64 or 6to4 is public.
+        assert!(from_name("64:ff9b::5db8:d822"));
+        assert!(from_name("2002:5db8:d822::1"));
+        assert!(from_name("2606:4700::1111"));
+        assert!(from_name("198.20.0.1"));
+        // Named directly, a private range is allowed; metadata never is.
+        assert!(ip_allowed(
+            "64:ff9b::a00:5".parse().unwrap(),
+            "64:ff9b::a00:5"
+        ));
+        assert!(!ip_allowed(
+            "64:ff9b::a9fe:a9fe".parse().unwrap(),
+            "64:ff9b::a9fe:a9fe"
+        ));
+        assert!(ip_allowed("::1".parse().unwrap(), "localhost"));
+        assert!(!from_name("::1"));
+        assert!(!from_name("::"));
     }
 }
