@@ -100,7 +100,21 @@ impl Admin {
         let method = req.method().clone();
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => return json(200, &serde_json::json!({ "status": "ok" })),
-            (&Method::GET, "/") => return text(200, "text/html; charset=utf-8", DASHBOARD),
+            (&Method::GET, "/") => {
+                // The page keeps the token in the browser: no other site
+                // may frame it (and trick a click on "replay all").
+                let mut page = text(200, "text/html; charset=utf-8", DASHBOARD);
+                let headers = page.headers_mut();
+                for (name, value) in [
+                    ("content-security-policy", "frame-ancestors 'none'"),
+                    ("x-frame-options", "DENY"),
+                    ("x-content-type-options", "nosniff"),
+                    ("referrer-policy", "no-referrer"),
+                ] {
+                    headers.insert(name, http::HeaderValue::from_static(value));
+                }
+                return page;
+            }
             _ => {}
         }
         if !self.authorized(&req) {
@@ -153,7 +167,17 @@ impl Admin {
             }
             (&Method::GET, "/api/status") => json(200, &self.status()),
             (&Method::GET, "/api/dead-letters") => {
-                let query = match dead_letter_query(req.uri().query(), 100) {
+                // `data=false` lists without the event bodies (the dashboard's
+                // view); with them, a page stops at DEAD_LETTER_PAGE_BYTES.
+                let (with_data, rest) = without_param(req.uri().query(), "data");
+                let with_data = match with_data.as_deref() {
+                    None | Some("true") => true,
+                    Some("false") => false,
+                    Some(other) => {
+                        return error(400, format!("data must be true or false, got \"{other}\""))
+                    }
+                };
+                let query = match dead_letter_query(rest.as_deref(), 100) {
                     Ok(q) => q,
                     Err(problem) => return error(400, problem),
                 };
@@ -171,7 +195,7 @@ impl Admin {
                                         "source": d.record.event.source,
                                         "type": d.record.event.ty,
                                         "subject": d.record.event.subject,
-                                        "data": d.record.event.data_text(),
+                                        "data": with_data.then(|| d.record.event.data_text()),
                                     },
                                     "error": d.error,
                                     "dead_at_ms": d.dead_at_ms,
@@ -218,6 +242,21 @@ impl Admin {
             _ => error(404, format!("no such endpoint {method} {path}")),
         }
     }
+}
+
+/// The value of query parameter `name` (the last one given), and the query
+/// without it.
+fn without_param(query: Option<&str>, name: &str) -> (Option<String>, Option<String>) {
+    let mut value = None;
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == name {
+            value = Some(v.into_owned());
+        } else {
+            rest.append_pair(&k, &v);
+        }
+    }
+    (value, Some(rest.finish()))
 }
 
 /// Most dead letters one listing or bulk replay covers.

@@ -41,6 +41,9 @@ pub enum StartError {
         /// Role the route needs.
         expected: Role,
     },
+    /// The admin token could not be read, or is too short.
+    #[error("server.admin_token: {0}")]
+    AdminToken(String),
     /// A secret could not be resolved.
     #[error("plugins.{plugin}.secrets.{secret}: {reason}")]
     Secret {
@@ -222,16 +225,23 @@ pub fn resolve_routes(
     Ok(routes)
 }
 
+/// The shortest configured admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 fn admin_token(config: &Config, data_dir: &Path) -> Result<String, StartError> {
     if let Some(r) = &config.server.admin_token {
         let v = r
             .resolve(&config.base_dir)
-            .map_err(|reason| StartError::Secret {
-                plugin: "server".into(),
-                secret: "admin_token".into(),
-                reason,
-            })?;
-        return Ok(String::from_utf8_lossy(&v).into_owned());
+            .map_err(StartError::AdminToken)?;
+        // A token read from a file or the environment often ends in a line
+        // break; clients never send one (hyper trims header values).
+        let token = String::from_utf8_lossy(&v).trim().to_string();
+        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(StartError::AdminToken(format!(
+                "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (leading and trailing whitespace does not count)"
+            )));
+        }
+        return Ok(token);
     }
     let path = data_dir.join("admin-token");
     if let Ok(existing) = std::fs::read_to_string(&path) {
@@ -397,5 +407,36 @@ impl Running {
             tracing::error!(error = %e, "closing the queue failed");
         }
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_from_file(contents: &str) -> Result<String, StartError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), contents).unwrap();
+        let config = Config::parse(
+            "[server]\nadmin_token = { file = \"token\" }\n",
+            "weft.toml",
+            dir.path(),
+        )
+        .unwrap();
+        admin_token(&config, dir.path())
+    }
+
+    #[test]
+    fn a_configured_admin_token_is_trimmed_and_must_not_be_short() {
+        assert_eq!(
+            token_from_file("0123456789abcdef-token\n").unwrap(),
+            "0123456789abcdef-token"
+        );
+        let err = token_from_file("  short \n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("server.admin_token: must be at least 16 characters"),
+            "{err}"
+        );
+        assert!(token_from_file("\n").is_err());
     }
 }

@@ -125,11 +125,45 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| OneLine(std::io::stderr()));
     if cli.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+/// A log writer that keeps every record on one line: line breaks inside it
+/// (an event id from a webhook body, a plugin's log message, a rejection
+/// reason) are written as `\n` and `\r`, so that nothing from outside can
+/// forge a log line. The formatter hands over one whole record per write.
+pub struct OneLine<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.split_last() {
+            Some((b'\n', body)) => (body, &b"\n"[..]),
+            _ => (buf, &b""[..]),
+        };
+        if !body.iter().any(|b| *b == b'\n' || *b == b'\r') {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut line = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                _ => line.push(b),
+            }
+        }
+        line.extend_from_slice(end);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -275,5 +309,23 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OneLine;
+    use std::io::Write;
+
+    #[test]
+    fn a_record_stays_on_one_line_whatever_its_fields_hold() {
+        let mut out = OneLine(Vec::new());
+        out.write_all(b"INFO accepted event=a\nERROR forged\r\n")
+            .unwrap();
+        out.write_all(b"INFO plain\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "INFO accepted event=a\\nERROR forged\\r\nINFO plain\n"
+        );
     }
 }

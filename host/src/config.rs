@@ -155,6 +155,16 @@ impl Default for RetryConfig {
     }
 }
 
+/// The longest timeout (any `*_timeout_ms`, `limits.timeout_ms`) accepted: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// The largest `limits.max_response_bytes` accepted (the response lands in
+/// plugin memory, which is at most 1 GiB).
+pub const MAX_RESPONSE_BYTES: u64 = 1 << 30;
+/// The most delivery workers (`server.workers`) accepted.
+pub const MAX_WORKERS: usize = 65_536;
+/// The most concurrent webhook requests (`server.max_concurrent_requests`) accepted.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1 << 20;
+
 /// The largest `server.max_body_bytes` accepted: a webhook is stored whole
 /// in one queue record, and a record must fit one journal frame.
 pub const MAX_BODY_BYTES: usize = 256 << 20;
@@ -470,10 +480,24 @@ impl Config {
                     format!("plugins.{name}.limits.memory_mib: must be 1..=4096"),
                 ));
             }
-            if limits.timeout_ms == 0 {
+            if limits.timeout_ms == 0 || limits.timeout_ms > MAX_TIMEOUT_MS {
                 return Err(invalid(
                     at,
-                    format!("plugins.{name}.limits.timeout_ms: must be > 0"),
+                    format!("plugins.{name}.limits.timeout_ms: must be 1..={MAX_TIMEOUT_MS}"),
+                ));
+            }
+            if limits.http_timeout_ms == 0 || limits.http_timeout_ms > MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.http_timeout_ms: must be 1..={MAX_TIMEOUT_MS}"),
+                ));
+            }
+            if limits.max_response_bytes == 0 || limits.max_response_bytes > MAX_RESPONSE_BYTES {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "plugins.{name}.limits.max_response_bytes: must be 1..={MAX_RESPONSE_BYTES}"
+                    ),
                 ));
             }
             if limits.instance_reuse == 0 || limits.instance_reuse > 1_000_000 {
@@ -521,11 +545,30 @@ impl Config {
                 "storage.commit_delay_us: must be 0..=10000".into(),
             ));
         }
-        if self.server.workers == 0 {
+        if self.server.workers == 0 || self.server.workers > MAX_WORKERS {
             return Err(invalid(
                 text.find("workers").unwrap_or(0),
-                "server.workers: must be > 0".into(),
+                format!("server.workers: must be 1..={MAX_WORKERS}"),
             ));
+        }
+        if self.server.max_concurrent_requests == 0
+            || self.server.max_concurrent_requests > MAX_CONCURRENT_REQUESTS
+        {
+            return Err(invalid(
+                text.find("max_concurrent_requests").unwrap_or(0),
+                format!("server.max_concurrent_requests: must be 1..={MAX_CONCURRENT_REQUESTS}"),
+            ));
+        }
+        for (field, value) in [
+            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.server.body_read_timeout_ms),
+        ] {
+            if value == 0 || value > MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    text.find(field).unwrap_or(0),
+                    format!("server.{field}: must be 1..={MAX_TIMEOUT_MS}"),
+                ));
+            }
         }
         if self.server.max_body_bytes > MAX_BODY_BYTES {
             return Err(invalid(
@@ -653,6 +696,32 @@ mod tests {
         let err = parse("[retry]\nmax_attempts = \"many\"\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("weft.toml:2:16:"), "{msg}");
+    }
+
+    #[test]
+    fn limits_out_of_range_are_rejected_with_their_field() {
+        for (text, expected) in [
+            (
+                "[server]\nmax_concurrent_requests = 0\n",
+                "weft.toml:2:1: server.max_concurrent_requests: must be 1..=1048576",
+            ),
+            (
+                "[server]\nheader_read_timeout_ms = 0\n",
+                "weft.toml:2:1: server.header_read_timeout_ms: must be 1..=3600000",
+            ),
+            (
+                "[server]\nworkers = 100000000\n",
+                "weft.toml:2:1: server.workers: must be 1..=65536",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), expected);
+        }
+        let err = parse("[plugins.a]\nbuiltin = \"json-map\"\nlimits = { http_timeout_ms = 9223372036854775807 }\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = []\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("plugins.a.limits.http_timeout_ms: must be 1..=3600000"),
+            "{err}"
+        );
     }
 
     #[test]

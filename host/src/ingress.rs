@@ -183,7 +183,9 @@ impl Ingress {
             Ok(Err(rejection)) => {
                 inc(&self.metrics.webhooks_rejected);
                 let status = rejection_status(rejection.kind);
-                tracing::info!(source = %name, status, reason = %rejection.reason, "webhook rejected");
+                // The reason is the plugin's text: logged at most 1 KiB of it.
+                let logged: String = rejection.reason.chars().take(1024).collect();
+                tracing::info!(source = %name, status, reason = %logged, "webhook rejected");
                 return json(
                     status,
                     &serde_json::json!({ "error": rejection.reason, "kind": rejection_kind_name(rejection.kind) }),

@@ -103,7 +103,7 @@ impl Router {
         // that an overloaded router pushes back on webhooks within a few
         // milliseconds instead of holding hundreds of acknowledged events
         // in memory (they are durable, but their delivery latency grows).
-        let (tx, rx) = mpsc::channel(workers * 2);
+        let (tx, rx) = mpsc::channel(workers.saturating_mul(2));
         let mut by_source: HashMap<String, Vec<String>> = HashMap::new();
         for r in &routes {
             by_source
@@ -589,20 +589,35 @@ impl Router {
     /// someone else meanwhile is skipped.
     pub async fn replay_matching(
         self: &Arc<Self>,
-        query: crate::queue::DeadLetterQuery,
+        mut query: crate::queue::DeadLetterQuery,
     ) -> Result<Vec<u64>, QueueError> {
-        let letters = self.queue.dead_letters(query).await?;
-        let mut replayed = Vec::with_capacity(letters.len());
-        for chunk in letters.chunks(256) {
-            let results =
-                futures::future::join_all(chunk.iter().map(|d| self.replay(d.record.id))).await;
-            for (letter, result) in chunk.iter().zip(results) {
-                match result {
-                    Ok(_) => replayed.push(letter.record.id),
-                    Err(QueueError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+        let mut replayed = Vec::new();
+        // Page by page (a page is bounded in bytes too), up to the limit.
+        while replayed.len() < query.limit {
+            let page = crate::queue::DeadLetterQuery {
+                limit: query.limit - replayed.len(),
+                ..query.clone()
+            };
+            let ids: Vec<u64> = self
+                .queue
+                .dead_letters(page)
+                .await?
+                .iter()
+                .map(|d| d.record.id)
+                .collect();
+            let Some(&last) = ids.last() else { break };
+            for chunk in ids.chunks(256) {
+                let results =
+                    futures::future::join_all(chunk.iter().map(|id| self.replay(*id))).await;
+                for (id, result) in chunk.iter().zip(results) {
+                    match result {
+                        Ok(_) => replayed.push(*id),
+                        Err(QueueError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
+            query.after = Some(last);
         }
         Ok(replayed)
     }

@@ -587,7 +587,7 @@ sinks = ["post"]
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),
     );
-    std::fs::write(dir.join("token"), "bench-token").unwrap();
+    std::fs::write(dir.join("token"), "bench-token-of-the-relay").unwrap();
     let path = dir.join("weft.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -946,7 +946,7 @@ fn main() {
                 wait_port(admin).await;
                 let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
                 results.push(
-                    measure(name, child.id(), format!("http://127.0.0.1:{webhook}/hooks/orders"), &sink, clients, seconds, Some((admin_addr, "bench-token".into()))).await,
+                    measure(name, child.id(), format!("http://127.0.0.1:{webhook}/hooks/orders"), &sink, clients, seconds, Some((admin_addr, "bench-token-of-the-relay".into()))).await,
                 );
                 // SAFETY: kill(2) on our child.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };

@@ -133,7 +133,14 @@ pub struct DeadLetterQuery {
     pub route: Option<String>,
     /// At most this many.
     pub limit: usize,
+    /// Stop once the letters read hold this many bytes (the first one is
+    /// always returned): dead letters carry whole event bodies, and a page
+    /// must fit in memory. Page on with `after` = the last id returned.
+    pub max_bytes: usize,
 }
+
+/// Default for [`DeadLetterQuery::max_bytes`].
+pub const DEAD_LETTER_PAGE_BYTES: usize = 32 << 20;
 
 impl DeadLetterQuery {
     /// The oldest `limit` dead letters.
@@ -142,6 +149,7 @@ impl DeadLetterQuery {
             after: None,
             route: None,
             limit,
+            max_bytes: DEAD_LETTER_PAGE_BYTES,
         }
     }
 }

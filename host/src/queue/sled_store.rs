@@ -771,8 +771,11 @@ impl Queue for SledQueue {
             tokio::task::spawn_blocking(move || {
                 let from = key(DEAD, query.after.map_or(0, |a| a.saturating_add(1)));
                 let mut letters = Vec::new();
+                let mut bytes = 0usize;
                 for item in shared.tree.range(from..=key(DEAD, u64::MAX)) {
-                    if letters.len() >= query.limit {
+                    if letters.len() >= query.limit
+                        || (bytes >= query.max_bytes && !letters.is_empty())
+                    {
                         break;
                     }
                     let (k, v) = item.map_err(storage)?;
@@ -782,6 +785,7 @@ impl Queue for SledQueue {
                         .as_ref()
                         .is_none_or(|r| *r == letter.record.route)
                     {
+                        bytes = bytes.saturating_add(v.len());
                         letters.push(letter);
                     }
                 }
@@ -892,6 +896,48 @@ mod tests {
         assert!(replayed.attempts.is_empty());
         assert_eq!(q.stats().pending, 2);
         assert_eq!(q.stats().dead, 0);
+        assert!(q
+            .dead_letters(DeadLetterQuery::first(10))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(matches!(q.replay(b.id).await, Err(QueueError::NotFound(_))));
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_page_stops_at_its_byte_budget_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open_when_free(dir.path()).unwrap();
+        let letters: Vec<DeadLetter> = (0..4)
+            .map(|_| DeadLetter {
+                record: record(&q, &"x".repeat(1000)),
+                error: "no".into(),
+                dead_at_ms: 1,
+            })
+            .collect();
+        q.apply(letters.iter().cloned().map(Op::Dead).collect())
+            .unwrap();
+        let page = |after, max_bytes| DeadLetterQuery {
+            after,
+            route: None,
+            limit: 10,
+            max_bytes,
+        };
+        let ids = |d: Vec<DeadLetter>| d.into_iter().map(|l| l.record.id).collect::<Vec<_>>();
+        let all: Vec<u64> = letters.iter().map(|l| l.record.id).collect();
+        assert_eq!(ids(q.dead_letters(page(None, 1 << 20)).await.unwrap()), all);
+        // A page stops once what it read reaches the budget.
+        let one = encode(&letters[0]).unwrap().len();
+        assert_eq!(
+            ids(q.dead_letters(page(None, 2 * one + 1)).await.unwrap()),
+            all[..3]
+        );
+        assert_eq!(ids(q.dead_letters(page(None, 1)).await.unwrap()), all[..1]);
+        assert_eq!(
+            ids(q.dead_letters(page(Some(all[2]), 1)).await.unwrap()),
+            all[3..]
+        );
         q.close().await.unwrap();
     }
 

@@ -604,7 +604,11 @@ impl Plugin {
     }
 
     fn wall(&self) -> Duration {
-        Duration::from_millis(self.limits.timeout_ms + self.limits.http_timeout_ms)
+        Duration::from_millis(
+            self.limits
+                .timeout_ms
+                .saturating_add(self.limits.http_timeout_ms),
+        )
     }
 
     fn finish<R>(

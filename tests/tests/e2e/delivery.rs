@@ -306,9 +306,15 @@ async fn the_admin_api_needs_its_token() {
     assert_eq!(status, 401);
     let (status, _) = send("GET", &format!("{}/healthz", host.admin()), "", &[]).await;
     assert_eq!(status, 200);
-    let (status, page) = send("GET", &format!("{}/", host.admin()), "", &[]).await;
+    let (status, headers, page) =
+        weft_tests::send_full("GET", &format!("{}/", host.admin()), "", &[]).await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>Weft</title>"));
+    assert_eq!(
+        headers["x-frame-options"], "DENY",
+        "the page cannot be framed"
+    );
+    assert_eq!(headers["content-security-policy"], "frame-ancestors 'none'");
     let (status, body) = host.admin_get("/api/status").await;
     assert_eq!(status, 200);
     assert_eq!(body["routes"][0]["name"], "relay");
@@ -589,6 +595,17 @@ async fn dead_letters_are_paged_and_replayed_in_bulk() {
     assert!(ids(&other_route).is_empty());
     let (_, this_route) = host.admin_get("/api/dead-letters?route=relay").await;
     assert_eq!(ids(&this_route), all);
+    // Without the bodies (what the dashboard asks for), or with them.
+    let (_, bare) = host.admin_get("/api/dead-letters?limit=1&data=false").await;
+    assert_eq!(ids(&bare), all[..1]);
+    assert!(bare["dead_letters"][0]["event"]["data"].is_null(), "{bare}");
+    let (_, full) = host.admin_get("/api/dead-letters?limit=1").await;
+    assert!(
+        full["dead_letters"][0]["event"]["data"].is_string(),
+        "{full}"
+    );
+    let (status, _) = host.admin_get("/api/dead-letters?data=maybe").await;
+    assert_eq!(status, 400);
     let (status, _) = host.admin_get("/api/dead-letters?limit=many").await;
     assert_eq!(status, 400);
     let (status, _) = host.admin_get("/api/dead-letters?color=red").await;
