@@ -918,6 +918,9 @@ mod tests {
             .collect();
         q.apply(letters.iter().cloned().map(Op::Dead).collect())
             .unwrap();
+        // `apply` only hands the changes over; `pending` goes through the
+        // writer after them, so they are in sled once it answers.
+        q.pending().await.unwrap();
         let page = |after, max_bytes| DeadLetterQuery {
             after,
             route: None,
