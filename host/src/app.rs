@@ -225,6 +225,9 @@ pub fn resolve_routes(
     Ok(routes)
 }
 
+/// Connections the admin listener keeps open at once.
+const ADMIN_CONNECTIONS: usize = 256;
+
 /// The shortest configured admin token accepted.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
@@ -354,6 +357,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         listener,
         handler,
         header_timeout,
+        config.server.max_connections,
         shutdown_rx.clone(),
         grace,
     )));
@@ -378,6 +382,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             listener,
             handler,
             header_timeout,
+            ADMIN_CONNECTIONS,
             shutdown_rx.clone(),
             grace,
         )));

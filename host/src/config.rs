@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Webhook requests handled at once; more are answered 503 with Retry-After.
     pub max_concurrent_requests: usize,
+    /// Webhook connections open at once (idle keep-alive ones included);
+    /// beyond that new ones wait in the listen backlog. Keep it under the
+    /// process's open-file limit.
+    pub max_connections: usize,
     /// Time given to in-flight attempts on shutdown before they are abandoned
     /// (they stay queued and run again after a restart).
     pub shutdown_grace_ms: u64,
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             workers: 64,
             max_concurrent_requests: 1024,
+            max_connections: 4096,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -557,6 +562,13 @@ impl Config {
             return Err(invalid(
                 text.find("max_concurrent_requests").unwrap_or(0),
                 format!("server.max_concurrent_requests: must be 1..={MAX_CONCURRENT_REQUESTS}"),
+            ));
+        }
+        if self.server.max_connections == 0 || self.server.max_connections > MAX_CONCURRENT_REQUESTS
+        {
+            return Err(invalid(
+                text.find("max_connections").unwrap_or(0),
+                format!("server.max_connections: must be 1..={MAX_CONCURRENT_REQUESTS}"),
             ));
         }
         for (field, value) in [

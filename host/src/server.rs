@@ -54,11 +54,15 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `handler` on `listener` until `shutdown` turns true, then lets open
-/// connections finish their current request (up to `grace`).
+/// connections finish their current request (up to `grace`). At most
+/// `max_connections` are open at once: beyond that the loop stops accepting
+/// (new clients wait in the kernel's backlog), so clients that keep idle
+/// connections alive cannot run the process out of file descriptors.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: Arc<H>,
     header_timeout: Duration,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
@@ -71,7 +75,15 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let slot = tokio::select! {
+            slot = open.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = crate::server::stopped(&mut shutdown) => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -95,6 +107,7 @@ pub async fn serve<H, F>(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

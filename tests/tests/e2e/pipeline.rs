@@ -294,6 +294,59 @@ async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
     host.stop().await;
 }
 
+/// Open connections are capped (`server.max_connections`): idle keep-alive
+/// ones hold their slot, a new one waits until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 2\n{}",
+        shop_config(&inventory, &accounting)
+    );
+    let host = TestHost::start(&config).await;
+    let addr = host.running.webhook_addr;
+    let request = b"GET /nowhere HTTP/1.1\r\nhost: weft\r\n\r\n";
+    // Sends one request and reads the start of its answer, if one comes
+    // within `wait`.
+    async fn ask(
+        stream: &mut tokio::net::TcpStream,
+        request: &[u8],
+        wait: Duration,
+    ) -> Option<String> {
+        stream.write_all(request).await.unwrap();
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            _ => None,
+        }
+    }
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for held in [&mut first, &mut second] {
+        let answer = ask(held, request, Duration::from_secs(30)).await;
+        assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 404")));
+    }
+    // Both slots are held by idle keep-alive connections: a third client is
+    // not served...
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        ask(&mut third, request, Duration::from_millis(500)).await,
+        None
+    );
+    // ... until one of them goes away.
+    drop(first);
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(30), third.read(&mut buf))
+        .await
+        .expect("the waiting client is served once a slot frees")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    drop(second);
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
     let inventory = FakeApi::start().await;
