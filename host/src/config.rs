@@ -160,6 +160,35 @@ impl Default for RetryConfig {
     }
 }
 
+/// Where the first line starting with `prefix` (after indentation) begins.
+fn line_starting(text: &str, prefix: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with(prefix) {
+            return Some(at + line.len() - trimmed.len());
+        }
+        at += line.len();
+    }
+    None
+}
+
+/// Where the first `key = ...` line begins (not a comment or another key
+/// that merely contains it).
+fn key_offset(text: &str, key: &str) -> Option<usize> {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some(at + line.len() - trimmed.len());
+            }
+        }
+        at += line.len();
+    }
+    None
+}
+
 /// The longest timeout (any `*_timeout_ms`, `limits.timeout_ms`) accepted: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// The largest `limits.max_response_bytes` accepted (the response lands in
@@ -410,12 +439,19 @@ impl Config {
         text: &str,
         invalid: &dyn Fn(usize, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
-        // Errors on plugins point at their table header.
+        // Errors on plugins point at their table header (exactly this
+        // plugin's, not one whose name merely starts the same).
         let plugin_offset = |name: &str| {
-            text.find(&format!("[plugins.{name}"))
-                .or_else(|| text.find(&format!("[plugins.\"{name}\"")))
-                .unwrap_or(0)
+            [
+                format!("[plugins.{name}]"),
+                format!("[plugins.\"{name}\"]"),
+                format!("[plugins.{name}."),
+            ]
+            .iter()
+            .find_map(|header| line_starting(text, header))
+            .unwrap_or(0)
         };
+        let key = |k: &str| key_offset(text, k).unwrap_or(0);
         for (name, plugin) in &self.plugins {
             let at = plugin_offset(name);
             if name.is_empty()
@@ -538,7 +574,7 @@ impl Config {
             || r.multiplier < 1.0
             || !(0.0..1.0).contains(&r.jitter)
         {
-            let at = text.find("[retry]").unwrap_or(0);
+            let at = line_starting(text, "[retry]").unwrap_or(0);
             return Err(invalid(
                 at,
                 "retry: need max_attempts >= 1, multiplier >= 1.0 and 0 <= jitter < 1".to_string(),
@@ -546,13 +582,13 @@ impl Config {
         }
         if self.storage.commit_delay_us > 10_000 {
             return Err(invalid(
-                text.find("commit_delay_us").unwrap_or(0),
+                key("commit_delay_us"),
                 "storage.commit_delay_us: must be 0..=10000".into(),
             ));
         }
         if self.server.workers == 0 || self.server.workers > MAX_WORKERS {
             return Err(invalid(
-                text.find("workers").unwrap_or(0),
+                key("workers"),
                 format!("server.workers: must be 1..={MAX_WORKERS}"),
             ));
         }
@@ -560,14 +596,14 @@ impl Config {
             || self.server.max_concurrent_requests > MAX_CONCURRENT_REQUESTS
         {
             return Err(invalid(
-                text.find("max_concurrent_requests").unwrap_or(0),
+                key("max_concurrent_requests"),
                 format!("server.max_concurrent_requests: must be 1..={MAX_CONCURRENT_REQUESTS}"),
             ));
         }
         if self.server.max_connections == 0 || self.server.max_connections > MAX_CONCURRENT_REQUESTS
         {
             return Err(invalid(
-                text.find("max_connections").unwrap_or(0),
+                key("max_connections"),
                 format!("server.max_connections: must be 1..={MAX_CONCURRENT_REQUESTS}"),
             ));
         }
@@ -577,14 +613,14 @@ impl Config {
         ] {
             if value == 0 || value > MAX_TIMEOUT_MS {
                 return Err(invalid(
-                    text.find(field).unwrap_or(0),
+                    key(field),
                     format!("server.{field}: must be 1..={MAX_TIMEOUT_MS}"),
                 ));
             }
         }
         if self.server.max_body_bytes > MAX_BODY_BYTES {
             return Err(invalid(
-                text.find("max_body_bytes").unwrap_or(0),
+                key("max_body_bytes"),
                 format!("server.max_body_bytes: at most {MAX_BODY_BYTES} (256 MiB)"),
             ));
         }
@@ -732,6 +768,23 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("plugins.a.limits.http_timeout_ms: must be 1..=3600000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_key_and_the_plugin_they_are_about() {
+        // Not at the comment that mentions the key first.
+        let err = parse("# workers: how many\n[server]\nworkers = 0\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("weft.toml:3:1: server.workers"),
+            "{err}"
+        );
+        // Not at a plugin whose name only starts the same.
+        let err = parse("[plugins.ab]\nbuiltin = \"json-map\"\n\n[plugins.a]\nbuiltin = \"json-map\"\nlimits = { max_batch = 0 }\n[[routes]]\nname = \"r\"\nsource = \"ab\"\nsinks = []\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("weft.toml:4:1: plugins.a.limits.max_batch"),
             "{err}"
         );
     }
