@@ -160,12 +160,12 @@ impl Default for RetryConfig {
     }
 }
 
-/// Where the first line starting with `prefix` (after indentation) begins.
-fn line_starting(text: &str, prefix: &str) -> Option<usize> {
+/// Where the first line whose text (after indentation) `matches` begins.
+fn first_line(text: &str, matches: impl Fn(&str) -> bool) -> Option<usize> {
     let mut at = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
-        if trimmed.starts_with(prefix) {
+        if matches(trimmed) {
             return Some(at + line.len() - trimmed.len());
         }
         at += line.len();
@@ -173,20 +173,18 @@ fn line_starting(text: &str, prefix: &str) -> Option<usize> {
     None
 }
 
+/// Where the first line starting with `prefix` (after indentation) begins.
+fn line_starting(text: &str, prefix: &str) -> Option<usize> {
+    first_line(text, |line| line.starts_with(prefix))
+}
+
 /// Where the first `key = ...` line begins (not a comment or another key
 /// that merely contains it).
 fn key_offset(text: &str, key: &str) -> Option<usize> {
-    let mut at = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key) {
-            if rest.trim_start().starts_with('=') {
-                return Some(at + line.len() - trimmed.len());
-            }
-        }
-        at += line.len();
-    }
-    None
+    first_line(text, |line| {
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
 }
 
 /// The longest timeout (any `*_timeout_ms`, `limits.timeout_ms`) accepted: one hour.
