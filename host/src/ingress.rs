@@ -183,7 +183,7 @@ impl Ingress {
             Ok(Err(rejection)) => {
                 inc(&self.metrics.webhooks_rejected);
                 let status = rejection_status(rejection.kind);
-                // The reason is the plugin's text: logged at most 1 KiB of it.
+                // The reason is the plugin's text: at most 1024 characters of it are logged.
                 let logged: String = rejection.reason.chars().take(1024).collect();
                 tracing::info!(source = %name, status, reason = %logged, "webhook rejected");
                 return json(
