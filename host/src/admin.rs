@@ -169,15 +169,8 @@ impl Admin {
             (&Method::GET, "/api/dead-letters") => {
                 // `data=false` lists without the event bodies (the dashboard's
                 // view); with them, a page stops at DEAD_LETTER_PAGE_BYTES.
-                let (with_data, rest) = without_param(req.uri().query(), "data");
-                let with_data = match with_data.as_deref() {
-                    None | Some("true") => true,
-                    Some("false") => false,
-                    Some(other) => {
-                        return error(400, format!("data must be true or false, got \"{other}\""))
-                    }
-                };
-                let query = match dead_letter_query(rest.as_deref(), 100) {
+                let mut with_data = true;
+                let query = match dead_letter_query(req.uri().query(), 100, Some(&mut with_data)) {
                     Ok(q) => q,
                     Err(problem) => return error(400, problem),
                 };
@@ -209,7 +202,7 @@ impl Admin {
                 }
             }
             (&Method::POST, "/api/dead-letters/replay") => {
-                let query = match dead_letter_query(req.uri().query(), 1000) {
+                let query = match dead_letter_query(req.uri().query(), 1000, None) {
                     Ok(q) => q,
                     Err(problem) => return error(400, problem),
                 };
@@ -244,27 +237,17 @@ impl Admin {
     }
 }
 
-/// The value of query parameter `name` (the last one given), and the query
-/// without it.
-fn without_param(query: Option<&str>, name: &str) -> (Option<String>, Option<String>) {
-    let mut value = None;
-    let mut rest = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if k == name {
-            value = Some(v.into_owned());
-        } else {
-            rest.append_pair(&k, &v);
-        }
-    }
-    (value, Some(rest.finish()))
-}
-
 /// Most dead letters one listing or bulk replay covers.
 const MAX_DEAD_LETTER_PAGE: usize = 10_000;
 
 /// `limit`, `after` and `route` from a dead-letter request's query string, or
 /// what is wrong with it.
-fn dead_letter_query(query: Option<&str>, default_limit: usize) -> Result<DeadLetterQuery, String> {
+/// `data` (`true` or `false`) is read into `data` where the request takes it.
+fn dead_letter_query(
+    query: Option<&str>,
+    default_limit: usize,
+    mut data: Option<&mut bool>,
+) -> Result<DeadLetterQuery, String> {
     let mut q = DeadLetterQuery::first(default_limit);
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let number = || {
@@ -276,6 +259,16 @@ fn dead_letter_query(query: Option<&str>, default_limit: usize) -> Result<DeadLe
             "limit" => q.limit = (number()? as usize).min(MAX_DEAD_LETTER_PAGE),
             "after" => q.after = Some(number()?),
             "route" => q.route = Some(value.into_owned()),
+            "data" if data.is_some() => {
+                let with = match value.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(format!("data must be true or false, got \"{other}\"")),
+                };
+                if let Some(d) = data.as_deref_mut() {
+                    *d = with;
+                }
+            }
             _ => return Err(format!("unknown query parameter \"{name}\"")),
         }
     }
