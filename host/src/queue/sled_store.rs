@@ -38,13 +38,13 @@
 
 use super::journal::{Entry, Journal};
 use super::{
-    Arrival, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats, Record,
+    Arrival, Arrivals, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats, Record,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -69,9 +69,6 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default for `storage.commit_delay_us`.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(1000);
-
-/// How often the writer looks again for announced appends.
-const COMMIT_TICK: Duration = Duration::from_micros(50);
 
 fn key(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -110,7 +107,7 @@ struct Shared {
     checkpoints: AtomicU64,
     checkpoint_ns: AtomicU64,
     /// Webhooks being processed whose append has not been handed over yet.
-    arriving: Arc<AtomicUsize>,
+    arriving: Arc<Arrivals>,
 }
 
 /// The sled-backed [`Queue`].
@@ -250,7 +247,7 @@ impl SledQueue {
             syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             checkpoint_ns: AtomicU64::new(0),
-            arriving: Arc::new(AtomicUsize::new(0)),
+            arriving: Arc::new(Arrivals::default()),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -616,9 +613,9 @@ fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
 ///
 /// Commit wait: webhooks announce themselves ([`Queue::arriving`]) while
 /// their source plugin runs. Before committing a group with appends, the
-/// writer waits, in ticks of [`COMMIT_TICK`] and at most `commit_delay`,
-/// while announced appends are still on their way, so that they share this
-/// commit instead of needing the next: under load, fewer, larger commits
+/// writer waits, at most `commit_delay`, while announced appends are still
+/// on their way (the last one to be handed over wakes it), so that they
+/// share this commit instead of needing the next: under load, fewer, larger commits
 /// save CPU per event; a webhook arriving alone never waits. Measured in
 /// docs/BENCHMARKS.md.
 fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
@@ -635,16 +632,12 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         group.push(first);
         drain(&rx, &mut group);
         let has_append = group.iter().any(|c| matches!(c, Command::Append(..)));
-        if has_append && !commit_delay.is_zero() {
-            let deadline = Instant::now() + commit_delay;
-            while writer.shared.arriving.load(Ordering::Acquire) > 0 && group.len() < MAX_GROUP {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                std::thread::sleep(left.min(COMMIT_TICK));
-                drain(&rx, &mut group);
-            }
+        if has_append && !commit_delay.is_zero() && writer.shared.arriving.count() > 0 {
+            writer
+                .shared
+                .arriving
+                .wait_for_none(Instant::now() + commit_delay);
+            drain(&rx, &mut group);
         }
         let mut appended = Vec::new();
         let mut replayed = Vec::new();
@@ -951,10 +944,10 @@ mod tests {
         // An announced webhook that never appends: the commit still happens
         // (after at most the commit delay) and the append is durable.
         let lost = q.arriving();
-        assert_eq!(q.shared.arriving.load(Ordering::Acquire), 1);
+        assert_eq!(q.shared.arriving.count(), 1);
         q.append(vec![record(&q, "a")]).await.unwrap();
         drop(lost);
-        assert_eq!(q.shared.arriving.load(Ordering::Acquire), 0);
+        assert_eq!(q.shared.arriving.count(), 0);
         assert_eq!(q.stats().pending, 1);
         q.close().await.unwrap();
 
