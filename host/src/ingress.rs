@@ -93,7 +93,15 @@ impl Ingress {
         if !self.router.has_source(&name) {
             return error(404, format!("no route starts at source \"{name}\""));
         }
-        if let Some(Err(wait)) = self.rates.get(&name).map(RateLimit::take) {
+        let rate = self.rates.get(&name);
+        // Gives the token back when the request turns out not to be the
+        // source's traffic (see `crate::rate`).
+        let refund = || {
+            if let Some(rate) = rate {
+                rate.refund();
+            }
+        };
+        if let Some(Err(wait)) = rate.map(RateLimit::take) {
             inc(&self.metrics.webhooks_throttled);
             let mut r = json(
                 429,
@@ -109,6 +117,7 @@ impl Ingress {
             return r;
         }
         let Ok(_slot) = self.slots.try_acquire() else {
+            refund();
             let mut r = error(503, "too many concurrent webhook requests; retry shortly");
             r.headers_mut().insert(
                 http::header::RETRY_AFTER,
@@ -124,6 +133,7 @@ impl Ingress {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             inc(&self.metrics.webhooks_rejected);
+            refund();
             return error(
                 413,
                 format!("body larger than {} bytes", self.max_body_bytes),
@@ -138,10 +148,12 @@ impl Ingress {
         {
             Err(_) => {
                 inc(&self.metrics.webhooks_rejected);
+                refund();
                 return error(408, "timed out reading the request body");
             }
             Ok(Err(e)) => {
                 inc(&self.metrics.webhooks_rejected);
+                refund();
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
@@ -182,6 +194,7 @@ impl Ingress {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => {
                 inc(&self.metrics.webhooks_rejected);
+                refund();
                 let status = rejection_status(rejection.kind);
                 // The reason is the plugin's text: at most 1024 characters of it are logged.
                 let logged: String = rejection.reason.chars().take(1024).collect();

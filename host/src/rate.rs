@@ -5,6 +5,13 @@
 //! is answered `429 Too Many Requests` with a `Retry-After` before its body
 //! is read, and nothing of it is stored: an upstream in a retry storm cannot
 //! fill the queue or starve the other sources.
+//!
+//! A request the source refuses (its plugin rejects it, e.g. a bad
+//! signature, or its body cannot be read) gives its token back: only what the
+//! source accepts counts against its budget, so a stranger posting unsigned
+//! requests cannot use up the real sender's budget and get it throttled.
+//! What bounds a stranger's flood is the listener's own limits (connections,
+//! concurrent requests, body size and time) and each plugin's CPU limit.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -59,6 +66,16 @@ impl RateLimit {
     pub fn take(&self) -> Result<(), Duration> {
         self.take_at(Instant::now())
     }
+
+    /// Gives back a token taken for a request that turned out not to be the
+    /// source's traffic (the bucket still holds at most one second's worth).
+    pub fn refund(&self) {
+        let mut bucket = match self.bucket.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        bucket.tokens = (bucket.tokens + 1.0).min(self.per_s);
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +97,18 @@ mod tests {
         assert!(limit.take_at(t1).is_err());
         // Idle time never banks more than one second's worth.
         let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..4 {
+            assert_eq!(limit.take_at(t2), Ok(()));
+        }
+        assert!(limit.take_at(t2).is_err());
+        // A refund makes room for exactly one more, and never more than a
+        // second's worth.
+        limit.refund();
+        assert_eq!(limit.take_at(t2), Ok(()));
+        assert!(limit.take_at(t2).is_err());
+        for _ in 0..10 {
+            limit.refund();
+        }
         for _ in 0..4 {
             assert_eq!(limit.take_at(t2), Ok(()));
         }

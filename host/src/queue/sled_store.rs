@@ -38,7 +38,8 @@
 
 use super::journal::{Entry, Journal};
 use super::{
-    Arrival, Arrivals, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats, Record,
+    Arrival, Arrivals, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats,
+    Record,
 };
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

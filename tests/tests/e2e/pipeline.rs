@@ -414,3 +414,33 @@ async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
     host.stop().await;
 }
+
+/// Only what the source accepts counts against its rate limit: requests its
+/// plugin rejects (a stranger's, say) give their token back, so they cannot
+/// use up the real sender's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_source_rejects_do_not_use_up_its_rate_limit() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    // One request a second, bursts of one, and no refill to speak of within
+    // the test: without refunds the first rejected request would leave no
+    // token for anything after it.
+    let config =
+        shop_config(&inventory, &accounting).replace("requests_per_s = 5000", "requests_per_s = 1");
+    assert!(config.contains("requests_per_s = 1 }"), "{config}");
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("shop-orders");
+    for i in 0..10 {
+        let (status, body) = post_json(&hook, &format!("not json {i}")).await;
+        assert_eq!(status, 400, "rejected by the source, not throttled: {body}");
+    }
+    let (status, body) = post_json(
+        &hook,
+        "{\"order_id\":\"AFTER-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(host.counter("weft_webhooks_throttled_total"), 0);
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    host.stop().await;
+}
