@@ -10,6 +10,7 @@ use crate::retry::RetryPolicy;
 use crate::router::{Route, Router};
 use crate::runtime::egress::{EgressPolicy, HostPattern, Injection};
 use crate::runtime::host::{PluginContext, Secret};
+use crate::runtime::state::PluginState;
 use crate::runtime::{builtin_path, LoadError, Plugin, Role, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -172,6 +173,8 @@ fn load_plugin(
             .open_tree("state")
             .map_err(|e| StartError::Io(e.to_string()))?,
     };
+    let state = PluginState::open(state, limits.state_mib.saturating_mul(1 << 20))
+        .map_err(|e| StartError::Io(format!("plugin {name}: {e}")))?;
     let ctx = PluginContext {
         name: name.to_string(),
         config: pc.config_strings(),

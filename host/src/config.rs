@@ -204,6 +204,13 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 /// The largest `limits.max_batch` accepted.
 pub const MAX_BATCH: u32 = 1000;
 
+/// The largest `limits.memory_mib` accepted: a plugin's memories are
+/// reserved in the instance pool at most 1 GiB each.
+pub const MAX_MEMORY_MIB: u64 = 1024;
+
+/// The largest `limits.state_mib` accepted.
+pub const MAX_STATE_MIB: u64 = 1 << 20;
+
 /// Default for `limits.requests_per_s`.
 pub const DEFAULT_REQUESTS_PER_S: u32 = 20_000;
 
@@ -253,6 +260,9 @@ pub struct Limits {
     /// output of its step) fails that event permanently (dead letter). It
     /// bounds what one request can make the queue hold.
     pub max_events: u32,
+    /// Bytes of keys and values the plugin may keep in its state
+    /// (`weft:connector/state`), in MiB; a write beyond it fails.
+    pub state_mib: u64,
 }
 
 impl Default for Limits {
@@ -266,6 +276,7 @@ impl Default for Limits {
             max_batch: 1,
             requests_per_s: DEFAULT_REQUESTS_PER_S,
             max_events: DEFAULT_MAX_EVENTS,
+            state_mib: 64,
         }
     }
 }
@@ -282,6 +293,7 @@ pub struct LimitOverrides {
     max_batch: Option<u32>,
     requests_per_s: Option<u32>,
     max_events: Option<u32>,
+    state_mib: Option<u64>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -360,6 +372,7 @@ impl PluginConfig {
                 .requests_per_s
                 .unwrap_or(defaults.requests_per_s),
             max_events: self.limits.max_events.unwrap_or(defaults.max_events),
+            state_mib: self.limits.state_mib.unwrap_or(defaults.state_mib),
         }
     }
 
@@ -513,10 +526,10 @@ impl Config {
                 }
             }
             let limits = plugin.limits(&self.limits);
-            if limits.memory_mib == 0 || limits.memory_mib > 4096 {
+            if limits.memory_mib == 0 || limits.memory_mib > MAX_MEMORY_MIB {
                 return Err(invalid(
                     at,
-                    format!("plugins.{name}.limits.memory_mib: must be 1..=4096"),
+                    format!("plugins.{name}.limits.memory_mib: must be 1..={MAX_MEMORY_MIB}"),
                 ));
             }
             if limits.timeout_ms == 0 || limits.timeout_ms > MAX_TIMEOUT_MS {
@@ -563,6 +576,12 @@ impl Config {
                 return Err(invalid(
                     at,
                     format!("plugins.{name}.limits.max_events: must be 1..={MAX_MAX_EVENTS}"),
+                ));
+            }
+            if limits.state_mib == 0 || limits.state_mib > MAX_STATE_MIB {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}.limits.state_mib: must be 1..={MAX_STATE_MIB}"),
                 ));
             }
         }
@@ -766,12 +785,24 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), expected);
         }
-        let err = parse("[plugins.a]\nbuiltin = \"json-map\"\nlimits = { http_timeout_ms = 9223372036854775807 }\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = []\n").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("plugins.a.limits.http_timeout_ms: must be 1..=3600000"),
-            "{err}"
-        );
+        for (limit, expected) in [
+            (
+                "http_timeout_ms = 9223372036854775807",
+                "plugins.a.limits.http_timeout_ms: must be 1..=3600000",
+            ),
+            // Each of a plugin's memories is reserved at most 1 GiB.
+            (
+                "memory_mib = 2048",
+                "plugins.a.limits.memory_mib: must be 1..=1024",
+            ),
+            (
+                "state_mib = 0",
+                "plugins.a.limits.state_mib: must be 1..=1048576",
+            ),
+        ] {
+            let err = parse(&format!("[plugins.a]\nbuiltin = \"json-map\"\nlimits = {{ {limit} }}\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = []\n")).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]

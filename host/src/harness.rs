@@ -27,6 +27,7 @@ use crate::ingress::{rejection_kind_name, rejection_status};
 use crate::runtime::bindings::wit;
 use crate::runtime::egress::{EgressPolicy, HostPattern};
 use crate::runtime::host::{PluginContext, Secret};
+use crate::runtime::state::PluginState;
 use crate::runtime::tape::{Tape, TapeError};
 use crate::runtime::{Plugin, Role, Runtime};
 use serde_json::{json, Value};
@@ -324,6 +325,8 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         max_response_bytes: opts.limits.max_response_bytes,
         tape,
     });
+    let state = PluginState::open(state, opts.limits.state_mib.saturating_mul(1 << 20))
+        .map_err(|e| HarnessError::Usage(format!("cannot open temporary state: {e}")))?;
     let ctx = PluginContext {
         name,
         config: opts.config.iter().cloned().collect(),

@@ -531,7 +531,11 @@ pub fn load_plugin(
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         secrets: Default::default(),
-        state: db.open_tree("s").expect("state tree"),
+        state: weft::runtime::state::PluginState::open(
+            db.open_tree("s").expect("state tree"),
+            limits.state_mib << 20,
+        )
+        .expect("state"),
         egress: Arc::new(EgressPolicy {
             plugin: name,
             allowed,

@@ -11,7 +11,12 @@ pub mod source {
         path: "../wit",
         exports: { default: async },
         // Whole requests wait on the network: the call yields its fiber.
-        imports: { "weft:connector/outbound.send-all": async },
+        // State storage errors trap rather than pass for "absent".
+        imports: {
+            "weft:connector/outbound.send-all": async,
+            "weft:connector/state.get": trappable,
+            "weft:connector/state.delete": trappable,
+        },
         require_store_data_send: true,
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,

@@ -9,6 +9,7 @@
 //! connector refuses addresses no grant should reach (see [`ip_allowed`]).
 
 use super::bindings::outbound;
+use super::host::clip;
 use super::tape::Tape;
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -479,6 +480,8 @@ pub struct EgressHooks {
     pub client: HttpClient,
     /// The event being handled, for log lines.
     pub event_id: Option<String>,
+    /// The call's log lines (a denied request's warning counts as one).
+    pub log_budget: super::host::LogBudget,
 }
 
 type ResponseFuture = Box<
@@ -522,10 +525,13 @@ impl EgressHooks {
         let policy = self.policy.clone();
         let client = self.client.clone();
         let event_id = self.event_id.clone().unwrap_or_default();
+        let log_budget = self.log_budget.clone();
         async move {
             let uri = request.uri().clone();
             if !policy.allows(&uri) {
-                tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: host not in the plugin's allowed_hosts");
+                if log_budget.take(&policy.plugin, &event_id) {
+                    tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), "outbound request denied: host not in the plugin's allowed_hosts");
+                }
                 return Err(HttpError::HttpRequestDenied);
             }
             let limit = policy.max_response_bytes;
@@ -557,9 +563,15 @@ impl EgressHooks {
                 Err(()) => return Err(HttpError::ConnectionReadTimeout),
                 Ok(Err(e)) => {
                     let detail = format!("{e:?}");
-                    tracing::debug!(plugin = %policy.plugin, event = %event_id, url = %uri, error = %detail, "outbound request failed");
+                    if tracing::enabled!(tracing::Level::DEBUG)
+                        && log_budget.take(&policy.plugin, &event_id)
+                    {
+                        tracing::debug!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), error = %clip(&detail), "outbound request failed");
+                    }
                     if detail.contains("PermissionDenied") {
-                        tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %uri, "outbound request denied: address blocked");
+                        if log_budget.take(&policy.plugin, &event_id) {
+                            tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), "outbound request denied: address blocked");
+                        }
                         return Err(HttpError::DestinationIpProhibited);
                     }
                     if e.is_connect() {

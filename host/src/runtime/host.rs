@@ -4,25 +4,31 @@
 
 use super::bindings::source::weft::connector::{config, log, outbound, secrets, state, types};
 use super::egress::{EgressHooks, EgressPolicy, HttpClient};
+use super::limits::CallLimits;
+use super::state::PluginState;
+use super::stderr::StderrTail;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// Bytes of guest stderr kept per call.
+/// Bytes of guest stderr kept per call (the last ones written).
 const STDERR_CAPACITY: usize = 4096;
 /// Characters of guest stderr quoted in an error.
 const STDERR_TAIL: usize = 400;
 
-/// Longest state key a plugin may use.
-pub const MAX_STATE_KEY: usize = 1024;
-/// Largest state value a plugin may store.
-pub const MAX_STATE_VALUE: usize = 1024 * 1024;
+/// Host-side resources (HTTP fields, requests, streams, pollables...) one
+/// store may hold at once. Host memory a guest makes the host allocate is
+/// not counted by the store's memory limit: this and
+/// [`MAX_HTTP_FIELDS_BYTES`] bound it.
+const MAX_RESOURCES: usize = 4096;
+/// Bytes of names and values one `wasi:http` `fields` (a header map) may
+/// hold.
+const MAX_HTTP_FIELDS_BYTES: usize = 32 * 1024;
 
 /// A secret value; never printed.
 #[derive(Clone)]
@@ -57,7 +63,7 @@ pub struct PluginContext {
     /// Granted secrets by name.
     pub secrets: BTreeMap<String, Secret>,
     /// The plugin's private state tree.
-    pub state: sled::Tree,
+    pub state: PluginState,
     /// Outbound grants.
     pub egress: Arc<EgressPolicy>,
 }
@@ -69,15 +75,15 @@ pub struct StoreState {
     http: WasiHttpCtx,
     hooks: EgressHooks,
     /// Memory and instance limits of this store.
-    pub limits: StoreLimits,
+    pub limits: CallLimits,
     plugin: Arc<PluginContext>,
     event_id: Option<String>,
     /// Set when the call used up its CPU budget.
     pub cpu_exhausted: bool,
     /// What the guest wrote to stderr (a Rust panic message lands here).
-    stderr: MemoryOutputPipe,
-    /// Log lines written so far in this call (see `MAX_LOG_LINES_PER_CALL`).
-    log_lines: u32,
+    stderr: StderrTail,
+    /// Log lines this call may still write (shared with the egress hooks).
+    log_budget: LogBudget,
 }
 
 impl StoreState {
@@ -86,32 +92,38 @@ impl StoreState {
     pub fn new(
         plugin: Arc<PluginContext>,
         client: HttpClient,
-        limits: StoreLimits,
+        limits: CallLimits,
         event_id: Option<String>,
     ) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let stderr = StderrTail::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .stderr(stderr.clone())
             .build();
+        let log_budget = LogBudget::default();
         let hooks = EgressHooks {
             policy: plugin.egress.clone(),
             client,
             event_id: event_id.clone(),
+            log_budget: log_budget.clone(),
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
         StoreState {
             wasi,
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http,
             hooks,
             limits,
             plugin,
             event_id,
             cpu_exhausted: false,
             stderr,
-            log_lines: 0,
+            log_budget,
         }
     }
 }
@@ -120,8 +132,10 @@ impl StoreState {
     /// Prepares a kept store for another call: the new event's id (for log
     /// lines and egress decisions) and fresh per-call counters.
     pub fn begin_call(&mut self, event_id: Option<String>) {
-        self.log_lines = 0;
+        self.log_budget.reset();
         self.cpu_exhausted = false;
+        // An error quotes this call's stderr, not an earlier event's.
+        self.stderr.clear();
         self.hooks.event_id = event_id.clone();
         self.event_id = event_id;
     }
@@ -167,8 +181,32 @@ const MAX_LOG_LINES_PER_CALL: u32 = 100;
 /// Longest log message or field list kept, in bytes.
 const MAX_LOG_BYTES: usize = 4096;
 
+/// The log lines one plugin call may still write, shared by everything that
+/// logs on the call's behalf: its own `log` calls, a secret it is denied,
+/// an outbound request that is denied. Without the sharing a plugin could
+/// flood the host's log through the warnings about what it was refused.
+#[derive(Clone, Default)]
+pub struct LogBudget(Arc<AtomicU64>);
+
+impl LogBudget {
+    /// A new call begins.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether one more line may be written for this call; the first line
+    /// over the limit becomes one warning saying so.
+    pub fn take(&self, plugin: &str, event: &str) -> bool {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == u64::from(MAX_LOG_LINES_PER_CALL) + 1 {
+            tracing::warn!(plugin = %plugin, event = %event, "plugin log limit reached ({MAX_LOG_LINES_PER_CALL} lines per call); further lines of this call dropped");
+        }
+        n <= u64::from(MAX_LOG_LINES_PER_CALL)
+    }
+}
+
 /// Cuts `text` to [`MAX_LOG_BYTES`] on a character boundary.
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     if text.len() <= MAX_LOG_BYTES {
         return text.to_string();
     }
@@ -193,13 +231,9 @@ impl log::Host for StoreState {
         }
         // A plugin cannot flood the host's log: a bounded number of lines
         // per call, each of bounded length.
-        self.log_lines += 1;
         let plugin = &self.plugin.name;
         let event = self.event_id.as_deref().unwrap_or("");
-        if self.log_lines > MAX_LOG_LINES_PER_CALL {
-            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
-                tracing::warn!(plugin = %plugin, event = %event, "plugin log limit reached ({MAX_LOG_LINES_PER_CALL} lines per call); further lines of this call dropped");
-            }
+        if !self.log_budget.take(plugin, event) {
             return;
         }
         let message = clip(&message);
@@ -249,41 +283,38 @@ impl config::Host for StoreState {
 }
 
 impl state::Host for StoreState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        match self.plugin.state.get(key.as_bytes()) {
-            Ok(v) => v.map(|v| v.to_vec()),
-            Err(e) => {
-                tracing::error!(plugin = %self.plugin.name, error = %e, "plugin state read failed");
-                None
-            }
-        }
+    /// A storage error traps (the attempt fails and is retried): answering
+    /// "absent" would let a plugin that deduplicates by state act twice.
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.plugin.state.get(&key).map_err(|e| {
+            tracing::error!(plugin = %self.plugin.name, error = %e, "plugin state read failed");
+            wasmtime::Error::msg(e.to_string())
+        })
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        if key.len() > MAX_STATE_KEY {
-            return Err(format!("state key longer than {MAX_STATE_KEY} bytes"));
-        }
-        if value.len() > MAX_STATE_VALUE {
-            return Err(format!("state value larger than {MAX_STATE_VALUE} bytes"));
-        }
         self.plugin
             .state
-            .insert(key.as_bytes(), value)
-            .map(|_| ())
+            .set(&key, value)
             .map_err(|e| e.to_string())
     }
 
-    fn delete(&mut self, key: String) {
-        if let Err(e) = self.plugin.state.remove(key.as_bytes()) {
+    /// A storage error traps, as for [`state::Host::get`].
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.plugin.state.delete(&key).map_err(|e| {
             tracing::error!(plugin = %self.plugin.name, error = %e, "plugin state delete failed");
-        }
+            wasmtime::Error::msg(e.to_string())
+        })
     }
 }
 
 impl secrets::Host for StoreState {
     fn hmac_sha256(&mut self, secret: String, message: Vec<u8>) -> Result<Vec<u8>, String> {
         let Some(value) = self.plugin.secrets.get(&secret) else {
-            tracing::warn!(plugin = %self.plugin.name, secret = %secret, "plugin asked for a secret it is not granted");
+            let event = self.event_id.as_deref().unwrap_or("");
+            if self.log_budget.take(&self.plugin.name, event) {
+                tracing::warn!(plugin = %self.plugin.name, event = %event, secret = %clip(&secret), "plugin asked for a secret it is not granted");
+            }
             return Err(format!("secret \"{secret}\" is not granted to this plugin"));
         };
         let mut mac =

@@ -2,7 +2,7 @@
 //! cached on disk, one `InstancePre` per plugin and a fresh, limited store per
 //! call.
 //!
-//! Every call runs with a memory cap ([`wasmtime::StoreLimits`]), a CPU budget
+//! Every call runs with a memory cap over all its memories ([`limits`]), a CPU budget
 //! (epoch interruption: a ticker thread advances the epoch every
 //! [`TICK_MS`] ms and the store yields to tokio at each tick until its budget
 //! is spent), a wall-clock cap, and a WASI context that grants nothing.
@@ -13,6 +13,9 @@ pub mod bindings;
 pub mod cache;
 pub mod egress;
 pub mod host;
+pub mod limits;
+pub mod state;
+pub mod stderr;
 pub mod tape;
 
 use crate::config::Limits;
@@ -24,14 +27,14 @@ use bindings::wit;
 use cache::ComponentCache;
 use egress::HttpClient;
 use host::{PluginContext, StoreState};
+use limits::CallLimits;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
-    UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
 /// Milliseconds per epoch tick: the granularity of CPU limits.
@@ -158,7 +161,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: Engine) -> Ticker {
+    fn start(engine: Engine) -> Result<Ticker, LoadError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let spawned = std::thread::Builder::new()
@@ -169,10 +172,10 @@ impl Ticker {
                     engine.increment_epoch();
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the epoch ticker; CPU limits will stop every call at once");
-        }
-        Ticker { stop }
+        // Without the ticker no call could be interrupted: neither the CPU
+        // limit nor the wall-clock limit would hold.
+        spawned.map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Ticker { stop })
     }
 }
 
@@ -202,12 +205,12 @@ fn pooling() -> PoolingAllocationConfig {
         .total_memories(1000)
         .total_tables(4000)
         .total_stacks(1000)
-        .max_core_instances_per_component(64)
-        .max_memories_per_component(16)
-        .max_tables_per_component(64)
+        .max_core_instances_per_component(limits::MAX_INSTANCES as u32)
+        .max_memories_per_component(limits::MAX_MEMORIES as u32)
+        .max_tables_per_component(limits::MAX_TABLES as u32)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
-        .table_elements(200_000)
+        .table_elements(limits::MAX_TABLE_ELEMENTS)
         .max_memory_size(1 << 30)
         // Reset reused memory with memset instead of madvise + page faults:
         // most of a call's cost otherwise goes to the kernel.
@@ -261,7 +264,7 @@ impl Runtime {
         ))?;
         let cache = ComponentCache::new(&engine, cache_dir);
         let client = egress::client(Duration::from_secs(5));
-        let ticker = Ticker::start(engine.clone());
+        let ticker = Ticker::start(engine.clone())?;
         Ok(Runtime {
             engine,
             linker,
@@ -459,13 +462,7 @@ impl Plugin {
     fn store(&self, event_id: Option<String>) -> Store<StoreState> {
         let bytes =
             usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(bytes)
-            .instances(64)
-            .memories(16)
-            .tables(64)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = CallLimits::new(bytes);
         let state = StoreState::new(
             self.ctx.clone(),
             self.runtime.client.clone(),

@@ -95,7 +95,7 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
         error_of("loop")
     );
     assert!(
-        error_of("alloc").contains("trapped"),
+        error_of("alloc").contains("trapped") && error_of("alloc").contains("memory limit"),
         "{}",
         error_of("alloc")
     );
@@ -174,13 +174,53 @@ sinks = ["out", "elsewhere", "metadata"]
     host.stop().await;
 }
 
+/// A plugin may write as much to stderr as it likes: the host keeps the
+/// last few KiB of each call, so a reused instance keeps working and a
+/// failure quotes the end of its own call's output (the panic message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_never_fails_a_call_and_a_failure_quotes_its_end() {
+    let out = FakeApi::start().await;
+    // One instance serves every call, so stderr outlives a call.
+    let config = chaos_route(&out, "", "", "instance_reuse = 100");
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
+    for i in 0..3 {
+        let event =
+            serde_json::json!({ "id": format!("chatty-{i}"), "chaos": "stderr", "bytes": 20_000 });
+        let (status, body) = post_json(&hook, &event.to_string()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || out.delivered().len() == 3).await,
+        "every chatty call succeeded; dead letters: {}",
+        host.stats().dead
+    );
+    let event = serde_json::json!({ "id": "last-words", "chaos": "stderr-trap", "bytes": 20_000 });
+    let (status, _) = post_json(&hook, &event.to_string()).await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    let error = letters["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("chaos: panic after a lot of stderr"),
+        "the end of the call's stderr is quoted: {error}"
+    );
+    host.stop().await;
+}
+
 #[test]
 fn a_plugin_cannot_flood_the_host_log() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(
         &input,
-        "{\"id\":\"s1\",\"type\":\"t\",\"data\":{\"chaos\":\"spam\"}}\n",
+        concat!(
+            "{\"id\":\"s1\",\"type\":\"t\",\"data\":{\"chaos\":\"spam\"}}\n",
+            "{\"id\":\"s2\",\"type\":\"t\",\"data\":{\"chaos\":\"secret-spam\"}}\n",
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft-under-test"))
@@ -198,6 +238,7 @@ fn a_plugin_cannot_flood_the_host_log() {
     // The call itself succeeded: the event passed through.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"id\":\"s1\""), "{stdout}");
+    assert!(stdout.contains("\"id\":\"s2\""), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let spam: Vec<&str> = stderr.lines().filter(|l| l.contains("spam spam")).collect();
     assert_eq!(spam.len(), 100, "lines per call are capped");
@@ -205,6 +246,12 @@ fn a_plugin_cannot_flood_the_host_log() {
         spam.iter().all(|l| l.len() < 5_000),
         "each line is clipped to about 4 KiB"
     );
+    // The warnings about what a call was refused share its budget.
+    let refusals = stderr
+        .lines()
+        .filter(|l| l.contains("plugin asked for a secret it is not granted"))
+        .count();
+    assert_eq!(refusals, 100, "refusal warnings are capped too");
     assert!(
         stderr.contains("plugin log limit reached"),
         "{}",

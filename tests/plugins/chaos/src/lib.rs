@@ -60,6 +60,24 @@ impl Transform for Chaos {
                 }
                 Ok(vec![event])
             }
+            Some("secret-spam") => {
+                for i in 0..1_000 {
+                    let _ = secrets::hmac_sha256(&format!("not-mine-{i}"), b"x");
+                }
+                Ok(vec![event])
+            }
+            Some(mode @ ("stderr" | "stderr-trap")) => {
+                // More than the host keeps of a call's stderr, in lines.
+                let bytes = data["bytes"].as_u64().unwrap_or(8192) as usize;
+                let line = "e".repeat(99);
+                for _ in 0..bytes / 100 {
+                    eprintln!("{line}");
+                }
+                if mode == "stderr-trap" {
+                    panic!("chaos: panic after a lot of stderr");
+                }
+                Ok(vec![event])
+            }
             Some("flood") => {
                 let count = data["count"].as_u64().unwrap_or(1) as usize;
                 Ok((0..count)
