@@ -303,7 +303,8 @@ pub struct LimitOverrides {
 pub struct SecretRef {
     /// An environment variable of the host process.
     pub env: Option<String>,
-    /// A file (e.g. a mounted secret); surrounding whitespace is trimmed.
+    /// A file (e.g. a mounted secret); ASCII whitespace around the value is
+    /// trimmed, the bytes in between are used as they are.
     pub file: Option<PathBuf>,
 }
 
@@ -709,9 +710,11 @@ impl SecretRef {
     /// Reads the secret's value. The error names the source, never the value.
     pub fn resolve(&self, base: &Path) -> Result<Vec<u8>, String> {
         if let Some(var) = &self.env {
-            return std::env::var(var)
-                .map(String::into_bytes)
-                .map_err(|_| format!("environment variable {var} is not set"));
+            use std::os::unix::ffi::OsStringExt;
+            // Bytes as they are: a key need not be UTF-8.
+            return std::env::var_os(var)
+                .map(std::ffi::OsString::into_vec)
+                .ok_or_else(|| format!("environment variable {var} is not set"));
         }
         if let Some(file) = &self.file {
             let path = if file.is_absolute() {
@@ -721,8 +724,9 @@ impl SecretRef {
             };
             let data =
                 std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let trimmed = String::from_utf8_lossy(&data).trim().as_bytes().to_vec();
-            return Ok(trimmed);
+            // Only the ASCII whitespace around it (a trailing newline) goes;
+            // the bytes themselves are kept as they are, UTF-8 or not.
+            return Ok(data.trim_ascii().to_vec());
         }
         Err("secret has neither `env` nor `file`".into())
     }
@@ -830,5 +834,17 @@ mod tests {
             msg.contains("lisen") && msg.starts_with("weft.toml:3:1:"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_secret_file_keeps_its_bytes_and_loses_only_surrounding_whitespace() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not UTF-8: a lossy conversion would turn 0xff into U+FFFD.
+        std::fs::write(dir.path().join("key"), b"\xff\x00 key\x80\n").unwrap();
+        let secret = SecretRef {
+            env: None,
+            file: Some("key".into()),
+        };
+        assert_eq!(secret.resolve(dir.path()).unwrap(), b"\xff\x00 key\x80");
     }
 }

@@ -147,7 +147,11 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         .replace("../../weft-data/shop", &data.display().to_string());
     let mut config = Config::parse(&text, "examples/shop/weft.toml", std::path::Path::new("."))?;
     // Keep compiled plugins across demo runs.
-    config.storage.cache_dir = Some(std::env::temp_dir().join("weft-demo-cache"));
+    // One per user: a cache directory must be writable by its user alone
+    // (see `runtime::cache`).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    config.storage.cache_dir = Some(std::env::temp_dir().join(format!("weft-demo-cache-{uid}")));
     let running = crate::app::start(config).await?;
     let hook = format!("http://{}/hooks/shop-orders", running.webhook_addr);
 

@@ -276,7 +276,13 @@ pub async fn run_one(plugin: &Plugin, input: &Value) -> Result<Value, String> {
 fn cache_dir() -> PathBuf {
     std::env::var_os("WEFT_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("weft-plugin-test-cache"))
+        .unwrap_or_else(|| {
+            // One per user: a cache directory must be writable by its user
+            // alone (see `runtime::cache`).
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir().join(format!("weft-plugin-test-cache-{uid}"))
+        })
 }
 
 /// Loads a plugin for standalone runs.
