@@ -29,7 +29,7 @@ use egress::HttpClient;
 use host::{PluginContext, StoreState};
 use limits::CallLimits;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -192,7 +192,31 @@ pub struct Runtime {
     cache: ComponentCache,
     client: HttpClient,
     _ticker: Ticker,
+    /// One permit per plugin call running (each holds a pooled instance):
+    /// beyond [`MAX_CALLS_AT_ONCE`] calls wait for a free instance instead
+    /// of failing to instantiate from an exhausted pool.
+    calls: tokio::sync::Semaphore,
+    /// Idle instances kept for reuse, across all plugins (at most
+    /// [`MAX_IDLE_TOTAL`]).
+    idle: Arc<AtomicUsize>,
 }
+
+/// Plugin calls running at once, across all plugins. A route record can
+/// fan out to thousands of sink calls and sources take up to
+/// `server.max_concurrent_requests` webhooks at once: without this bound
+/// they would exhaust the instance pool and fail calls of every plugin.
+const MAX_CALLS_AT_ONCE: usize = 512;
+/// Idle instances kept for reuse, across all plugins (each holds a pool
+/// slot and its grown memory).
+const MAX_IDLE_TOTAL: usize = 256;
+/// Component instances in the pool: room for every running call and every
+/// idle instance.
+const POOL_INSTANCES: u32 = 1000;
+/// Linear memories in the pool: two per instance (JavaScript and Python
+/// components, and Rust ones built through the preview-1 adapter, have more
+/// than one).
+const POOL_MEMORIES: u32 = 2 * POOL_INSTANCES;
+const _: () = assert!(MAX_CALLS_AT_ONCE + MAX_IDLE_TOTAL < POOL_INSTANCES as usize);
 
 /// Linear memory kept resident (and reset by memset) per pooled slot.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -200,11 +224,11 @@ const KEEP_RESIDENT: usize = 2 << 20;
 /// Pooling-allocator settings that fit Rust, C, JS and Python guests.
 fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(1000)
-        .total_core_instances(4000)
-        .total_memories(1000)
-        .total_tables(4000)
-        .total_stacks(1000)
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(4 * POOL_INSTANCES)
+        .total_memories(POOL_MEMORIES)
+        .total_tables(4 * POOL_INSTANCES)
+        .total_stacks(POOL_INSTANCES)
         .max_core_instances_per_component(limits::MAX_INSTANCES as u32)
         .max_memories_per_component(limits::MAX_MEMORIES as u32)
         .max_tables_per_component(limits::MAX_TABLES as u32)
@@ -271,6 +295,8 @@ impl Runtime {
             cache,
             client,
             _ticker: ticker,
+            calls: tokio::sync::Semaphore::new(MAX_CALLS_AT_ONCE),
+            idle: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -365,6 +391,27 @@ struct Warm {
     calls: u32,
 }
 
+/// One of the runtime's [`MAX_IDLE_TOTAL`] places for an idle instance,
+/// given back when dropped (the instance is taken for a call, or its plugin
+/// is unloaded).
+struct IdleSlot(Arc<AtomicUsize>);
+
+impl IdleSlot {
+    fn take(idle: &Arc<AtomicUsize>) -> Option<IdleSlot> {
+        idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_IDLE_TOTAL).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| IdleSlot(idle.clone()))
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The instance of a kept [`Warm`], by role.
 enum WarmInstance {
     Source(Source),
@@ -380,6 +427,8 @@ enum WarmInstance {
 macro_rules! call_instance {
     ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, |$instance:ident, $store:ident| $call:expr) => {{
         let plugin = $plugin;
+        // Held until the call ends (see `Runtime::calls`).
+        let _running = plugin.runtime.calls.acquire().await;
         let (mut store, kept, calls) = match plugin.take_warm() {
             Some(Warm {
                 mut store,
@@ -427,8 +476,9 @@ pub struct Plugin {
     ctx: Arc<PluginContext>,
     pre: Pre,
     limits: Limits,
-    /// Instances kept for reuse when `limits.instance_reuse > 1`.
-    warm: std::sync::Mutex<Vec<Warm>>,
+    /// Instances kept for reuse when `limits.instance_reuse > 1`, each
+    /// counted in `Runtime::idle` while it waits here.
+    warm: std::sync::Mutex<Vec<(Warm, IdleSlot)>>,
     /// SHA-256 of the component, for the admin API.
     pub digest: String,
     /// Whether the compiled component came from the on-disk cache (no
@@ -584,7 +634,7 @@ impl Plugin {
         if self.limits.instance_reuse <= 1 {
             return None;
         }
-        self.warm.lock().ok()?.pop()
+        self.warm.lock().ok()?.pop().map(|(warm, _slot)| warm)
     }
 
     /// Keeps an instance that completed a call, unless it served its share.
@@ -593,9 +643,12 @@ impl Plugin {
             return;
         }
         if let Ok(mut pool) = self.warm.lock() {
-            // At most as many idle instances as calls ran at once.
+            // At most as many idle instances as calls ran at once, and
+            // within the runtime's total.
             if pool.len() < MAX_IDLE_INSTANCES {
-                pool.push(warm);
+                if let Some(slot) = IdleSlot::take(&self.runtime.idle) {
+                    pool.push((warm, slot));
+                }
             }
         }
     }

@@ -174,6 +174,32 @@ sinks = ["out", "elsewhere", "metadata"]
     host.stop().await;
 }
 
+/// One event that fans out to thousands of sink calls at once does not
+/// exhaust the instance pool: calls beyond what the runtime runs at once wait
+/// for a free instance, and none of them fails for want of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_of_thousands_of_calls_waits_for_instances_instead_of_failing() {
+    let out = FakeApi::start().await;
+    let config = chaos_route(&out, "", "", "max_events = 1500");
+    let host = TestHost::start(&config).await;
+    let (status, body) = post_json(
+        &host.hook("in"),
+        r#"{"id":"many","chaos":"flood","count":1500}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        eventually(Duration::from_secs(120), || out.delivered().len() == 1500).await,
+        "delivered {}, dead letters {}, plugin failures {}",
+        out.delivered().len(),
+        host.stats().dead,
+        host.counter("weft_plugin_failures_total")
+    );
+    assert_eq!(host.counter("weft_plugin_failures_total"), 0);
+    assert_eq!(host.stats().dead, 0);
+    host.stop().await;
+}
+
 /// A plugin may write as much to stderr as it likes: the host keeps the
 /// last few KiB of each call, so a reused instance keeps working and a
 /// failure quotes the end of its own call's output (the panic message).
