@@ -12,6 +12,7 @@ use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -80,6 +81,9 @@ pub struct StoreState {
     event_id: Option<String>,
     /// Set when the call used up its CPU budget.
     pub cpu_exhausted: bool,
+    /// Time this call spent in synchronous host functions (counted against
+    /// its CPU budget).
+    pub host_time: Duration,
     /// What the guest wrote to stderr (a Rust panic message lands here).
     stderr: StderrTail,
     /// Log lines this call may still write (shared with the egress hooks).
@@ -122,6 +126,7 @@ impl StoreState {
             plugin,
             event_id,
             cpu_exhausted: false,
+            host_time: Duration::ZERO,
             stderr,
             log_budget,
         }
@@ -134,6 +139,7 @@ impl StoreState {
     pub fn begin_call(&mut self, event_id: Option<String>) {
         self.log_budget.reset();
         self.cpu_exhausted = false;
+        self.host_time = Duration::ZERO;
         // An error quotes this call's stderr, not an earlier event's.
         self.stderr.clear();
         self.hooks.event_id = event_id.clone();
@@ -282,28 +288,40 @@ impl config::Host for StoreState {
     }
 }
 
+impl StoreState {
+    /// Runs a synchronous host function, charging its time to the call's
+    /// CPU budget.
+    fn charged<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let started = Instant::now();
+        let result = f(self);
+        self.host_time = self.host_time.saturating_add(started.elapsed());
+        result
+    }
+}
+
 impl state::Host for StoreState {
     /// A storage error traps (the attempt fails and is retried): answering
     /// "absent" would let a plugin that deduplicates by state act twice.
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        self.plugin.state.get(&key).map_err(|e| {
-            tracing::error!(plugin = %self.plugin.name, error = %e, "plugin state read failed");
-            wasmtime::Error::msg(e.to_string())
+        self.charged(|s| {
+            s.plugin.state.get(&key).map_err(|e| {
+                tracing::error!(plugin = %s.plugin.name, error = %e, "plugin state read failed");
+                wasmtime::Error::msg(e.to_string())
+            })
         })
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.plugin
-            .state
-            .set(&key, value)
-            .map_err(|e| e.to_string())
+        self.charged(|s| s.plugin.state.set(&key, value).map_err(|e| e.to_string()))
     }
 
     /// A storage error traps, as for [`state::Host::get`].
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.plugin.state.delete(&key).map_err(|e| {
-            tracing::error!(plugin = %self.plugin.name, error = %e, "plugin state delete failed");
-            wasmtime::Error::msg(e.to_string())
+        self.charged(|s| {
+            s.plugin.state.delete(&key).map_err(|e| {
+                tracing::error!(plugin = %s.plugin.name, error = %e, "plugin state delete failed");
+                wasmtime::Error::msg(e.to_string())
+            })
         })
     }
 }
@@ -317,10 +335,12 @@ impl secrets::Host for StoreState {
             }
             return Err(format!("secret \"{secret}\" is not granted to this plugin"));
         };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&value.hmac_key()).map_err(|e| e.to_string())?;
-        mac.update(&message);
-        Ok(mac.finalize().into_bytes().to_vec())
+        let key = value.hmac_key();
+        self.charged(|_| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
+            mac.update(&message);
+            Ok(mac.finalize().into_bytes().to_vec())
+        })
     }
 }
 

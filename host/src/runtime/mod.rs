@@ -391,6 +391,14 @@ struct Warm {
     calls: u32,
 }
 
+/// Whether a call that has run `ticks` epoch ticks of wasm and spent
+/// `host_time` in synchronous host functions has used up a budget of
+/// `budget` ticks.
+fn budget_spent(ticks: u64, host_time: Duration, budget: u64) -> bool {
+    let host_ticks = u64::try_from(host_time.as_millis()).unwrap_or(u64::MAX) / TICK_MS;
+    ticks.saturating_add(host_ticks) > budget
+}
+
 /// One of the runtime's [`MAX_IDLE_TOTAL`] places for an idle instance,
 /// given back when dropped (the instance is taken for a call, or its plugin
 /// is unloaded).
@@ -526,15 +534,19 @@ impl Plugin {
     }
 
     /// Gives the store a fresh CPU budget of `timeout_ms`, counted in epoch
-    /// ticks; the guest yields to the executor at every tick.
+    /// ticks; the guest yields to the executor at every tick. Time the
+    /// call spent in synchronous host functions (HMAC, state) counts too:
+    /// the ticks only see wasm running, and a guest could otherwise loop
+    /// over expensive host calls on a budget it never spends.
     fn arm_cpu_budget(&self, store: &mut Store<StoreState>) {
-        let mut ticks_left = (self.limits.timeout_ms / TICK_MS).max(1);
+        let budget = (self.limits.timeout_ms / TICK_MS).max(1);
+        let mut ticks = 0u64;
         store.epoch_deadline_callback(move |mut ctx| {
-            if ticks_left == 0 {
+            ticks += 1;
+            if budget_spent(ticks, ctx.data().host_time, budget) {
                 ctx.data_mut().cpu_exhausted = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
-            ticks_left -= 1;
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
@@ -695,4 +707,22 @@ pub fn builtin_path(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR));
     dir.join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_time_counts_against_the_cpu_budget() {
+        let ms = Duration::from_millis;
+        // 20 ticks of 10 ms: 200 ms in all.
+        assert!(!budget_spent(20, Duration::ZERO, 20));
+        assert!(budget_spent(21, Duration::ZERO, 20));
+        // One tick of wasm after 195 ms of HMACs: 19 host ticks + 1, not
+        // over yet; 10 ms more of host time is.
+        assert!(!budget_spent(1, ms(195), 20));
+        assert!(budget_spent(1, ms(205), 20));
+        assert!(budget_spent(1, Duration::MAX, 20));
+    }
 }

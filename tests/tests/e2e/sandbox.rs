@@ -200,6 +200,30 @@ async fn a_fan_out_of_thousands_of_calls_waits_for_instances_instead_of_failing(
     host.stop().await;
 }
 
+/// Time spent in the host on a plugin's behalf (here: HMACs of 4 MiB, in a
+/// loop) counts against its CPU budget; it is stopped by the CPU limit, not
+/// only by the wall clock seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_calls_count_against_the_cpu_budget() {
+    let out = FakeApi::start().await;
+    std::env::set_var("WEFT_TEST_CHAOS_KEY", "a-key-for-the-chaos-plugin");
+    let config = chaos_route(&out, "", "", "timeout_ms = 200").replace(
+        "[plugins.chaos]\n",
+        "[plugins.chaos]\nsecrets = { k = { env = \"WEFT_TEST_CHAOS_KEY\" } }\n",
+    );
+    let host = TestHost::start(&config).await;
+    let (status, body) = post_json(&host.hook("in"), r#"{"id":"burn","chaos":"hmac-burn"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 1).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    let error = letters["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("CPU time limit"), "{error}");
+    host.stop().await;
+}
+
 /// A plugin may write as much to stderr as it likes: the host keeps the
 /// last few KiB of each call, so a reused instance keeps working and a
 /// failure quotes the end of its own call's output (the panic message).

@@ -60,6 +60,15 @@ impl Transform for Chaos {
                 }
                 Ok(vec![event])
             }
+            Some("hmac-burn") => {
+                // Host work without end: each call hashes 4 MiB.
+                let message = vec![7u8; 4 << 20];
+                loop {
+                    if let Err(e) = secrets::hmac_sha256("k", &message) {
+                        return Err(TransformError::Permanent(e));
+                    }
+                }
+            }
             Some("secret-spam") => {
                 for i in 0..1_000 {
                     let _ = secrets::hmac_sha256(&format!("not-mine-{i}"), b"x");
