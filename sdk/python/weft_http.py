@@ -151,8 +151,24 @@ def request_over_wasi_http(
 
 
 def retry_after_ms(response: Response) -> int | None:
-    """A `Retry-After` header given in seconds, in milliseconds."""
+    """The delay a `Retry-After` header asks for, in milliseconds: seconds
+    (`120`) or an HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`), counted from
+    now; a date in the past is no delay. None when absent or unreadable.
+    Never more than the WIT's u64 can carry."""
     value = response.header("retry-after")
-    if value is None or not value.strip().isdigit():
+    if value is None:
         return None
-    return int(value.strip()) * 1000
+    value = value.strip()
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if value and value.isascii() and value.isdigit():
+        return min(int(value) * 1000, 2**64 - 1)
+    try:
+        import email.utils
+        import time
+
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    return min(max(0, int((when.timestamp() - time.time()) * 1000)), 2**64 - 1)

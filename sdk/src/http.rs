@@ -8,7 +8,7 @@
 //!
 //! The host lets a request through only to the hosts the plugin's config
 //! grants (`allowed_hosts`); anything else fails with an
-//! [`HttpError::Transport`] error naming the denial. Redirects are never
+//! [`HttpError::Refused`] error naming the denial. Redirects are never
 //! followed.
 
 use crate::bindings::wasi::http::outgoing_handler;
@@ -24,16 +24,48 @@ use crate::DeliveryOutcome;
 pub enum HttpError {
     /// The URL could not be parsed.
     InvalidUrl(String),
-    /// The host refused or the transport failed (includes "not allowed" denials).
+    /// The host would not send the request as it is: its destination is not
+    /// granted (`allowed_hosts`) or is a blocked address, or its method,
+    /// URL or a header is malformed. Sending it again cannot help.
+    Refused(String),
+    /// The request went out (or tried to) and failed on the way: connection
+    /// refused or reset, timeout, a response too large... Worth a retry.
     Transport(String),
+}
+
+impl HttpError {
+    /// Whether sending the same request again can never succeed
+    /// ([`HttpError::InvalidUrl`], [`HttpError::Refused`]): a sink should
+    /// reject the event rather than retry it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, HttpError::InvalidUrl(_) | HttpError::Refused(_))
+    }
 }
 
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HttpError::InvalidUrl(u) => write!(f, "invalid url: {u}"),
+            HttpError::Refused(e) => write!(f, "request refused by the host: {e}"),
             HttpError::Transport(e) => write!(f, "http transport error: {e}"),
         }
+    }
+}
+
+/// The error for a host error code: [`HttpError::Refused`] for what the
+/// request itself or its grants cause, [`HttpError::Transport`] otherwise.
+fn failure(e: &ErrorCode) -> HttpError {
+    match e {
+        ErrorCode::HttpRequestDenied
+        | ErrorCode::DestinationIpProhibited
+        | ErrorCode::HttpRequestMethodInvalid
+        | ErrorCode::HttpRequestUriInvalid
+        | ErrorCode::HttpRequestUriTooLong
+        | ErrorCode::HttpRequestHeaderSectionSize(_)
+        | ErrorCode::HttpRequestHeaderSize(_)
+        | ErrorCode::HttpRequestTrailerSectionSize(_)
+        | ErrorCode::HttpRequestTrailerSize(_) => HttpError::Refused(describe(e)),
+        other => HttpError::Transport(describe(other)),
     }
 }
 
@@ -174,7 +206,7 @@ impl Request {
                 .find(|(name, value)| probe.append(name, value.as_bytes()).is_err())
                 .map(|(name, _)| name.as_str())
                 .unwrap_or("?");
-            HttpError::Transport(format!("header {bad}: {e:?}"))
+            HttpError::Refused(format!("header {bad}: {e:?}"))
         })?;
         let request = OutgoingRequest::new(fields);
         let method = match self.method.to_ascii_uppercase().as_str() {
@@ -220,9 +252,8 @@ impl Request {
             let _ = options.set_between_bytes_timeout(Some(ns));
             options
         });
-        let future = outgoing_handler::handle(request, options)
-            .map_err(|e| HttpError::Transport(describe(&e)))?;
-        OutgoingBody::finish(body, None).map_err(|e| HttpError::Transport(describe(&e)))?;
+        let future = outgoing_handler::handle(request, options).map_err(|e| failure(&e))?;
+        OutgoingBody::finish(body, None).map_err(|e| failure(&e))?;
         Ok(InFlight { future })
     }
 }
@@ -248,7 +279,7 @@ impl InFlight {
         let arrived = future.get();
         let incoming = match arrived {
             Some(Ok(Ok(response))) => response,
-            Some(Ok(Err(e))) => return Err(HttpError::Transport(describe(&e))),
+            Some(Ok(Err(e))) => return Err(failure(&e)),
             Some(Err(())) | None => {
                 return Err(HttpError::Transport("response already taken".into()))
             }
@@ -300,8 +331,8 @@ impl InFlight {
 ///
 /// All requests are in flight together (over the host's pooled connections),
 /// so a batch of N costs about one round trip, not N, and one host call. A
-/// sink's `deliver_batch` is the natural user. The answers of one call hold
-/// at most the plugin's `limits.max_response_bytes` together.
+/// sink's `deliver_batch` is the natural user. Each answer's body holds at
+/// most the plugin's `limits.max_response_bytes`.
 pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
     let mut answers: Vec<Option<Result<Response, HttpError>>> = Vec::with_capacity(requests.len());
     let mut whole = Vec::with_capacity(requests.len());
@@ -329,7 +360,7 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
                     headers: r.headers,
                     body: r.body,
                 }),
-                Some(Err(e)) => Err(HttpError::Transport(describe(&e))),
+                Some(Err(e)) => Err(failure(&e)),
                 None => Err(HttpError::Transport("no answer from the host".into())),
             })
         })
@@ -388,14 +419,88 @@ impl ParsedUrl {
     }
 }
 
-/// Parses a `Retry-After` header given in seconds into milliseconds.
+/// The delay a `Retry-After` header asks for, in milliseconds: delay-seconds
+/// (`120`) or an HTTP-date (`Wed, 21 Oct 2026 07:28:00 GMT`, and the two
+/// obsolete forms HTTP still accepts), counted from now; a date in the past
+/// is no delay. `None` when absent or unreadable.
 pub fn retry_after_ms(response: &Response) -> Option<u64> {
-    response
-        .header("retry-after")?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| s.saturating_mul(1000))
+    let value = response.header("retry-after")?;
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only; too many of them is "a very long time".
+        return Some(
+            value
+                .parse::<u64>()
+                .unwrap_or(u64::MAX)
+                .saturating_mul(1000),
+        );
+    }
+    let at = http_date(value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(at.saturating_sub(now).saturating_mul(1000))
+}
+
+/// Seconds since the Unix epoch of an HTTP-date (RFC 9110 §5.6.7):
+/// IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, RFC 850
+/// `Sunday, 06-Nov-94 08:49:37 GMT` or asctime `Sun Nov  6 08:49:37 1994`.
+pub fn http_date(text: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month_of = |m: &str| MONTHS.iter().position(|x| *x == m).map(|i| i as u64 + 1);
+    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
+    let (day, month, year, time): (u64, u64, u64, &str) = match parts.as_slice() {
+        // IMF-fixdate.
+        [_, day, month, year, time, "GMT"] => (
+            day.parse().ok()?,
+            month_of(month)?,
+            year.parse().ok()?,
+            *time,
+        ),
+        // RFC 850: two-digit years within 50 years of now, taken as 19xx/20xx.
+        [_, date, time, "GMT"] => {
+            let mut fields = date.split('-');
+            let day = fields.next()?.parse().ok()?;
+            let month = month_of(fields.next()?)?;
+            let yy: u64 = fields.next()?.parse().ok()?;
+            let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
+            (day, month, year, *time)
+        }
+        // asctime.
+        [_, month, day, time, year] => (
+            day.parse().ok()?,
+            month_of(month)?,
+            year.parse().ok()?,
+            *time,
+        ),
+        _ => return None,
+    };
+    let mut clock = time.split(':').map(|f| f.parse::<u64>().ok());
+    let (h, m, s) = (clock.next()??, clock.next()??, clock.next()??);
+    if clock.next().is_some()
+        || !(1..=31).contains(&day)
+        || h > 23
+        || m > 59
+        || s > 60
+        || year < 1970
+    {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (proleptic Gregorian calendar).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
 /// The usual webhook-delivery reading of a response: 2xx delivered; 408, 429
@@ -417,5 +522,96 @@ pub fn classify(response: &Response) -> DeliveryOutcome {
             DeliveryOutcome::rejected(format!("HTTP {status}: redirects are not followed"))
         }
         _ => DeliveryOutcome::rejected(format!("HTTP {status}: {snippet}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_retry_after(value: &str) -> Response {
+        Response {
+            status: 503,
+            headers: vec![("retry-after".into(), value.as_bytes().to_vec())],
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn http_dates_in_all_three_forms() {
+        // RFC 9110's example instant, 784111777 s after the epoch.
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(http_date(text), Some(784_111_777), "{text}");
+        }
+        assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            http_date("Sat, 29 Feb 2028 12:00:00 GMT"),
+            Some(1_835_438_400)
+        );
+        for bad in [
+            "",
+            "soon",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
+            assert_eq!(http_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(retry_after_ms(&with_retry_after("120")), Some(120_000));
+        assert_eq!(retry_after_ms(&with_retry_after(" 0 ")), Some(0));
+        assert_eq!(
+            retry_after_ms(&with_retry_after("99999999999999999999999")),
+            Some(u64::MAX),
+            "too many digits is a very long time, not unreadable"
+        );
+        // A date in the past: no delay. A date a day ahead: about a day.
+        assert_eq!(
+            retry_after_ms(&with_retry_after("Sun, 06 Nov 1994 08:49:37 GMT")),
+            Some(0)
+        );
+        let tomorrow = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 86_400;
+        let days = tomorrow / 86_400;
+        let (secs, date) = (tomorrow % 86_400, days_to_date(days));
+        let text = format!(
+            "Xxx, {:02} {} {} {:02}:{:02}:{:02} GMT",
+            date.2,
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                [date.1 as usize - 1],
+            date.0,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
+        let ms = retry_after_ms(&with_retry_after(&text)).unwrap();
+        assert!((86_300_000..=86_400_000).contains(&ms), "{text}: {ms}");
+        for bad in ["-5", "1.5", "later"] {
+            assert_eq!(retry_after_ms(&with_retry_after(bad)), None, "{bad}");
+        }
+    }
+
+    /// (year, month, day) of a day count since 1970-01-01.
+    fn days_to_date(days: u64) -> (u64, u64, u64) {
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        (year, month, day)
     }
 }

@@ -44,7 +44,7 @@ impl JsonExt for Value {
                     cur = map.entry(token.clone()).or_insert(Value::Null);
                 }
                 Value::Array(items) => {
-                    let Ok(index) = token.parse::<usize>() else {
+                    let Some(index) = array_index(token) else {
                         return false;
                     };
                     let Some(slot) = items.get_mut(index) else {
@@ -68,11 +68,26 @@ impl JsonExt for Value {
         match self.pointer_mut(parent)? {
             Value::Object(map) => map.remove(&last),
             Value::Array(items) => {
-                let index = last.parse::<usize>().ok()?;
+                let index = array_index(&last)?;
                 (index < items.len()).then(|| items.remove(index))
             }
             _ => None,
         }
+    }
+}
+
+/// An array index as RFC 6901 writes it (`0`, or digits without a leading
+/// zero or sign), as `Value::pointer` reads it: `01` and `+1` name no
+/// element, for reads and writes alike.
+fn array_index(token: &str) -> Option<usize> {
+    let canonical = token == "0"
+        || (!token.is_empty()
+            && !token.starts_with('0')
+            && token.bytes().all(|b| b.is_ascii_digit()));
+    if canonical {
+        token.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -463,5 +478,19 @@ mod tests {
         assert_eq!(v.take_pointer("/a"), Some(json!(1)));
         assert_eq!(v, json!({"b": {"c": 2}}));
         assert!(!v.set_pointer("/b/c/d", json!(3)));
+    }
+
+    #[test]
+    fn array_indices_follow_rfc_6901_for_writes_as_for_reads() {
+        let mut doc = serde_json::json!({"items": ["a", "b", "c"]});
+        for odd in ["/items/01", "/items/+1", "/items/-", "/items/"] {
+            assert_eq!(doc.pointer(odd), None, "{odd}");
+            assert!(!doc.set_pointer(odd, serde_json::json!("x")), "{odd}");
+            assert_eq!(doc.take_pointer(odd), None, "{odd}");
+        }
+        assert_eq!(doc, serde_json::json!({"items": ["a", "b", "c"]}));
+        assert!(doc.set_pointer("/items/0", serde_json::json!("z")));
+        assert_eq!(doc.take_pointer("/items/1"), Some(serde_json::json!("b")));
+        assert_eq!(doc, serde_json::json!({"items": ["z", "c"]}));
     }
 }

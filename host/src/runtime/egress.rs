@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -539,7 +538,7 @@ impl EgressHooks {
             if let Some(tape) = &policy.tape {
                 let (rebuilt, request_seen) = Tape::capture(request, limit).await?;
                 if tape.replaying() {
-                    return tape.answer(&request_seen);
+                    return tape.answer(&request_seen, limit);
                 }
                 request = rebuilt;
                 captured = Some(request_seen);
@@ -582,7 +581,12 @@ impl EgressHooks {
                 Ok(Ok(r)) => r,
             };
             if let (Some(tape), Some(request_seen)) = (&policy.tape, captured) {
-                return tape.keep(request_seen, response, limit).await;
+                // Recording reads the whole body now, under the same deadline
+                // as a live body.
+                return tokio::select! {
+                    kept = tape.keep(request_seen, response, limit) => kept,
+                    () = deadline.as_mut() => Err(HttpError::ConnectionReadTimeout),
+                };
             }
             Ok(response.map(|inner| {
                 GuardedBody {
@@ -597,15 +601,17 @@ impl EgressHooks {
     }
 
     /// Sends whole requests for `weft:connector/outbound` and reads every
-    /// answer to its end: [`OUTBOUND_IN_FLIGHT`] at a time, the answers of
-    /// one call holding at most the plugin's `max_response_bytes` together
-    /// (they all land in the guest's memory at once). The future owns what it
-    /// needs, so the store is free while the requests are out.
+    /// answer to its end: [`OUTBOUND_IN_FLIGHT`] at a time, each answer's
+    /// body holding at most the plugin's `max_response_bytes` (as the WIT
+    /// says; a budget shared by the call failed answers whose 2xx had already
+    /// arrived, and a sink retried what was delivered). All of them land in
+    /// the guest's memory, which its own limit bounds. The future owns what
+    /// it needs, so the store is free while the requests are out.
     pub fn send_all(
         &self,
         requests: Vec<outbound::Request>,
     ) -> impl Future<Output = Vec<Result<outbound::Response, ErrorCode>>> + Send + 'static {
-        let budget = Arc::new(AtomicU64::new(self.policy.max_response_bytes));
+        let limit = self.policy.max_response_bytes;
         let mut waves = Vec::new();
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
@@ -617,7 +623,7 @@ impl EgressHooks {
                         .map(|(request, timeout)| self.exchange(request, timeout));
                     // Boxed: the exchange is a large future, and `join_all`
                     // would otherwise copy each one several times.
-                    Box::pin(read_whole(exchange, budget.clone()))
+                    Box::pin(read_whole(exchange, limit))
                 })
                 .collect();
             waves.push(wave);
@@ -635,11 +641,10 @@ impl EgressHooks {
 /// Requests of one `outbound.send-all` call in flight at once.
 pub const OUTBOUND_IN_FLIGHT: usize = 256;
 
-/// Awaits one exchange and reads its body, drawing on the call's `budget`
-/// of response bytes.
+/// Awaits one exchange and reads its body, failing past `limit` bytes.
 async fn read_whole(
     exchange: Result<impl Future<Output = Result<http::Response<WasiBody>, HttpError>>, ErrorCode>,
-    budget: Arc<AtomicU64>,
+    limit: u64,
 ) -> Result<outbound::Response, ErrorCode> {
     let response = exchange?.await.map_err(error_code)?;
     let (parts, mut body) = response.into_parts();
@@ -647,13 +652,9 @@ async fn read_whole(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(error_code)?;
         if let Some(data) = frame.data_ref() {
-            let n = data.len() as u64;
-            let left =
-                budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n));
-            if left.is_err() {
-                return Err(ErrorCode::HttpResponseBodySize(Some(
-                    bytes.len() as u64 + n,
-                )));
+            let total = bytes.len() as u64 + data.len() as u64;
+            if total > limit {
+                return Err(ErrorCode::HttpResponseBodySize(Some(total)));
             }
             bytes.extend_from_slice(data);
         }

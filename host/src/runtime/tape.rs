@@ -143,21 +143,21 @@ fn exchange_from_json(v: &Value) -> Result<Exchange, String> {
     })
 }
 
-/// Reads a whole body, failing past `limit` bytes.
+/// Reads a whole body, failing as soon as it passes `limit` bytes (an
+/// endless body is never buffered past it).
 async fn collect<B>(body: B, limit: u64) -> Result<Bytes, HttpError>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| HttpError::InternalError(Some(e.to_string())))?
-        .to_bytes();
-    if bytes.len() as u64 > limit {
-        return Err(HttpError::HttpResponseBodySize(Some(bytes.len() as u64)));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::HttpResponseBodySize(None))
+        }
+        Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
     }
-    Ok(bytes)
 }
 
 fn full(bytes: Bytes) -> WasiBody {
@@ -244,8 +244,13 @@ impl Tape {
         Ok((http::Request::from_parts(parts, full(body)), captured))
     }
 
-    /// Answers a captured request from the recorded exchanges.
-    pub fn answer(&self, request: &Captured) -> Result<http::Response<WasiBody>, HttpError> {
+    /// Answers a captured request from the recorded exchanges; a recorded
+    /// body over `limit` bytes fails as the live one would.
+    pub fn answer(
+        &self,
+        request: &Captured,
+        limit: u64,
+    ) -> Result<http::Response<WasiBody>, HttpError> {
         let Mode::Replay(exchanges) = &self.mode else {
             return Err(HttpError::InternalError(Some(
                 "tape is not replaying".into(),
@@ -270,6 +275,11 @@ impl Tape {
         };
         exchanges[index].1 = true;
         let exchange = &exchanges[index].0;
+        if exchange.body.len() as u64 > limit {
+            return Err(HttpError::HttpResponseBodySize(Some(
+                exchange.body.len() as u64
+            )));
+        }
         let mut response = http::Response::builder().status(exchange.status);
         for (k, v) in &exchange.headers {
             response = response.header(k, v);
@@ -289,7 +299,7 @@ impl Tape {
     ) -> Result<http::Response<WasiBody>, HttpError>
     where
         B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = response.into_parts();
         let body = collect(body, limit).await?;
@@ -324,5 +334,65 @@ impl Tape {
             }
         }
         Ok(http::Response::from_parts(parts, full(body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that never ends.
+    struct Endless;
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                &[b'x'; 1024],
+            )))))
+        }
+    }
+
+    #[tokio::test]
+    async fn recording_stops_reading_a_body_at_the_limit() {
+        // An endless body: without the limit this never returns.
+        let refused = collect(Endless, 64 * 1024).await.unwrap_err();
+        assert!(
+            matches!(refused, HttpError::HttpResponseBodySize(_)),
+            "{refused:?}"
+        );
+        let small = Full::new(Bytes::from_static(b"hello"));
+        assert_eq!(
+            collect(small, 5).await.unwrap(),
+            Bytes::from_static(b"hello")
+        );
+    }
+
+    #[test]
+    fn replay_refuses_a_recorded_body_over_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tape.jsonl");
+        let line = json!({
+            "request": { "method": "GET", "url": "http://api.test/x" },
+            "response": { "status": 200, "body": "0123456789" },
+        });
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let tape = Tape::replay(&path).unwrap();
+        let request = Captured {
+            method: "GET".into(),
+            url: "http://api.test/x".into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        assert!(matches!(
+            tape.answer(&request, 9),
+            Err(HttpError::HttpResponseBodySize(Some(10)))
+        ));
+        assert_eq!(tape.answer(&request, 10).unwrap().status(), 200);
     }
 }

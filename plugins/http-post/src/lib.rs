@@ -4,19 +4,22 @@
 //! * `url` (required): where to POST. The host must grant its scheme, host and
 //!   port in the plugin's `allowed_hosts`.
 //! * `mode`: `binary` (default: the body is the event data, CloudEvents
-//!   attributes travel as `ce-*` headers) or `structured` (the body is the
-//!   whole event as a CloudEvents JSON document).
+//!   attributes travel as `ce-*` headers, percent-encoded as the CloudEvents
+//!   HTTP binding says, extensions included) or `structured` (the body is
+//!   the whole event as a CloudEvents JSON document: JSON data by its content
+//!   type as JSON, other text as a string, other bytes as `data_base64`).
 //! * `timeout_ms`: per-request timeout (default: the host's `http_timeout_ms`,
 //!   which also caps this).
 //! * `headers`: a table of extra headers. Credentials belong in the host's
 //!   secret injection, not here: the plugin never sees them.
 //!
-//! Outcomes: 2xx delivered; 408, 429 and 5xx retried honoring `Retry-After`;
-//! network errors retried; redirects and other 4xx rejected permanently.
+//! Outcomes: 2xx delivered; 408, 429 and 5xx retried honoring `Retry-After`
+//! (seconds or an HTTP-date); network errors retried; redirects, other 4xx,
+//! and requests the host refuses to send (destination not granted, blocked
+//! address, malformed URL or header) rejected permanently.
 //! Every request carries `idempotency-key: <event id>` so receivers can drop
 //! the duplicates that at-least-once delivery can produce.
 
-use base64_free::encode_data;
 use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
 use weft_sdk::{config, http, DeliveryOutcome, Event, Sink};
@@ -24,16 +27,61 @@ use weft_sdk::{config, http, DeliveryOutcome, Event, Sink};
 /// The HTTP POST sink.
 pub struct HttpPost;
 
-mod base64_free {
-    /// The event data as a JSON value: parsed JSON when it is JSON, else a string.
-    pub fn encode_data(data: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(data).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(data).into_owned())
-        })
-    }
+/// Whether a content type says JSON (`application/json`, `…+json`).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
 }
 
+/// Standard base64 with padding (for `data_base64`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Attribute names of the CloudEvents JSON format an extension may not
+/// take over.
+const RESERVED: [&str; 10] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// The event as a CloudEvents JSON document: JSON data (by its content
+/// type) as JSON, other text as a string, anything else as `data_base64`.
 fn structured(event: &Event) -> Vec<u8> {
+    let content_type = event
+        .datacontenttype
+        .clone()
+        .unwrap_or_else(|| "application/json".into());
     let mut doc = Map::new();
     doc.insert("specversion".into(), json!("1.0"));
     doc.insert("id".into(), json!(event.id));
@@ -45,18 +93,45 @@ fn structured(event: &Event) -> Vec<u8> {
     if let Some(t) = &event.time {
         doc.insert("time".into(), json!(t));
     }
-    doc.insert(
-        "datacontenttype".into(),
-        json!(event
-            .datacontenttype
-            .clone()
-            .unwrap_or_else(|| "application/json".into())),
-    );
     for (k, v) in &event.extensions {
-        doc.insert(k.clone(), json!(v));
+        if !RESERVED.contains(&k.as_str()) {
+            doc.insert(k.clone(), json!(v));
+        }
     }
-    doc.insert("data".into(), encode_data(&event.data));
+    let json_data = is_json(&content_type)
+        .then(|| serde_json::from_slice::<Value>(&event.data).ok())
+        .flatten();
+    match (json_data, std::str::from_utf8(&event.data)) {
+        (Some(value), _) => {
+            doc.insert("data".into(), value);
+        }
+        (None, Ok(text)) => {
+            doc.insert("data".into(), json!(text));
+        }
+        (None, Err(_)) => {
+            doc.insert("data_base64".into(), json!(base64(&event.data)));
+        }
+    }
+    doc.insert("datacontenttype".into(), json!(content_type));
     serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
+}
+
+/// A `ce-*` header value as the CloudEvents HTTP binding writes it: space,
+/// `"`, `%` and everything outside printable ASCII percent-encoded (as
+/// UTF-8), so any attribute makes a valid header.
+fn header_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_graphic() && c != '"' && c != '%' {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// The plugin's settings, read once per instance (config never changes while
@@ -101,9 +176,9 @@ impl Settings {
     }
 }
 
-/// The request for one event.
-fn request(settings: &Settings, url: &str, event: Event) -> http::Request {
-    let mut request = http::Request::post(url).header("idempotency-key", &event.id);
+/// The request for one event, or why it can never be sent.
+fn request(settings: &Settings, url: &str, event: Event) -> Result<http::Request, String> {
+    let mut request = http::Request::post(url).header("idempotency-key", &header_value(&event.id));
     if let Some(ms) = settings.timeout_ms {
         request = request.timeout_ms(ms);
     }
@@ -111,29 +186,54 @@ fn request(settings: &Settings, url: &str, event: Event) -> http::Request {
         request = request.header(name, value);
     }
     if settings.structured {
-        return request
+        return Ok(request
             .header("content-type", "application/cloudevents+json")
-            .body(structured(&event));
+            .body(structured(&event)));
     }
     let ct = event
         .datacontenttype
         .clone()
         .unwrap_or_else(|| "application/json".into());
+    // A content type is sent as it is: one that is no valid header value is
+    // refused here, not retried until the attempts run out.
+    if !ct.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        return Err(format!(
+            "datacontenttype {ct:?} is not a valid content-type header"
+        ));
+    }
     let mut r = request
         .header("content-type", &ct)
         .header("ce-specversion", "1.0")
-        .header("ce-id", &event.id)
-        .header("ce-source", &event.source)
-        .header("ce-type", &event.type_);
+        .header("ce-id", &header_value(&event.id))
+        .header("ce-source", &header_value(&event.source))
+        .header("ce-type", &header_value(&event.type_));
     if let Some(s) = &event.subject {
-        r = r.header("ce-subject", s);
+        r = r.header("ce-subject", &header_value(s));
     }
-    r.body(event.data)
+    if let Some(t) = &event.time {
+        r = r.header("ce-time", &header_value(t));
+    }
+    // Extensions travel as `ce-<name>` when the name is a valid attribute
+    // name (lower-case letters and digits).
+    for (name, value) in &event.extensions {
+        let valid = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if valid && !RESERVED.contains(&name.as_str()) && name != "specversion" {
+            r = r.header(&format!("ce-{name}"), &header_value(value));
+        }
+    }
+    Ok(r.body(event.data))
 }
 
 fn outcome(sent: Result<http::Response, http::HttpError>) -> DeliveryOutcome {
     match sent {
         Ok(response) => http::classify(&response),
+        // Not granted, blocked, malformed: the same request fails the same
+        // way every time.
+        Err(e) if e.is_permanent() => DeliveryOutcome::rejected(e.to_string()),
         Err(e) => DeliveryOutcome::retry(e.to_string()),
     }
 }
@@ -146,7 +246,10 @@ impl Sink for HttpPost {
         let Some(url) = &settings.url else {
             return DeliveryOutcome::rejected(NO_URL);
         };
-        outcome(request(settings, url, event).send())
+        match request(settings, url, event) {
+            Ok(request) => outcome(request.send()),
+            Err(why) => DeliveryOutcome::rejected(why),
+        }
     }
 
     /// One POST per event as in `deliver`, all in flight at once.
@@ -158,12 +261,82 @@ impl Sink for HttpPost {
                 .map(|_| DeliveryOutcome::rejected(NO_URL))
                 .collect();
         };
-        let requests = events
+        // Events that cannot make a request are rejected in place; the rest
+        // go out together.
+        let mut outcomes: Vec<Option<DeliveryOutcome>> = Vec::with_capacity(events.len());
+        let mut requests = Vec::with_capacity(events.len());
+        for event in events {
+            match request(settings, url, event) {
+                Ok(request) => {
+                    requests.push(request);
+                    outcomes.push(None);
+                }
+                Err(why) => outcomes.push(Some(DeliveryOutcome::rejected(why))),
+            }
+        }
+        let mut sent = http::send_all(requests).into_iter();
+        outcomes
             .into_iter()
-            .map(|event| request(settings, url, event))
-            .collect();
-        http::send_all(requests).into_iter().map(outcome).collect()
+            .map(|known| {
+                known.unwrap_or_else(|| {
+                    sent.next().map_or_else(
+                        || DeliveryOutcome::retry("no answer from the host"),
+                        outcome,
+                    )
+                })
+            })
+            .collect()
     }
 }
 
 weft_sdk::export_sink!(HttpPost);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_become_valid_header_values() {
+        assert_eq!(header_value("order-42"), "order-42");
+        assert_eq!(header_value("A\r\nB"), "A%0D%0AB");
+        assert_eq!(header_value("50% \"off\""), "50%25%20%22off%22");
+        assert_eq!(header_value("café"), "caf%C3%A9");
+    }
+
+    #[test]
+    fn structured_mode_keeps_data_by_its_content_type() {
+        let mut event = Event {
+            id: "e1".into(),
+            source: "s".into(),
+            type_: "t".into(),
+            subject: None,
+            time: None,
+            datacontenttype: Some("text/plain".into()),
+            data: b"123".to_vec(),
+            extensions: vec![
+                ("id".into(), "forged".into()),
+                ("tenant".into(), "a".into()),
+            ],
+        };
+        let doc: Value = serde_json::from_slice(&structured(&event)).unwrap();
+        assert_eq!(doc["data"], json!("123"), "text stays text");
+        assert_eq!(
+            doc["id"],
+            json!("e1"),
+            "an extension cannot replace a core attribute"
+        );
+        assert_eq!(doc["tenant"], json!("a"));
+
+        event.datacontenttype = Some("application/vnd.shop+json; charset=utf-8".into());
+        let doc: Value = serde_json::from_slice(&structured(&event)).unwrap();
+        assert_eq!(doc["data"], json!(123));
+
+        event.datacontenttype = Some("application/octet-stream".into());
+        event.data = vec![0xff, 0xfe, 0x00];
+        let doc: Value = serde_json::from_slice(&structured(&event)).unwrap();
+        assert_eq!(doc["data_base64"], json!("//4A"));
+        assert!(doc.get("data").is_none());
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hell"), "aGVsbA==");
+    }
+}

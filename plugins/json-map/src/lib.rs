@@ -20,6 +20,13 @@
 //! * `type`: optional new event type for the output event.
 //!
 //! Paths are JSON pointers (`/customer/email`).
+//!
+//! Numbers: `count`, `sum` and `multiply` are exact while every operand is an
+//! integer (up to 128 bits) and give an integer; with a fraction they compute
+//! in floating point and round results below a million to nine decimals (so
+//! 0.1 + 0.2 is 0.3). Numbers in strings (`"19.90"`) count. A result JSON
+//! cannot hold (a sum past the largest float, `"NaN"`, `"inf"`) fails the
+//! event permanently instead of writing `null`.
 
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -40,23 +47,100 @@ fn field<'a>(op: &'a Value, name: &str) -> Result<&'a str, TransformError> {
     })
 }
 
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// A number read from the data: exact while every operand is an integer,
+/// a float otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    fn float(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(x) => x,
+        }
+    }
+
+    /// `self + other`, exact for integers (a float past i128).
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a
+                .checked_add(b)
+                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            _ => Num::Float(self.float() + other.float()),
+        }
+    }
+
+    /// `self × other`, exact for integers (a float past i128).
+    fn mul(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a
+                .checked_mul(b)
+                .map_or(Num::Float(a as f64 * b as f64), Num::Int),
+            _ => Num::Float(self.float() * other.float()),
+        }
+    }
+
+    /// The JSON number, or an error when the result is not a finite number
+    /// (JSON has none): never a silent `null`.
+    fn to_value(self, what: &str) -> Result<Value, TransformError> {
+        match self {
+            Num::Int(i) => {
+                if let Ok(i) = i64::try_from(i) {
+                    Ok(Value::from(i))
+                } else if let Ok(u) = u64::try_from(i) {
+                    Ok(Value::from(u))
+                } else {
+                    Num::Float(i as f64).to_value(what)
+                }
+            }
+            Num::Float(x) if !x.is_finite() => Err(permanent(format!(
+                "{what}: the result is not a finite number"
+            ))),
+            Num::Float(x) => {
+                // Whole numbers that a float holds exactly stay integers;
+                // small fractions are rounded to nine places, so that sums
+                // of prices read well (0.1 + 0.2 gives 0.3).
+                let value = if x.fract() == 0.0 && x.abs() < 9.0e15 {
+                    Value::from(x as i64)
+                } else if x.abs() < 1.0e6 {
+                    serde_json::Number::from_f64((x * 1e9).round() / 1e9)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null)
+                } else {
+                    serde_json::Number::from_f64(x)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null)
+                };
+                Ok(value)
+            }
+        }
     }
 }
 
-fn to_json_number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 9.0e15 {
-        Value::from(x as i64)
-    } else {
-        // Round to cents-level noise to keep sums of prices readable.
-        let rounded = (x * 1e9).round() / 1e9;
-        serde_json::Number::from_f64(rounded)
-            .map(Value::Number)
-            .unwrap_or(Value::Null)
+/// The number in `v`: a JSON number, or a string holding one. Not a number
+/// (also "NaN" and "inf", which JSON cannot hold): `None`.
+fn number(v: &Value) -> Option<Num> {
+    let num = match v {
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Num::Int(i.into()),
+            (None, Some(u)) => Num::Int(u.into()),
+            _ => Num::Float(n.as_f64()?),
+        },
+        Value::String(s) => {
+            let s = s.trim();
+            match s.parse::<i128>() {
+                Ok(i) => Num::Int(i),
+                Err(_) => Num::Float(s.parse::<f64>().ok()?),
+            }
+        }
+        _ => return None,
+    };
+    match num {
+        Num::Float(x) if !x.is_finite() => None,
+        num => Some(num),
     }
 }
 
@@ -122,7 +206,7 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
             let times = op.get("times").and_then(Value::as_str);
             let total = match doc.pointer(from) {
                 Some(Value::Array(items)) => {
-                    let mut total = 0.0;
+                    let mut total = Num::Int(0);
                     for item in items {
                         let v = item.pointer(inner).and_then(number).ok_or_else(|| {
                             permanent(format!(
@@ -135,9 +219,9 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                                     "sum: element {item} of {from} has no number at '{t}'"
                                 ))
                             })?,
-                            None => 1.0,
+                            None => Num::Int(1),
                         };
-                        total += v * factor;
+                        total = total.add(v.mul(factor));
                     }
                     total
                 }
@@ -148,7 +232,7 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                 }
                 None => return missing(from),
             };
-            set(doc, to, to_json_number(total))
+            set(doc, to, total.to_value("sum")?)
         }
         "multiply" => {
             let from = field(op, "from")?;
@@ -168,7 +252,7 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                     .ok_or_else(|| permanent(format!("multiply: {path} is not a number")))?,
                 (None, None) => return Err(permanent("multiply needs `by` or `by_path`")),
             };
-            set(doc, to, to_json_number(x * by))
+            set(doc, to, x.mul(by).to_value("multiply")?)
         }
         other => Err(permanent(format!("unknown mapping operation `{other}`"))),
     }
@@ -336,6 +420,42 @@ mod tests {
             out["sum"].as_f64(),
             Some(6.5),
             "no field: the elements themselves"
+        );
+    }
+
+    #[test]
+    fn sums_are_exact_for_integers_and_never_silently_null() {
+        let sum = |items: Value| {
+            run(
+                json!({ "items": items }),
+                json!([{"op": "sum", "from": "/items", "to": "/sum"}]),
+            )
+        };
+        // Integers past 2^53 stay exact and stay integers.
+        let out = sum(json!([263921280452238336u64, 1])).unwrap();
+        assert_eq!(out["sum"], json!(263921280452238337u64));
+        let out = sum(json!([5000000000000000i64, 5000000000000000i64])).unwrap();
+        assert_eq!(out["sum"], json!(10000000000000000i64));
+        // Small fractions read well; huge floats are kept, not turned to null.
+        assert_eq!(sum(json!([0.1, 0.2])).unwrap()["sum"], json!(0.3));
+        assert_eq!(sum(json!([1e300, 1e300])).unwrap()["sum"], json!(2e300));
+        // Not numbers: "NaN" and "inf" are refused, and a sum past the
+        // largest float is an error, not null.
+        for bad in [json!(["NaN"]), json!(["inf"]), json!([1e308, 1e308])] {
+            let err = sum(bad.clone()).unwrap_err();
+            assert!(
+                matches!(err, TransformError::Permanent(_)),
+                "{bad}: {err:?}"
+            );
+        }
+        let err = run(
+            json!({"x": 1e300}),
+            json!([{"op": "multiply", "from": "/x", "by": 1e300}]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TransformError::Permanent(m) if m.contains("not a finite number")),
+            "{err:?}"
         );
     }
 

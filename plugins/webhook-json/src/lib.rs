@@ -61,14 +61,15 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
             "webhook-timestamp is not a number",
         )
     })?;
-    let tolerance: i64 = config::get("tolerance_secs")
+    let tolerance: u64 = config::get("tolerance_secs")
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    if (now - ts).abs() > tolerance {
+    // `abs_diff`: no overflow for any timestamp a sender may put there.
+    if now.abs_diff(ts) > tolerance {
         return Err(reject(
             RejectionKind::Unauthorized,
             "webhook-timestamp outside the tolerance window",

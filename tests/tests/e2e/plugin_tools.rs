@@ -267,7 +267,8 @@ async fn the_harness_classifies_sink_outcomes_against_a_live_api() {
     assert_eq!(api.requests().len(), 3);
     assert_eq!(api.delivered()[0].json()["n"], 3);
 
-    // Without the grant, nothing leaves the sandbox.
+    // Without the grant, nothing leaves the sandbox, and the sink rejects
+    // the event: the same request would be refused every time.
     let denied = tokio::task::spawn_blocking(move || {
         weft(
             &[
@@ -280,7 +281,7 @@ async fn the_harness_classifies_sink_outcomes_against_a_live_api() {
     .unwrap();
     let lines = stdout_lines(&denied);
     assert!(
-        lines.iter().all(|l| l["outcome"] == "retry"
+        lines.iter().all(|l| l["outcome"] == "rejected"
             && l["reason"].as_str().unwrap().contains("HttpRequestDenied")),
         "{lines:?}"
     );

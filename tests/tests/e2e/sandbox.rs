@@ -127,10 +127,13 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_without_a_grant_cannot_reach_any_host() {
     let api = FakeApi::start().await;
+    // Several attempts allowed: a request the host refuses is rejected at
+    // its first attempt, never retried.
     let config = format!(
         r#"
 [retry]
-max_attempts = 1
+max_attempts = 5
+initial_ms = 50
 
 [plugins.in]
 builtin = "webhook-json"
@@ -169,8 +172,34 @@ sinks = ["out", "elsewhere", "metadata"]
             "HttpRequestDenied"
         };
         assert!(d["error"].as_str().unwrap().contains(expected), "{d}");
+        assert_eq!(
+            d["attempts"].as_array().unwrap().len(),
+            1,
+            "rejected, not retried: {d}"
+        );
     }
     assert!(api.requests().is_empty());
+    host.stop().await;
+}
+
+/// Event attributes the sender controls (here the id, taken from the body)
+/// reach the sink as valid `ce-*` headers, percent-encoded as the
+/// CloudEvents HTTP binding says, instead of failing every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_with_control_characters_are_percent_encoded_in_headers() {
+    let out = FakeApi::start().await;
+    let config = chaos_route(&out, "", "", "");
+    let host = TestHost::start(&config).await;
+    let (status, body) = post_json(&host.hook("in"), r#"{"id":"A\r\nB é"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 1).await);
+    let delivered = &out.delivered()[0];
+    assert_eq!(delivered.header("ce-id"), Some("A%0D%0AB%20%C3%A9"));
+    assert_eq!(
+        delivered.header("idempotency-key"),
+        Some("A%0D%0AB%20%C3%A9")
+    );
+    assert_eq!(host.stats().dead, 0);
     host.stop().await;
 }
 
