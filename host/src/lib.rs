@@ -20,6 +20,7 @@ pub mod router;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod timers;
 pub mod toolchain;
 
 /// The allocator the `weft` binaries install (`#[global_allocator]`):

@@ -20,6 +20,7 @@ use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, 
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
+use crate::timers::{Due, Timers};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,12 @@ pub struct Router {
     work: mpsc::Sender<Vec<Record>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// Records waiting for their time, by id (see [`Timers`]).
+    timers: Timers,
 }
+
+/// Waiting records loaded from the queue at once when they come due.
+const DUE_AT_ONCE: usize = 256;
 
 /// Splits ready records into groups of at most `size` that share a route
 /// and a stage, keeping their order.
@@ -120,6 +126,7 @@ impl Router {
             work: tx,
             metrics,
             shutdown,
+            timers: Timers::default(),
         });
         (
             router,
@@ -193,30 +200,79 @@ impl Router {
         Ok(())
     }
 
-    /// Queues a record to run now or at its `not_before_ms`.
+    /// Queues a record to run now or at its `not_before_ms`. A record that
+    /// must wait is kept by id only (it is in the queue already) and loaded
+    /// again when due.
     pub fn schedule(self: &Arc<Self>, record: Record) {
-        let delay = record.not_before_ms.saturating_sub(now_ms());
+        if record.not_before_ms > now_ms() {
+            self.timers.add(record.not_before_ms, record.id);
+            return;
+        }
         let router = self.clone();
-        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            if delay > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
-                    _ = crate::server::stopped(&mut shutdown) => return,
-                }
-            }
             let _ = router.work.send(vec![record]).await;
         });
     }
 
-    /// Loads every pending record and schedules it (at start-up).
+    /// Schedules every pending record (at start-up), by id: the records are
+    /// read from the queue as they come due, not all at once.
     pub async fn resume(self: &Arc<Self>) -> Result<usize, QueueError> {
-        let pending = self.queue.pending().await?;
+        let pending = self.queue.pending_times().await?;
         let n = pending.len();
-        for record in pending {
-            self.schedule(record);
+        for (id, at) in pending {
+            self.timers.add(at, id);
         }
         Ok(n)
+    }
+
+    /// Records waiting for their time.
+    pub fn waiting(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Hands waiting records to the workers as they come due, loading at
+    /// most [`DUE_AT_ONCE`] at a time from the queue (the hand-off to the
+    /// workers is bounded, so a due backlog is read as fast as it is
+    /// delivered, not all at once). Runs until shutdown.
+    async fn run_timers(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let wait = match self.timers.due(now_ms(), DUE_AT_ONCE) {
+                Due::Now(ids) => {
+                    let records = match self.queue.load(ids.clone()).await {
+                        Ok(records) => records,
+                        Err(e) => {
+                            tracing::error!(error = %e, records = ids.len(), "could not load due records; trying again in a second");
+                            let later = now_ms().saturating_add(1000);
+                            for id in ids {
+                                self.timers.add(later, id);
+                            }
+                            continue;
+                        }
+                    };
+                    if !records.is_empty() {
+                        tokio::select! {
+                            sent = self.work.send(records) => if sent.is_err() { return },
+                            _ = crate::server::stopped(&mut shutdown) => return,
+                        }
+                    }
+                    continue;
+                }
+                Due::At(at) => Some(Duration::from_millis(at.saturating_sub(now_ms()))),
+                Due::Empty => None,
+            };
+            let sleep = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.timers.changed() => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+        }
     }
 
     /// The most records the dispatcher takes at once: the largest sink batch.
@@ -242,6 +298,7 @@ impl Router {
             slots,
             size,
         } = workers;
+        tokio::spawn(self.clone().run_timers());
         // At most half the worker slots per take, so that one group's
         // deliveries overlap with the next group's transforms.
         let take = self.batch_limit().min(size / 2).max(1);

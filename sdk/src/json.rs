@@ -105,7 +105,10 @@ fn array_index(token: &str) -> Option<usize> {
 /// The grammar allows two things a [`Value`] cannot hold: numbers beyond
 /// `f64`'s range (`1e400`) and unpaired surrogate escapes (`"\ud800"`). In a
 /// member nobody names they pass through untouched; reading or editing such a
-/// member is an error, and the document stays as it was.
+/// member is an error, and the document stays as it was. Integers beyond
+/// 64 bits are within `f64`'s range: a member that is read or edited holds
+/// them as the nearest float (written back as such, e.g. `1e23`), as every
+/// [`Value`] does; members nobody names keep their digits.
 ///
 /// ```
 /// use weft_sdk::{Document, JsonExt};

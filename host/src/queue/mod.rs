@@ -270,8 +270,18 @@ pub trait Queue: Send + Sync + 'static {
     /// Applies changes in order, without waiting for them to be synced.
     fn apply(&self, ops: Vec<Op>) -> Result<(), QueueError>;
 
-    /// Every pending record (used at start-up to resume work).
+    /// Every pending record.
     fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>>;
+
+    /// Every pending record's id and `not_before_ms`, in id order: what
+    /// resuming work at start-up needs, without holding every event in
+    /// memory at once.
+    fn pending_times(&self) -> BoxFuture<'_, Result<Vec<(u64, u64)>, QueueError>>;
+
+    /// The pending records among `ids`, in the order asked; ids that are no
+    /// longer pending (delivered, dead-lettered) are left out. Reads what
+    /// every change handed over before it has made.
+    fn load(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<Vec<Record>, QueueError>>;
 
     /// Dead letters matching `query`, oldest first.
     fn dead_letters(

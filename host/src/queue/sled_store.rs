@@ -60,6 +60,8 @@ const DEAD: u8 = b'd';
 /// Values above this size may land in sled's blob files, which the log-file
 /// sync does not cover; a checkpoint after one syncs the whole file system.
 const LARGE_VALUE: usize = 64 * 1024;
+/// sled's page cache (its default is 1 GiB).
+const SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Most commands applied per group.
 const MAX_GROUP: usize = 4096;
 /// A checkpoint once the journal's current epoch holds this many bytes...
@@ -95,6 +97,8 @@ enum Command {
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
     Pending(oneshot::Sender<Result<Vec<Record>, QueueError>>),
+    PendingTimes(oneshot::Sender<Result<Vec<(u64, u64)>, QueueError>>),
+    Load(Vec<u64>, oneshot::Sender<Result<Vec<Record>, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
 }
 
@@ -185,17 +189,24 @@ impl SledQueue {
     /// [`writer_loop`]); zero disables the wait.
     pub fn open_with(dir: &Path, commit_delay: Duration) -> Result<SledQueue, QueueError> {
         let path = dir.join("queue");
-        let db = sled::Config::new().path(&path).open().map_err(|e| {
-            // sled takes an exclusive lock on its files: a second process
-            // on the same directory fails here.
-            if e.to_string().contains("could not acquire lock") {
-                QueueError::InUse {
-                    path: path.display().to_string(),
+        // sled caches pages up to 1 GiB by default: with a backlog of
+        // pending records (a sink down for hours) that cache, not the
+        // records' number, would set the process's memory.
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| {
+                // sled takes an exclusive lock on its files: a second process
+                // on the same directory fails here.
+                if e.to_string().contains("could not acquire lock") {
+                    QueueError::InUse {
+                        path: path.display().to_string(),
+                    }
+                } else {
+                    storage(e)
                 }
-            } else {
-                storage(e)
-            }
-        })?;
+            })?;
         check_format(&db, &path)?;
         let epoch =
             match db.get(EPOCH_KEY).map_err(storage)? {
@@ -446,6 +457,41 @@ impl Writer {
         Ok(records)
     }
 
+    /// Every pending record's id and `not_before_ms`, in id order (each
+    /// record is decoded and dropped at once).
+    fn pending_times(&self) -> Result<Vec<(u64, u64)>, QueueError> {
+        let mut times = Vec::new();
+        for item in self.shared.tree.scan_prefix([PENDING]) {
+            let (k, v) = item.map_err(storage)?;
+            let id = id_of(&k);
+            if !self.fresh.contains_key(&id) && !self.removed.contains(&id) {
+                times.push((id, decode::<Record>(&k, &v)?.not_before_ms));
+            }
+        }
+        for (id, fresh) in &self.fresh {
+            let record: Record = decode(&key(PENDING, *id), &fresh.value)?;
+            times.push((*id, record.not_before_ms));
+        }
+        times.sort_unstable();
+        Ok(times)
+    }
+
+    /// The pending records among `ids`, in the order asked.
+    fn load(&self, ids: &[u64]) -> Result<Vec<Record>, QueueError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let k = key(PENDING, id);
+            if let Some(fresh) = self.fresh.get(&id) {
+                records.push(decode(&k, &fresh.value)?);
+            } else if !self.removed.contains(&id) {
+                if let Some(v) = self.shared.tree.get(k).map_err(storage)? {
+                    records.push(decode(&k, &v)?);
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// Moves dead letter `id` back to pending with a fresh attempt budget.
     /// The dead letter leaves sled once the journal frame reviving it is
     /// synced ([`Writer::revived`]).
@@ -677,6 +723,12 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 Command::Pending(reply) => {
                     let _ = reply.send(writer.pending());
                 }
+                Command::PendingTimes(reply) => {
+                    let _ = reply.send(writer.pending_times());
+                }
+                Command::Load(ids, reply) => {
+                    let _ = reply.send(writer.load(&ids));
+                }
                 Command::Close(reply) => closing = Some(reply),
             }
         }
@@ -750,6 +802,24 @@ impl Queue for SledQueue {
     fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Command::Pending(tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| QueueError::Closed)?
+        })
+    }
+
+    fn pending_times(&self) -> BoxFuture<'_, Result<Vec<(u64, u64)>, QueueError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::PendingTimes(tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| QueueError::Closed)?
+        })
+    }
+
+    fn load(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<Vec<Record>, QueueError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Load(ids, tx));
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| QueueError::Closed)?
@@ -853,6 +923,47 @@ mod tests {
             attempts: vec![],
             not_before_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn waiting_records_are_listed_by_time_and_loaded_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = {
+            let q = open_when_free(dir.path()).unwrap();
+            let (a, mut b, c) = (record(&q, "a"), record(&q, "b"), record(&q, "c"));
+            q.append(vec![a.clone(), b.clone(), c.clone()])
+                .await
+                .unwrap();
+            // b retries later; a is delivered.
+            b.not_before_ms = 5_000;
+            q.apply(vec![Op::Put(b.clone()), Op::Remove(a.id)]).unwrap();
+            // Both read what was handed over before them (the fresh table).
+            assert_eq!(
+                q.pending_times().await.unwrap(),
+                vec![(b.id, 5_000), (c.id, 0)]
+            );
+            assert_eq!(
+                q.load(vec![c.id, a.id, b.id]).await.unwrap(),
+                vec![c.clone(), b.clone()],
+                "in the order asked, without the delivered one"
+            );
+            q.close().await.unwrap();
+            (a, b, c)
+        };
+        // After a checkpoint and a reopen, from sled.
+        let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(
+            q.pending_times().await.unwrap(),
+            vec![(b.id, 5_000), (c.id, 0)]
+        );
+        assert_eq!(
+            q.load(vec![b.id, a.id, c.id]).await.unwrap(),
+            vec![b.clone(), c.clone()]
+        );
+        q.apply(vec![Op::Remove(b.id)]).unwrap();
+        assert_eq!(q.load(vec![b.id]).await.unwrap(), vec![]);
+        assert_eq!(q.pending_times().await.unwrap(), vec![(c.id, 0)]);
+        q.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -27,13 +27,28 @@ fn reject(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
     Rejection::new(kind, reason)
 }
 
-/// A string (or number) as event attribute text.
-fn text(value: Option<Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s),
-        Value::Number(n) => Some(n.to_string()),
+/// A string (or number) at `pointer` as event attribute text. A number too
+/// large for a float to hold exactly (an integer id past 2^53 that is not a
+/// 64-bit integer) is refused: two different ids would read the same.
+fn text(value: Option<Value>, pointer: &str) -> Result<Option<String>, Rejection> {
+    Ok(match value {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(Value::Number(n)) => {
+            if n.as_f64()
+                .is_some_and(|x| x.abs() >= 9_007_199_254_740_992.0)
+            {
+                return Err(reject(
+                    RejectionKind::Unprocessable,
+                    format!(
+                        "the number at {pointer} is too large to read exactly; send it as a string"
+                    ),
+                ));
+            }
+            Some(n.to_string())
+        }
         _ => None,
-    }
+    })
 }
 
 /// Constant-time byte comparison.
@@ -115,7 +130,7 @@ fn make_event(
 ) -> Result<Event, Rejection> {
     let source = config::get_or("source", "/hooks/webhook");
     let ty = match config::get("type_pointer") {
-        Some(p) => text(at(&p)?).ok_or_else(|| {
+        Some(p) => text(at(&p)?, &p)?.ok_or_else(|| {
             reject(
                 RejectionKind::Unprocessable,
                 format!("no event type at {p}"),
@@ -124,7 +139,7 @@ fn make_event(
         None => config::get_or("type", "webhook.received"),
     };
     let id = match config::get("id_pointer") {
-        Some(p) => text(at(&p)?)
+        Some(p) => text(at(&p)?, &p)?
             .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
         None => {
             let base = match request.header("webhook-id") {
@@ -140,7 +155,7 @@ fn make_event(
     let mut event = Event::new(id, source, ty, raw);
     event.datacontenttype = Some("application/json".to_string());
     if let Some(p) = config::get("subject_pointer") {
-        event.subject = text(at(&p)?);
+        event.subject = text(at(&p)?, &p)?;
     }
     Ok(event)
 }
@@ -206,3 +221,29 @@ impl Source for WebhookJson {
 }
 
 weft_sdk::export_source!(WebhookJson);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_exactly_or_refused() {
+        let values: Vec<Value> = serde_json::from_str(
+            r#"[42, 18446744073709551615, "A-1", 1.5, 100000000000000000000001, 1e23, {}]"#,
+        )
+        .unwrap();
+        let read = |i: usize| text(Some(values[i].clone()), "/id");
+        assert_eq!(read(0).ok().flatten().as_deref(), Some("42"));
+        assert_eq!(
+            read(1).ok().flatten().as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(read(2).ok().flatten().as_deref(), Some("A-1"));
+        assert_eq!(read(3).ok().flatten().as_deref(), Some("1.5"));
+        // Past 64 bits an integer becomes a float: two ids would collide.
+        assert!(read(4).is_err());
+        assert!(read(5).is_err());
+        assert_eq!(read(6).ok().flatten(), None);
+        assert_eq!(text(None, "/id").ok().flatten(), None);
+    }
+}
