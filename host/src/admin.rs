@@ -88,7 +88,7 @@ impl Admin {
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
-            "queue": { "pending": stats.pending, "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
+            "queue": { "pending": stats.pending, "waiting": self.router.waiting(), "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
         })
@@ -155,6 +155,11 @@ impl Admin {
                             "weft_queue_pending",
                             "Records waiting to be processed or retried",
                             stats.pending,
+                        ),
+                        (
+                            "weft_queue_waiting",
+                            "Pending records waiting for their retry time (backoff or Retry-After)",
+                            self.router.waiting() as u64,
                         ),
                         (
                             "weft_queue_dead",

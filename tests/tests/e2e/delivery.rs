@@ -167,6 +167,36 @@ async fn retry_after_from_the_sink_is_honored() {
     host.stop().await;
 }
 
+/// A record waiting for a long `Retry-After` is counted as waiting, in the
+/// status and the metrics (it is held by id until due; the event stays in
+/// the queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_for_its_retry_is_counted_as_waiting() {
+    let api = FakeApi::start().await;
+    api.fail_next(1, 503, &[("retry-after", "3600")]);
+    let config = relay_config(&api, "initial_ms = 10\nmax_attempts = 3\njitter = 0.0");
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"later\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || api.requests().len() == 1).await);
+    let mut waiting = serde_json::Value::Null;
+    for _ in 0..500 {
+        let (_, status) = host.admin_get("/api/status").await;
+        waiting = status["queue"]["waiting"].clone();
+        if waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(waiting, 1);
+    let (_, text) = host.admin_get("/metrics").await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("weft_queue_waiting 1"), "{text}");
+    assert_eq!(host.stats().pending, 1);
+    assert!(api.delivered().is_empty());
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_and_can_be_replayed()
 {
