@@ -21,12 +21,13 @@ impl RetryPolicy {
     }
 
     /// The delay before the next attempt, given that `attempts` were made so
-    /// far (>= 1). A delay the remote asked for wins, capped at `max_delay_ms`.
+    /// far (>= 1). A delay the remote asked for (`Retry-After`) is a floor
+    /// under the backoff, as HTTP means it ("wait at least this long"): a
+    /// remote answering `Retry-After: 0` to every attempt still gets the
+    /// backoff, not its attempts used up in a burst. Capped at
+    /// `max_delay_ms` either way.
     pub fn delay_ms(&self, attempts: u32, requested_ms: Option<u64>) -> u64 {
         let c = &self.config;
-        if let Some(requested) = requested_ms {
-            return requested.min(c.max_delay_ms);
-        }
         let exp = attempts.saturating_sub(1).min(60) as i32;
         let base = (c.initial_ms as f64 * c.multiplier.powi(exp)).min(c.max_delay_ms as f64);
         let spread = if c.jitter > 0.0 {
@@ -34,7 +35,11 @@ impl RetryPolicy {
         } else {
             0.0
         };
-        (base * (1.0 + spread)).max(0.0) as u64
+        let backoff = (base * (1.0 + spread)).max(0.0) as u64;
+        match requested_ms {
+            Some(requested) => requested.max(backoff).min(c.max_delay_ms),
+            None => backoff,
+        }
     }
 }
 
@@ -61,5 +66,10 @@ mod tests {
         }
         assert_eq!(p.delay_ms(1, Some(5_000)), 1000);
         assert_eq!(p.delay_ms(1, Some(250)), 250);
+        // A requested delay is a floor: `Retry-After: 0` still backs off.
+        for _ in 0..100 {
+            let d = p.delay_ms(3, Some(0));
+            assert!((360..=440).contains(&d), "{d}");
+        }
     }
 }
