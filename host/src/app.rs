@@ -162,6 +162,7 @@ fn load_plugin(
         inject,
         timeout: Duration::from_millis(limits.http_timeout_ms),
         max_response_bytes: limits.max_response_bytes,
+        max_call_bytes: limits.memory_mib.saturating_mul(1 << 20),
         tape: None,
     });
     let state = match queue {

@@ -329,6 +329,7 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         inject: Vec::new(),
         timeout: Duration::from_millis(opts.limits.http_timeout_ms),
         max_response_bytes: opts.limits.max_response_bytes,
+        max_call_bytes: opts.limits.memory_mib.saturating_mul(1 << 20),
         tape,
     });
     let state = PluginState::open(state, opts.limits.state_mib.saturating_mul(1 << 20))

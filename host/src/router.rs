@@ -200,18 +200,11 @@ impl Router {
         Ok(())
     }
 
-    /// Queues a record to run now or at its `not_before_ms`. A record that
-    /// must wait is kept by id only (it is in the queue already) and loaded
-    /// again when due.
+    /// Queues a record (already stored) to run at its `not_before_ms`, or
+    /// now. It is kept by id only and loaded from the queue when due, so
+    /// neither a backlog of retries nor a bulk replay holds events in memory.
     pub fn schedule(self: &Arc<Self>, record: Record) {
-        if record.not_before_ms > now_ms() {
-            self.timers.add(record.not_before_ms, record.id);
-            return;
-        }
-        let router = self.clone();
-        tokio::spawn(async move {
-            let _ = router.work.send(vec![record]).await;
-        });
+        self.timers.add(record.not_before_ms, record.id);
     }
 
     /// Schedules every pending record (at start-up), by id: the records are
@@ -250,9 +243,12 @@ impl Router {
                             continue;
                         }
                     };
-                    if !records.is_empty() {
+                    // One record per message: the hand-off is bounded in
+                    // messages, so at most that many loaded records wait in
+                    // it (the dispatcher still takes them in groups).
+                    for record in records {
                         tokio::select! {
-                            sent = self.work.send(records) => if sent.is_err() { return },
+                            sent = self.work.send(vec![record]) => if sent.is_err() { return },
                             _ = crate::server::stopped(&mut shutdown) => return,
                         }
                     }

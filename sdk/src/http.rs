@@ -485,7 +485,7 @@ pub fn http_date(text: &str) -> Option<u64> {
         || h > 23
         || m > 59
         || s > 60
-        || year < 1970
+        || !(1970..=9999).contains(&year)
     {
         return None;
     }

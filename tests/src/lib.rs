@@ -542,6 +542,7 @@ pub fn load_plugin(
             inject: vec![],
             timeout: Duration::from_secs(5),
             max_response_bytes: 1 << 20,
+            max_call_bytes: limits.memory_mib.saturating_mul(1 << 20),
             tape: None,
         }),
     };

@@ -476,16 +476,27 @@ impl Writer {
         Ok(times)
     }
 
-    /// The pending records among `ids`, in the order asked.
+    /// The pending records among `ids`, in the order asked. One that does
+    /// not decode is left out with an error in the log (it stays stored for
+    /// an operator to look at) rather than holding back the others.
     fn load(&self, ids: &[u64]) -> Result<Vec<Record>, QueueError> {
         let mut records = Vec::with_capacity(ids.len());
         for &id in ids {
             let k = key(PENDING, id);
-            if let Some(fresh) = self.fresh.get(&id) {
-                records.push(decode(&k, &fresh.value)?);
-            } else if !self.removed.contains(&id) {
-                if let Some(v) = self.shared.tree.get(k).map_err(storage)? {
-                    records.push(decode(&k, &v)?);
+            let decoded = if let Some(fresh) = self.fresh.get(&id) {
+                decode(&k, &fresh.value)
+            } else if self.removed.contains(&id) {
+                continue;
+            } else {
+                match self.shared.tree.get(k).map_err(storage)? {
+                    Some(v) => decode(&k, &v),
+                    None => continue,
+                }
+            };
+            match decoded {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    tracing::error!(record = id, error = %e, "a pending record cannot be read; it is skipped and stays stored")
                 }
             }
         }

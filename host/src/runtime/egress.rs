@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -332,7 +333,8 @@ impl Connector {
     }
 
     async fn connect(self, uri: Uri) -> Result<Conn, std::io::Error> {
-        let denied = |msg: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg);
+        let denied =
+            |msg: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, Blocked(msg));
         let host = uri
             .host()
             .ok_or_else(|| denied("request has no host".into()))?
@@ -447,6 +449,27 @@ impl std::fmt::Debug for Injection {
     }
 }
 
+/// How a refused address is told apart from other connect errors.
+const BLOCKED: &str = "blocked by the egress policy";
+
+/// The connector's refusal of an address no grant may reach. Its debug
+/// text (what hyper's error chain shows) carries [`BLOCKED`] too.
+struct Blocked(String);
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{BLOCKED}: {}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Blocked {}
+
 /// One plugin's outbound grants.
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
@@ -460,6 +483,10 @@ pub struct EgressPolicy {
     pub timeout: Duration,
     /// Largest response body the plugin may read.
     pub max_response_bytes: u64,
+    /// Largest total of the response bodies of one `outbound.send-all`
+    /// call, which the host holds before they go into the guest's memory
+    /// (set to the plugin's `memory_mib`: more could not land there anyway).
+    pub max_call_bytes: u64,
     /// Record or replay exchanges (only `weft plugin test` sets this).
     pub tape: Option<Arc<Tape>>,
 }
@@ -567,7 +594,10 @@ impl EgressHooks {
                     {
                         tracing::debug!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), error = %clip(&detail), "outbound request failed");
                     }
-                    if detail.contains("PermissionDenied") {
+                    // Only the policy's own refusal: a connect that fails
+                    // with EPERM (a firewall rule being rolled out) is a
+                    // network error like any other, and worth a retry.
+                    if detail.contains(BLOCKED) {
                         if log_budget.take(&policy.plugin, &event_id) {
                             tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), "outbound request denied: address blocked");
                         }
@@ -603,15 +633,16 @@ impl EgressHooks {
     /// Sends whole requests for `weft:connector/outbound` and reads every
     /// answer to its end: [`OUTBOUND_IN_FLIGHT`] at a time, each answer's
     /// body holding at most the plugin's `max_response_bytes` (as the WIT
-    /// says; a budget shared by the call failed answers whose 2xx had already
-    /// arrived, and a sink retried what was delivered). All of them land in
-    /// the guest's memory, which its own limit bounds. The future owns what
-    /// it needs, so the store is free while the requests are out.
+    /// says), and all of them together at most `max_call_bytes` (the
+    /// guest's memory limit: the host holds them before they land there).
+    /// The future owns what it needs, so the store is free while the
+    /// requests are out.
     pub fn send_all(
         &self,
         requests: Vec<outbound::Request>,
     ) -> impl Future<Output = Vec<Result<outbound::Response, ErrorCode>>> + Send + 'static {
         let limit = self.policy.max_response_bytes;
+        let budget = Arc::new(AtomicU64::new(self.policy.max_call_bytes));
         let mut waves = Vec::new();
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
@@ -623,7 +654,7 @@ impl EgressHooks {
                         .map(|(request, timeout)| self.exchange(request, timeout));
                     // Boxed: the exchange is a large future, and `join_all`
                     // would otherwise copy each one several times.
-                    Box::pin(read_whole(exchange, limit))
+                    Box::pin(read_whole(exchange, limit, budget.clone()))
                 })
                 .collect();
             waves.push(wave);
@@ -641,10 +672,12 @@ impl EgressHooks {
 /// Requests of one `outbound.send-all` call in flight at once.
 pub const OUTBOUND_IN_FLIGHT: usize = 256;
 
-/// Awaits one exchange and reads its body, failing past `limit` bytes.
+/// Awaits one exchange and reads its body, failing past `limit` bytes or
+/// when the call's `budget` of bytes held is spent.
 async fn read_whole(
     exchange: Result<impl Future<Output = Result<http::Response<WasiBody>, HttpError>>, ErrorCode>,
     limit: u64,
+    budget: Arc<AtomicU64>,
 ) -> Result<outbound::Response, ErrorCode> {
     let response = exchange?.await.map_err(error_code)?;
     let (parts, mut body) = response.into_parts();
@@ -652,8 +685,13 @@ async fn read_whole(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(error_code)?;
         if let Some(data) = frame.data_ref() {
-            let total = bytes.len() as u64 + data.len() as u64;
-            if total > limit {
+            let n = data.len() as u64;
+            let total = bytes.len() as u64 + n;
+            let within = total <= limit
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n))
+                    .is_ok();
+            if !within {
                 return Err(ErrorCode::HttpResponseBodySize(Some(total)));
             }
             bytes.extend_from_slice(data);
@@ -789,6 +827,37 @@ fn split_host_port(rest: &str) -> Result<(String, Option<u16>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exchange that answers 200 with `size` bytes.
+    fn answered(
+        size: usize,
+    ) -> Result<impl Future<Output = Result<http::Response<WasiBody>, HttpError>>, ErrorCode> {
+        let body = http_body_util::Full::new(Bytes::from(vec![b'x'; size]))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Ok(async move { Ok(http::Response::new(body)) })
+    }
+
+    #[tokio::test]
+    async fn answers_are_limited_each_and_together() {
+        // Each at most 100 bytes, all of one call at most 150.
+        let budget = Arc::new(AtomicU64::new(150));
+        let first = read_whole(answered(80), 100, budget.clone()).await.unwrap();
+        assert_eq!(first.body.len(), 80);
+        assert!(matches!(
+            read_whole(answered(101), 100, budget.clone()).await,
+            Err(ErrorCode::HttpResponseBodySize(Some(101)))
+        ));
+        // 70 more would pass the call's 150.
+        assert!(matches!(
+            read_whole(answered(71), 100, budget.clone()).await,
+            Err(ErrorCode::HttpResponseBodySize(_))
+        ));
+        assert_eq!(
+            read_whole(answered(70), 100, budget).await.unwrap().status,
+            200
+        );
+    }
 
     fn whole(method: &str, url: &str, headers: &[(&str, &str)]) -> outbound::Request {
         outbound::Request {

@@ -192,10 +192,13 @@ pub struct Runtime {
     cache: ComponentCache,
     client: HttpClient,
     _ticker: Ticker,
-    /// One permit per plugin call running (each holds a pooled instance):
-    /// beyond [`MAX_CALLS_AT_ONCE`] calls wait for a free instance instead
-    /// of failing to instantiate from an exhausted pool.
+    /// One permit per transform or sink call running (each holds a pooled
+    /// instance): beyond [`MAX_CALLS_AT_ONCE`] calls wait for a free
+    /// instance instead of failing to instantiate from an exhausted pool.
     calls: tokio::sync::Semaphore,
+    /// The same for source calls, apart: webhooks keep being taken in while
+    /// a fan-out of deliveries waits on a slow sink ([`MAX_SOURCE_CALLS`]).
+    source_calls: tokio::sync::Semaphore,
     /// Idle instances kept for reuse, across all plugins (at most
     /// [`MAX_IDLE_TOTAL`]).
     idle: Arc<AtomicUsize>,
@@ -206,6 +209,8 @@ pub struct Runtime {
 /// `server.max_concurrent_requests` webhooks at once: without this bound
 /// they would exhaust the instance pool and fail calls of every plugin.
 const MAX_CALLS_AT_ONCE: usize = 512;
+/// Source calls running at once (webhooks being turned into events).
+const MAX_SOURCE_CALLS: usize = 192;
 /// Idle instances kept for reuse, across all plugins (each holds a pool
 /// slot and its grown memory).
 const MAX_IDLE_TOTAL: usize = 256;
@@ -216,7 +221,8 @@ const POOL_INSTANCES: u32 = 1000;
 /// components, and Rust ones built through the preview-1 adapter, have more
 /// than one).
 const POOL_MEMORIES: u32 = 2 * POOL_INSTANCES;
-const _: () = assert!(MAX_CALLS_AT_ONCE + MAX_IDLE_TOTAL < POOL_INSTANCES as usize);
+const _: () =
+    assert!(MAX_CALLS_AT_ONCE + MAX_SOURCE_CALLS + MAX_IDLE_TOTAL < POOL_INSTANCES as usize);
 
 /// Linear memory kept resident (and reset by memset) per pooled slot.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -296,8 +302,17 @@ impl Runtime {
             client,
             _ticker: ticker,
             calls: tokio::sync::Semaphore::new(MAX_CALLS_AT_ONCE),
+            source_calls: tokio::sync::Semaphore::new(MAX_SOURCE_CALLS),
             idle: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The permits calls of a plugin in `role` take.
+    fn permits(&self, role: Role) -> &tokio::sync::Semaphore {
+        match role {
+            Role::Source => &self.source_calls,
+            Role::Transform | Role::Sink => &self.calls,
+        }
     }
 
     /// The wasmtime engine.
@@ -436,7 +451,7 @@ macro_rules! call_instance {
     ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, |$instance:ident, $store:ident| $call:expr) => {{
         let plugin = $plugin;
         // Held until the call ends (see `Runtime::calls`).
-        let _running = plugin.runtime.calls.acquire().await;
+        let _running = plugin.runtime.permits(plugin.role()).acquire().await;
         let (mut store, kept, calls) = match plugin.take_warm() {
             Some(Warm {
                 mut store,
