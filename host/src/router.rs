@@ -203,7 +203,7 @@ impl Router {
     /// Queues a record (already stored) to run at its `not_before_ms`, or
     /// now. It is kept by id only and loaded from the queue when due, so
     /// neither a backlog of retries nor a bulk replay holds events in memory.
-    pub fn schedule(self: &Arc<Self>, record: Record) {
+    pub fn schedule(&self, record: &Record) {
         self.timers.add(record.not_before_ms, record.id);
     }
 
@@ -348,7 +348,9 @@ impl Router {
         }
     }
 
-    /// Decides what follows a failed attempt: a retry later, or the dead-letter store.
+    /// Decides what follows a failed attempt: a retry later (its record id
+    /// and time are returned, to schedule once `ops` are handed over), or
+    /// the dead-letter store.
     fn after_failure(
         &self,
         mut record: Record,
@@ -356,7 +358,7 @@ impl Router {
         permanent: bool,
         requested_ms: Option<u64>,
         ops: &mut Vec<Op>,
-    ) -> Option<Record> {
+    ) -> Option<(u64, u64)> {
         let detail = attempt.detail.clone();
         record.attempts.push(attempt);
         // A delivery carries the history of its event's transforms too, but
@@ -379,8 +381,9 @@ impl Router {
             record.not_before_ms = now_ms().saturating_add(delay);
             tracing::info!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
             inc(&self.metrics.retries);
-            ops.push(Op::Put(record.clone()));
-            Some(record)
+            let wake = (record.id, record.not_before_ms);
+            ops.push(Op::Put(record));
+            Some(wake)
         }
     }
 
@@ -415,13 +418,16 @@ impl Router {
         self.commit(ops, Vec::new());
     }
 
-    fn commit(self: &Arc<Self>, ops: Vec<Op>, later: Vec<Record>) {
+    /// Hands `ops` to the queue, then schedules the retries among them
+    /// (`(record id, not_before_ms)`): loading them when due reads the
+    /// changes handed over before.
+    fn commit(self: &Arc<Self>, ops: Vec<Op>, later: Vec<(u64, u64)>) {
         if let Err(e) = self.queue.apply(ops) {
             tracing::error!(error = %e, "could not record the outcome of an attempt; it will run again after restart");
             return;
         }
-        for r in later {
-            self.schedule(r);
+        for (id, at) in later {
+            self.timers.add(at, id);
         }
     }
 
@@ -679,7 +685,7 @@ impl Router {
     pub async fn replay(self: &Arc<Self>, id: u64) -> Result<Record, QueueError> {
         let record = self.queue.replay(id).await?;
         tracing::info!(event = %record.event.id, record = id, "dead letter replayed");
-        self.schedule(record.clone());
+        self.schedule(&record);
         Ok(record)
     }
 }
