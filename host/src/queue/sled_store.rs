@@ -440,19 +440,33 @@ impl Writer {
         }
     }
 
-    /// Every pending record, in id order.
-    fn pending(&self) -> Result<Vec<Record>, QueueError> {
-        let mut records = Vec::new();
+    /// Calls `each` with the id and encoded record of every pending record:
+    /// sled's copies, unless newer in the fresh table or removed since the
+    /// last checkpoint, then the fresh table.
+    fn each_pending(
+        &self,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
         for item in self.shared.tree.scan_prefix([PENDING]) {
             let (k, v) = item.map_err(storage)?;
             let id = id_of(&k);
             if !self.fresh.contains_key(&id) && !self.removed.contains(&id) {
-                records.push(decode::<Record>(&k, &v)?);
+                each(id, &v)?;
             }
         }
         for (id, fresh) in &self.fresh {
-            records.push(decode::<Record>(&key(PENDING, *id), &fresh.value)?);
+            each(*id, &fresh.value)?;
         }
+        Ok(())
+    }
+
+    /// Every pending record, in id order.
+    fn pending(&self) -> Result<Vec<Record>, QueueError> {
+        let mut records = Vec::new();
+        self.each_pending(|id, v| {
+            records.push(decode::<Record>(&key(PENDING, id), v)?);
+            Ok(())
+        })?;
         records.sort_by_key(|r| r.id);
         Ok(records)
     }
@@ -461,17 +475,10 @@ impl Writer {
     /// record is decoded and dropped at once).
     fn pending_times(&self) -> Result<Vec<(u64, u64)>, QueueError> {
         let mut times = Vec::new();
-        for item in self.shared.tree.scan_prefix([PENDING]) {
-            let (k, v) = item.map_err(storage)?;
-            let id = id_of(&k);
-            if !self.fresh.contains_key(&id) && !self.removed.contains(&id) {
-                times.push((id, decode::<Record>(&k, &v)?.not_before_ms));
-            }
-        }
-        for (id, fresh) in &self.fresh {
-            let record: Record = decode(&key(PENDING, *id), &fresh.value)?;
-            times.push((*id, record.not_before_ms));
-        }
+        self.each_pending(|id, v| {
+            times.push((id, decode::<Record>(&key(PENDING, id), v)?.not_before_ms));
+            Ok(())
+        })?;
         times.sort_unstable();
         Ok(times)
     }
