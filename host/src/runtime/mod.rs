@@ -341,10 +341,14 @@ impl Runtime {
                     plugin: name.clone(),
                     detail: format!("{e:#}"),
                 })?;
+        // What one instance takes from the pool (None: it imports some).
+        let needs = component.resources_required();
         tracing::info!(
             plugin = %name,
             path = %path.display(),
             from_cache = cached,
+            memories = needs.as_ref().map(|n| n.num_memories),
+            tables = needs.as_ref().map(|n| n.num_tables),
             ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
             "{}",
             if cached { "compiled plugin loaded from the cache" } else { "plugin compiled" }
