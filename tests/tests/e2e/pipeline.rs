@@ -347,18 +347,24 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
+/// The shop route with its source limited to one request a second (bursts
+/// of one): the host, the inventory API and the source's webhook URL.
+async fn shop_at_one_request_a_second() -> (TestHost, FakeApi, String) {
     let inventory = FakeApi::start().await;
     let accounting = FakeApi::start().await;
-    // One request a second, bursts of one: of ten requests sent back to
-    // back, the first is accepted and (unless each took a second) the next
-    // ones are refused.
     let config =
         shop_config(&inventory, &accounting).replace("requests_per_s = 5000", "requests_per_s = 1");
     assert!(config.contains("requests_per_s = 1 }"), "{config}");
     let host = TestHost::start(&config).await;
     let hook = host.hook("shop-orders");
+    (host, inventory, hook)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
+    // Of ten requests sent back to back, the first is accepted and (unless
+    // each took a second) the next ones are refused.
+    let (host, inventory, hook) = shop_at_one_request_a_second().await;
 
     let mut accepted = Vec::new();
     let mut throttled = 0;
@@ -420,16 +426,9 @@ async fn a_source_over_its_rate_limit_gets_429_and_nothing_of_it_is_stored() {
 /// use up the real sender's budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_the_source_rejects_do_not_use_up_its_rate_limit() {
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    // One request a second, bursts of one, and no refill to speak of within
-    // the test: without refunds the first rejected request would leave no
-    // token for anything after it.
-    let config =
-        shop_config(&inventory, &accounting).replace("requests_per_s = 5000", "requests_per_s = 1");
-    assert!(config.contains("requests_per_s = 1 }"), "{config}");
-    let host = TestHost::start(&config).await;
-    let hook = host.hook("shop-orders");
+    // No refill to speak of within the test: without refunds the first
+    // rejected request would leave no token for anything after it.
+    let (host, inventory, hook) = shop_at_one_request_a_second().await;
     for i in 0..10 {
         let (status, body) = post_json(&hook, &format!("not json {i}")).await;
         assert_eq!(status, 400, "rejected by the source, not throttled: {body}");

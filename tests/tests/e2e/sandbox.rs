@@ -43,6 +43,16 @@ sinks = ["out"]
     )
 }
 
+/// Waits for the one dead letter the test expects and returns its error.
+async fn the_dead_letters_error(host: &TestHost) -> String {
+    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 1).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    letters["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
     let out = FakeApi::start().await;
@@ -243,12 +253,7 @@ async fn host_calls_count_against_the_cpu_budget() {
     let host = TestHost::start(&config).await;
     let (status, body) = post_json(&host.hook("in"), r#"{"id":"burn","chaos":"hmac-burn"}"#).await;
     assert_eq!(status, 202, "{body}");
-    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 1).await);
-    let (_, letters) = host.admin_get("/api/dead-letters").await;
-    let error = letters["dead_letters"][0]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = the_dead_letters_error(&host).await;
     assert!(error.contains("CPU time limit"), "{error}");
     host.stop().await;
 }
@@ -277,12 +282,7 @@ async fn stderr_never_fails_a_call_and_a_failure_quotes_its_end() {
     let event = serde_json::json!({ "id": "last-words", "chaos": "stderr-trap", "bytes": 20_000 });
     let (status, _) = post_json(&hook, &event.to_string()).await;
     assert_eq!(status, 202);
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
-    let (_, letters) = host.admin_get("/api/dead-letters").await;
-    let error = letters["dead_letters"][0]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let error = the_dead_letters_error(&host).await;
     assert!(
         error.contains("chaos: panic after a lot of stderr"),
         "the end of the call's stderr is quoted: {error}"
