@@ -75,7 +75,7 @@ impl Admin {
         let mut plugins: Vec<_> = self
             .plugins
             .values()
-            .map(|p| serde_json::json!({ "name": p.name(), "role": p.role(), "sha256": p.digest }))
+            .map(|p| serde_json::json!({ "name": p.name(), "role": p.role(), "sha256": p.digest, "idle_instances": p.idle_instances() }))
             .collect();
         plugins.sort_by_key(|p| p["name"].as_str().unwrap_or("").to_string());
         let counters: serde_json::Map<String, serde_json::Value> = self

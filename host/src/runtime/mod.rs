@@ -31,7 +31,7 @@ use limits::CallLimits;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -408,6 +408,24 @@ struct Warm {
     store: Store<StoreState>,
     instance: WarmInstance,
     calls: u32,
+    /// When it was put back after its last call.
+    idle_since: Instant,
+}
+
+/// How long an idle instance is kept for reuse when no call takes it.
+const IDLE_TTL: Duration = Duration::from_secs(30);
+
+/// How many of `items` (oldest first) have been idle longer than `ttl`.
+fn expired_prefix<T>(
+    items: &[T],
+    idle_since: impl Fn(&T) -> Instant,
+    now: Instant,
+    ttl: Duration,
+) -> usize {
+    items
+        .iter()
+        .take_while(|item| now.saturating_duration_since(idle_since(item)) > ttl)
+        .count()
 }
 
 /// Whether a call that has run `ticks` epoch ticks of wasm and spent
@@ -461,6 +479,7 @@ macro_rules! call_instance {
                 mut store,
                 instance: WarmInstance::$role(instance),
                 calls,
+                ..
             }) => {
                 store.data_mut().begin_call($event_id);
                 plugin.arm_cpu_budget(&mut store);
@@ -488,6 +507,7 @@ macro_rules! call_instance {
                     store,
                     instance: WarmInstance::$role(instance),
                     calls: calls + 1,
+                    idle_since: std::time::Instant::now(),
                 });
                 done
             }
@@ -674,14 +694,31 @@ impl Plugin {
             return;
         }
         if let Ok(mut pool) = self.warm.lock() {
+            // Instances no call took for IDLE_TTL go (with their pool slot
+            // and grown memory): after a burst, only what the traffic uses
+            // stays. Calls take from the end, so the oldest are in front.
+            let now = Instant::now();
+            let expired = expired_prefix(&pool, |(w, _)| w.idle_since, now, IDLE_TTL);
+            pool.drain(..expired);
             // At most as many idle instances as calls ran at once, and
             // within the runtime's total.
             if pool.len() < MAX_IDLE_INSTANCES {
                 if let Some(slot) = IdleSlot::take(&self.runtime.idle) {
-                    pool.push((warm, slot));
+                    pool.push((
+                        Warm {
+                            idle_since: now,
+                            ..warm
+                        },
+                        slot,
+                    ));
                 }
             }
         }
+    }
+
+    /// Instances kept idle for reuse now.
+    pub fn idle_instances(&self) -> usize {
+        self.warm.lock().map_or(0, |pool| pool.len())
     }
 
     fn wall(&self) -> Duration {
@@ -731,6 +768,17 @@ pub fn builtin_path(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_instances_expire_oldest_first() {
+        let now = Instant::now();
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let ttl = Duration::from_secs(30);
+        let idle = [ago(90), ago(31), ago(29), ago(1)];
+        assert_eq!(expired_prefix(&idle, |t| *t, now, ttl), 2);
+        assert_eq!(expired_prefix(&idle[2..], |t| *t, now, ttl), 0);
+        assert_eq!(expired_prefix::<Instant>(&[], |t| *t, now, ttl), 0);
+    }
 
     #[test]
     fn host_time_counts_against_the_cpu_budget() {

@@ -279,6 +279,17 @@ async fn stderr_never_fails_a_call_and_a_failure_quotes_its_end() {
         "every chatty call succeeded; dead letters: {}",
         host.stats().dead
     );
+    // The instance that served them waits for the next call.
+    let (_, status) = host.admin_get("/api/status").await;
+    let chaos = status["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "chaos"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        chaos["idle_instances"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
     let event = serde_json::json!({ "id": "last-words", "chaos": "stderr-trap", "bytes": 20_000 });
     let (status, _) = post_json(&hook, &event.to_string()).await;
     assert_eq!(status, 202);
