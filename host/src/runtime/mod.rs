@@ -408,7 +408,7 @@ struct Warm {
     store: Store<StoreState>,
     instance: WarmInstance,
     calls: u32,
-    /// When it was put back after its last call.
+    /// When its last call ended (it is idle since).
     idle_since: Instant,
 }
 
@@ -697,20 +697,14 @@ impl Plugin {
             // Instances no call took for IDLE_TTL go (with their pool slot
             // and grown memory): after a burst, only what the traffic uses
             // stays. Calls take from the end, so the oldest are in front.
-            let now = Instant::now();
+            let now = warm.idle_since;
             let expired = expired_prefix(&pool, |(w, _)| w.idle_since, now, IDLE_TTL);
             pool.drain(..expired);
             // At most as many idle instances as calls ran at once, and
             // within the runtime's total.
             if pool.len() < MAX_IDLE_INSTANCES {
                 if let Some(slot) = IdleSlot::take(&self.runtime.idle) {
-                    pool.push((
-                        Warm {
-                            idle_since: now,
-                            ..warm
-                        },
-                        slot,
-                    ));
+                    pool.push((warm, slot));
                 }
             }
         }
