@@ -527,63 +527,45 @@ impl Config {
                 }
             }
             let limits = plugin.limits(&self.limits);
-            if limits.memory_mib == 0 || limits.memory_mib > MAX_MEMORY_MIB {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.memory_mib: must be 1..={MAX_MEMORY_MIB}"),
-                ));
-            }
-            if limits.timeout_ms == 0 || limits.timeout_ms > MAX_TIMEOUT_MS {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.timeout_ms: must be 1..={MAX_TIMEOUT_MS}"),
-                ));
-            }
-            if limits.http_timeout_ms == 0 || limits.http_timeout_ms > MAX_TIMEOUT_MS {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.http_timeout_ms: must be 1..={MAX_TIMEOUT_MS}"),
-                ));
-            }
-            if limits.max_response_bytes == 0 || limits.max_response_bytes > MAX_RESPONSE_BYTES {
-                return Err(invalid(
-                    at,
-                    format!(
-                        "plugins.{name}.limits.max_response_bytes: must be 1..={MAX_RESPONSE_BYTES}"
-                    ),
-                ));
-            }
-            if limits.instance_reuse == 0 || limits.instance_reuse > 1_000_000 {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.instance_reuse: must be 1..=1000000"),
-                ));
-            }
-            if limits.max_batch == 0 || limits.max_batch > MAX_BATCH {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.max_batch: must be 1..={MAX_BATCH}"),
-                ));
-            }
-            if limits.requests_per_s == 0 || limits.requests_per_s > MAX_REQUESTS_PER_S {
-                return Err(invalid(
-                    at,
-                    format!(
-                        "plugins.{name}.limits.requests_per_s: must be 1..={MAX_REQUESTS_PER_S}"
-                    ),
-                ));
-            }
-            if limits.max_events == 0 || limits.max_events > MAX_MAX_EVENTS {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.max_events: must be 1..={MAX_MAX_EVENTS}"),
-                ));
-            }
-            if limits.state_mib == 0 || limits.state_mib > MAX_STATE_MIB {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}.limits.state_mib: must be 1..={MAX_STATE_MIB}"),
-                ));
+            // Every limit is a count or a size: 1 up to its maximum.
+            let ranges = [
+                ("memory_mib", limits.memory_mib, MAX_MEMORY_MIB),
+                ("timeout_ms", limits.timeout_ms, MAX_TIMEOUT_MS),
+                ("http_timeout_ms", limits.http_timeout_ms, MAX_TIMEOUT_MS),
+                (
+                    "max_response_bytes",
+                    limits.max_response_bytes,
+                    MAX_RESPONSE_BYTES,
+                ),
+                (
+                    "instance_reuse",
+                    u64::from(limits.instance_reuse),
+                    1_000_000,
+                ),
+                (
+                    "max_batch",
+                    u64::from(limits.max_batch),
+                    u64::from(MAX_BATCH),
+                ),
+                (
+                    "requests_per_s",
+                    u64::from(limits.requests_per_s),
+                    u64::from(MAX_REQUESTS_PER_S),
+                ),
+                (
+                    "max_events",
+                    u64::from(limits.max_events),
+                    u64::from(MAX_MAX_EVENTS),
+                ),
+                ("state_mib", limits.state_mib, MAX_STATE_MIB),
+            ];
+            for (field, value, max) in ranges {
+                if value == 0 || value > max {
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}.limits.{field}: must be 1..={max}"),
+                    ));
+                }
             }
         }
         let r = &self.retry;

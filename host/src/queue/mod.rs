@@ -270,9 +270,6 @@ pub trait Queue: Send + Sync + 'static {
     /// Applies changes in order, without waiting for them to be synced.
     fn apply(&self, ops: Vec<Op>) -> Result<(), QueueError>;
 
-    /// Every pending record.
-    fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>>;
-
     /// Every pending record's id and `not_before_ms`, in id order: what
     /// resuming work at start-up needs, without holding every event in
     /// memory at once.

@@ -96,7 +96,6 @@ enum Command {
     Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
-    Pending(oneshot::Sender<Result<Vec<Record>, QueueError>>),
     PendingTimes(oneshot::Sender<Result<Vec<(u64, u64)>, QueueError>>),
     Load(Vec<u64>, oneshot::Sender<Result<Vec<Record>, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
@@ -179,6 +178,14 @@ fn redo(tree: &sled::Db, entries: Vec<Entry>) -> Result<(), QueueError> {
 }
 
 impl SledQueue {
+    /// Every pending record, in id order (what the tests check the store
+    /// against; the router reads ids and loads records when due).
+    #[cfg(test)]
+    async fn pending(&self) -> Result<Vec<Record>, QueueError> {
+        let ids = self.pending_times().await?.into_iter().map(|(id, _)| id);
+        self.load(ids.collect()).await
+    }
+
     /// Opens (or creates) the queue under `dir` with the default commit delay.
     pub fn open(dir: &Path) -> Result<SledQueue, QueueError> {
         Self::open_with(dir, DEFAULT_COMMIT_DELAY)
@@ -440,45 +447,23 @@ impl Writer {
         }
     }
 
-    /// Calls `each` with the id and encoded record of every pending record:
-    /// sled's copies, unless newer in the fresh table or removed since the
-    /// last checkpoint, then the fresh table.
-    fn each_pending(
-        &self,
-        mut each: impl FnMut(u64, &[u8]) -> Result<(), QueueError>,
-    ) -> Result<(), QueueError> {
+    /// Every pending record's id and `not_before_ms`, in id order: sled's
+    /// copies (unless newer in the fresh table or removed since the last
+    /// checkpoint), then the fresh table. Each record is decoded and
+    /// dropped at once.
+    fn pending_times(&self) -> Result<Vec<(u64, u64)>, QueueError> {
+        let mut times = Vec::new();
         for item in self.shared.tree.scan_prefix([PENDING]) {
             let (k, v) = item.map_err(storage)?;
             let id = id_of(&k);
             if !self.fresh.contains_key(&id) && !self.removed.contains(&id) {
-                each(id, &v)?;
+                times.push((id, decode::<Record>(&k, &v)?.not_before_ms));
             }
         }
         for (id, fresh) in &self.fresh {
-            each(*id, &fresh.value)?;
+            let record: Record = decode(&key(PENDING, *id), &fresh.value)?;
+            times.push((*id, record.not_before_ms));
         }
-        Ok(())
-    }
-
-    /// Every pending record, in id order.
-    fn pending(&self) -> Result<Vec<Record>, QueueError> {
-        let mut records = Vec::new();
-        self.each_pending(|id, v| {
-            records.push(decode::<Record>(&key(PENDING, id), v)?);
-            Ok(())
-        })?;
-        records.sort_by_key(|r| r.id);
-        Ok(records)
-    }
-
-    /// Every pending record's id and `not_before_ms`, in id order (each
-    /// record is decoded and dropped at once).
-    fn pending_times(&self) -> Result<Vec<(u64, u64)>, QueueError> {
-        let mut times = Vec::new();
-        self.each_pending(|id, v| {
-            times.push((id, decode::<Record>(&key(PENDING, id), v)?.not_before_ms));
-            Ok(())
-        })?;
         times.sort_unstable();
         Ok(times)
     }
@@ -738,9 +723,6 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                     let result = writer.replay(id);
                     replayed.push((reply, result));
                 }
-                Command::Pending(reply) => {
-                    let _ = reply.send(writer.pending());
-                }
                 Command::PendingTimes(reply) => {
                     let _ = reply.send(writer.pending_times());
                 }
@@ -815,15 +797,6 @@ impl Queue for SledQueue {
             return Ok(());
         }
         self.send(Command::Apply(ops))
-    }
-
-    fn pending(&self) -> BoxFuture<'_, Result<Vec<Record>, QueueError>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Pending(tx));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| QueueError::Closed)?
-        })
     }
 
     fn pending_times(&self) -> BoxFuture<'_, Result<Vec<(u64, u64)>, QueueError>> {
