@@ -2,10 +2,12 @@
 //! source → json-map → http-post to a local sink server. Beside it, in the
 //! same run: the yardstick, a plain non-durable hyper relay doing the same
 //! work in Rust (receive, apply the route's transform, forward, answer); the
-//! same relay forwarding bytes without the transform; and a straightforward
+//! same relay forwarding bytes without the transform; a straightforward
 //! durable relay (sled insert + group-commit fdatasync before the 2xx,
 //! transform, forward, remove; no plugins) to show what durability on sled
-//! alone costs on this machine.
+//! alone costs on this machine; and the best case for any durable relay here
+//! (each group commit one write into a preallocated file + fdatasync, no
+//! index, no plugins): the ceiling a durable design can reach on this disk.
 //!
 //! Reports delivered events/s, end-to-end p50/p99 (client send → sink
 //! receipt), host CPU per event (and the share of the storage writer thread),
@@ -55,6 +57,10 @@ const WARMUP: Duration = Duration::from_secs(2);
 const PLAIN: &str = "plain hyper relay (transform in Rust, not durable)";
 /// The plain relay without the transform: bytes in, bytes out.
 const BYTES_ONLY: &str = "byte-forwarding hyper relay (no transform, not durable)";
+/// The straightforward durable relay: sled, group commit, no plugins.
+const DURABLE_SLED: &str = "straightforward durable relay (sled, no plugins)";
+/// The best-case durable relay: group commit into a preallocated file.
+const DURABLE_FILE: &str = "best-case durable relay (preallocated file, no plugins)";
 
 fn wall_ns() -> u64 {
     SystemTime::now()
@@ -293,6 +299,69 @@ async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 db.remove(id.to_be_bytes()).unwrap();
+            });
+            http::StatusCode::ACCEPTED
+        }
+    })
+    .await;
+}
+
+/// The best case for any durable relay on this disk (run in a child
+/// process), the third yardstick: each group of webhooks is written as one
+/// `pwrite` into a preallocated append-only file and `fdatasync`ed before the
+/// 2xx (no metadata to update, as in Weft's journal), then transformed and
+/// forwarded as [`durable_relay`] does. No index, no removal, no recovery, no
+/// plugins: a lower bound on what durability costs here, not a queue.
+async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
+    use std::os::unix::fs::FileExt;
+    const SIZE: u64 = 64 << 20;
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::File::create(dir.join("journal")).unwrap();
+    // Written, not just allocated: later syncs then have no extent to convert.
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..SIZE / zeros.len() as u64 {
+        file.write_all_at(&zeros, i * zeros.len() as u64).unwrap();
+    }
+    file.sync_all().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Bytes, tokio::sync::oneshot::Sender<()>)>();
+    let writer = std::thread::Builder::new().name("sled-journal".into());
+    let _ = writer.spawn(move || {
+        let (mut at, mut frame) = (0u64, Vec::new());
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            frame.clear();
+            for (body, _) in &group {
+                frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                frame.extend_from_slice(body);
+            }
+            if at + frame.len() as u64 > SIZE {
+                at = 0;
+            }
+            file.write_all_at(&frame, at).unwrap();
+            file.sync_data().unwrap();
+            at += frame.len() as u64;
+            for (_, done) in group {
+                let _ = done.send(());
+            }
+        }
+    });
+    let tx = Arc::new(Mutex::new(tx));
+    let client = relay_client();
+    let sink: Arc<str> = sink.into();
+    serve_relay(port, move |body| {
+        let (client, sink, tx) = (client.clone(), sink.clone(), tx.clone());
+        async move {
+            let (done, durable) = tokio::sync::oneshot::channel();
+            tx.lock().unwrap().send((body.clone(), done)).unwrap();
+            let _ = durable.await;
+            tokio::spawn(async move {
+                let body = transform_order(&body).unwrap_or(body);
+                while !forward(&client, &sink, body.clone()).await.is_success() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             });
             http::StatusCode::ACCEPTED
         }
@@ -829,10 +898,14 @@ fn main() {
         multi_thread_runtime().block_on(plain_relay(port, sink, mode == "plain-relay"));
         return;
     }
-    if args.get(1).map(String::as_str) == Some("durable-relay") {
+    if let Some(mode @ ("durable-relay" | "journal-relay")) = args.get(1).map(String::as_str) {
         let port: u16 = args[2].parse().unwrap();
         let (sink, dir) = (args[3].clone(), std::path::PathBuf::from(&args[4]));
-        multi_thread_runtime().block_on(durable_relay(port, sink, dir));
+        if mode == "journal-relay" {
+            multi_thread_runtime().block_on(journal_relay(port, sink, dir));
+        } else {
+            multi_thread_runtime().block_on(durable_relay(port, sink, dir));
+        }
         return;
     }
     if args.iter().any(|a| a == "languages") {
@@ -901,18 +974,21 @@ fn main() {
                 let _ = child.wait();
             }
 
-            // The straightforward durable relay (no plugins).
-            let dir = tempfile::tempdir().unwrap();
-            let port = weft_tests::free_port();
-            let mut child = std::process::Command::new(&me)
-                .args(["durable-relay", &port.to_string(), &format!("http://{}/orders", sink.addr)])
-                .arg(dir.path().join("sled"))
-                .spawn()
-                .unwrap();
-            wait_port(port).await;
-            results.push(measure("straightforward durable relay (sled, no plugins)", child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
-            let _ = child.kill();
-            let _ = child.wait();
+            // The durable relays without plugins: straightforward on sled,
+            // and the best case (a preallocated append-only file).
+            for (mode, name) in [("durable-relay", DURABLE_SLED), ("journal-relay", DURABLE_FILE)] {
+                let dir = tempfile::tempdir().unwrap();
+                let port = weft_tests::free_port();
+                let mut child = std::process::Command::new(&me)
+                    .args([mode, &port.to_string(), &format!("http://{}/orders", sink.addr)])
+                    .arg(dir.path().join("store"))
+                    .spawn()
+                    .unwrap();
+                wait_port(port).await;
+                results.push(measure(name, child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             }
 
             // Weft: the default (a fresh instance per plugin call), then
