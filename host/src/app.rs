@@ -328,6 +328,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let header_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(router.clone().start(workers, grace)));
+    tasks.push(tokio::spawn(crate::runtime::sweep_idle(
+        plugins.values().cloned().collect(),
+        shutdown_rx.clone(),
+    )));
 
     let listener = bind(config.server.listen).await?;
     let webhook_addr = listener

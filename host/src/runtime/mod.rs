@@ -413,7 +413,33 @@ struct Warm {
 }
 
 /// How long an idle instance is kept for reuse when no call takes it.
-const IDLE_TTL: Duration = Duration::from_secs(30);
+pub const IDLE_TTL: Duration = Duration::from_secs(30);
+
+/// How often [`sweep_idle`] looks for expired idle instances.
+pub const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Trims every plugin's expired idle instances (see [`Plugin::trim_idle`])
+/// every [`IDLE_SWEEP_INTERVAL`] until `shutdown`: without it, a plugin
+/// that got a burst and then no call keeps its instances (and their memory)
+/// for good.
+pub async fn sweep_idle(
+    plugins: Vec<Arc<Plugin>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::server::stopped(&mut shutdown) => return,
+        }
+        let now = Instant::now();
+        let dropped: usize = plugins.iter().map(|p| p.trim_idle(now)).sum();
+        if dropped > 0 {
+            tracing::debug!(instances = dropped, "dropped idle plugin instances");
+        }
+    }
+}
 
 /// How many of `items` (oldest first) have been idle longer than `ttl`.
 fn expired_prefix<T>(
@@ -708,6 +734,22 @@ impl Plugin {
                 }
             }
         }
+    }
+
+    /// Drops the kept instances no call took for [`IDLE_TTL`] before `now`
+    /// (their pool slots and grown memory go back); returns how many.
+    /// [`Plugin::keep_warm`] does this at every call; the runtime's sweeper
+    /// ([`sweep_idle`]) does it for plugins that stopped being called.
+    pub fn trim_idle(&self, now: Instant) -> usize {
+        let expired: Vec<(Warm, IdleSlot)> = match self.warm.lock() {
+            Ok(mut pool) => {
+                let n = expired_prefix(&pool, |(w, _)| w.idle_since, now, IDLE_TTL);
+                pool.drain(..n).collect()
+            }
+            Err(_) => return 0,
+        };
+        // Dropped outside the lock: a store's teardown is not free.
+        expired.len()
     }
 
     /// Instances kept idle for reuse now.

@@ -61,3 +61,24 @@ async fn an_instance_that_trapped_is_never_reused() {
         ["1", "2", "trap", "1", "2"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_no_call_takes_is_dropped_after_the_idle_ttl() {
+    use std::time::{Duration, Instant};
+    use weft::runtime::IDLE_TTL;
+    let plugin = load(&options(10)).unwrap();
+    let call = |id: &str| json!({ "id": id, "type": "t", "data": {} });
+    let out = run_one(&plugin, &call("e1")).await.unwrap();
+    assert_eq!(out["events"][0]["extensions"]["calls"], "1", "{out}");
+    assert_eq!(plugin.idle_instances(), 1);
+    // Not idle long enough yet: kept.
+    assert_eq!(plugin.trim_idle(Instant::now()), 0);
+    assert_eq!(plugin.idle_instances(), 1);
+    // Past the TTL with no call in between (what the runtime's sweeper
+    // does every few seconds): dropped, and the next call starts afresh.
+    let later = Instant::now() + IDLE_TTL + Duration::from_secs(1);
+    assert_eq!(plugin.trim_idle(later), 1);
+    assert_eq!(plugin.idle_instances(), 0);
+    let out = run_one(&plugin, &call("e2")).await.unwrap();
+    assert_eq!(out["events"][0]["extensions"]["calls"], "1", "{out}");
+}
