@@ -3,6 +3,7 @@
 //! with their ids. Rejections get the plugin's 4xx and are never stored.
 
 use crate::metrics::{add_elapsed, inc, Metrics};
+use crate::queue::Arrival;
 use crate::rate::RateLimit;
 use crate::router::{IngestError, Router};
 use crate::runtime::bindings::wit;
@@ -185,10 +186,13 @@ impl Ingress {
         };
         // Tells the queue an append may follow, so a group commit in progress
         // can wait for it (released at the hand-over or on any early return).
-        // Taken once the body is in: a slow client never holds a commit.
-        let arrival = self.router.queue().arriving();
+        // Taken once the body is in and the source call has its permit: a
+        // slow client, or a webhook queued behind hundreds of others for a
+        // source-call slot, never holds a commit.
         let started = Instant::now();
-        let result = source.receive(request).await;
+        let queue = self.router.queue();
+        let (arrival, result) = source.receive_announced(request, || queue.arriving()).await;
+        let arrival = arrival.unwrap_or_else(Arrival::none);
         add_elapsed(&self.metrics.source_ns, started);
         let events = match result {
             Ok(Ok(events)) => events,

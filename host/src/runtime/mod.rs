@@ -496,10 +496,17 @@ enum WarmInstance {
 /// A macro rather than a function: the three roles' instance types and call
 /// futures differ, and the futures borrow the store.
 macro_rules! call_instance {
-    ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, |$instance:ident, $store:ident| $call:expr) => {{
+    ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, |$instance:ident, $store:ident| $call:expr) => {
+        call_instance!($plugin, $pre, $role, $event_id, (), |$instance, $store| {
+            $call
+        })
+    };
+    // `$started` runs once the call has its permit, right before it runs.
+    ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, $started:expr, |$instance:ident, $store:ident| $call:expr) => {{
         let plugin = $plugin;
         // Held until the call ends (see `Runtime::calls`).
         let _running = plugin.runtime.permits(plugin.role()).acquire().await;
+        $started;
         let (mut store, kept, calls) = match plugin.take_warm() {
             Some(Warm {
                 mut store,
@@ -633,12 +640,36 @@ impl Plugin {
         &self,
         request: wit::WebhookRequest,
     ) -> Result<Result<Vec<Event>, wit::Rejection>, PluginError> {
+        self.receive_announced(request, || ()).await.1
+    }
+
+    /// [`Plugin::receive`], running `started` once the call has one of the
+    /// runtime's source-call permits (it may wait for one), right before
+    /// the plugin runs; what `started` made is handed back. Ingress
+    /// announces the webhook's coming append to the queue there, so that a
+    /// group commit never waits for a webhook still queued for a permit.
+    pub async fn receive_announced<T>(
+        &self,
+        request: wit::WebhookRequest,
+        started: impl FnOnce() -> T,
+    ) -> (
+        Option<T>,
+        Result<Result<Vec<Event>, wit::Rejection>, PluginError>,
+    ) {
         let Pre::Source(pre) = &self.pre else {
-            return Err(self.wrong_role(Role::Source));
+            return (None, Err(self.wrong_role(Role::Source)));
         };
-        call_instance!(self, pre, Source, None, |instance, store| instance
-            .call_receive(store, &request))
-        .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()))
+        let mut announced = None;
+        let result = call_instance!(
+            self,
+            pre,
+            Source,
+            None,
+            announced = Some(started()),
+            |instance, store| instance.call_receive(store, &request)
+        )
+        .map(|r| r.map(|events| events.into_iter().map(Event::from).collect()));
+        (announced, result)
     }
 
     /// Transform: one event to zero or more, or an error value.
@@ -814,6 +845,46 @@ mod tests {
         assert_eq!(expired_prefix(&idle, |t| *t, now, ttl), 2);
         assert_eq!(expired_prefix(&idle[2..], |t| *t, now, ttl), 0);
         assert_eq!(expired_prefix::<Instant>(&[], |t| *t, now, ttl), 0);
+    }
+
+    /// A webhook waiting for one of the source-call permits has not
+    /// announced its append yet (a group commit must not wait for it); it
+    /// does once it has one, right before the plugin runs.
+    #[tokio::test]
+    async fn a_source_call_is_announced_only_once_it_has_a_permit() {
+        use std::sync::atomic::AtomicBool;
+        let opts = crate::harness::HarnessOptions::new(builtin_path("webhook-json"));
+        let plugin = crate::harness::load(&opts).expect("webhook-json loads");
+        let request = || wit::WebhookRequest {
+            method: "POST".into(),
+            path: "/hooks/orders".into(),
+            query: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: br#"{"id":"o-1"}"#.to_vec(),
+        };
+        let all = u32::try_from(MAX_SOURCE_CALLS).expect("fits");
+        let busy = plugin
+            .runtime
+            .source_calls
+            .acquire_many(all)
+            .await
+            .expect("open");
+        let started = AtomicBool::new(false);
+        let call = plugin.receive_announced(request(), || started.store(true, Ordering::SeqCst));
+        tokio::pin!(call);
+        for _ in 0..10 {
+            assert!(futures::poll!(&mut call).is_pending());
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !started.load(Ordering::SeqCst),
+            "announced while queued for a permit"
+        );
+        drop(busy);
+        let (announced, result) = call.await;
+        assert!(announced.is_some() && started.load(Ordering::SeqCst));
+        let events = result.expect("the call runs").expect("accepted");
+        assert_eq!(events.len(), 1);
     }
 
     #[test]
