@@ -659,7 +659,7 @@ impl Plugin {
         let Pre::Source(pre) = &self.pre else {
             return (None, Err(self.wrong_role(Role::Source)));
         };
-        let mut announced = None;
+        let announced;
         let result = call_instance!(
             self,
             pre,
