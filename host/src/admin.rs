@@ -50,10 +50,12 @@ impl Admin {
         else {
             return false;
         };
-        let Some(token) = value.strip_prefix("Bearer ") else {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let Some((scheme, token)) = value.split_once(' ') else {
             return false;
         };
-        constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
+        scheme.eq_ignore_ascii_case("bearer")
+            && constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
     }
 
     fn status(&self) -> serde_json::Value {
@@ -82,7 +84,15 @@ impl Admin {
             .metrics
             .snapshot()
             .into_iter()
-            .map(|(k, _, v)| (k.to_string(), v.into()))
+            .map(|(k, _, v)| {
+                // Kept in nanoseconds; shown, like the metric, in seconds.
+                let value = if k.ends_with("_seconds_total") {
+                    serde_json::json!(v as f64 / 1e9)
+                } else {
+                    v.into()
+                };
+                (k.to_string(), value)
+            })
             .collect();
         let (answered, latency_ns) = self.metrics.webhook_latency.totals();
         serde_json::json!({
@@ -237,7 +247,31 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
-            _ => error(404, format!("no such endpoint {method} {path}")),
+            _ => {
+                let known = matches!(
+                    path.as_str(),
+                    "/healthz"
+                        | "/"
+                        | "/metrics"
+                        | "/api/status"
+                        | "/api/dead-letters"
+                        | "/api/dead-letters/replay"
+                ) || (path.starts_with("/api/dead-letters/")
+                    && path.ends_with("/replay"));
+                if known {
+                    let allow = if path.ends_with("/replay") {
+                        "POST"
+                    } else {
+                        "GET"
+                    };
+                    let mut r = error(405, format!("{method} is not allowed on {path}"));
+                    r.headers_mut()
+                        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                    r
+                } else {
+                    error(404, format!("no such endpoint {method} {path}"))
+                }
+            }
         }
     }
 }

@@ -235,26 +235,33 @@ const ADMIN_CONNECTIONS: usize = 256;
 /// The shortest configured admin token accepted.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
+/// The admin token `server.admin_token` names, if one is configured
+/// (`weft validate` checks it too).
+pub fn configured_admin_token(config: &Config) -> Result<Option<String>, StartError> {
+    let Some(r) = &config.server.admin_token else {
+        return Ok(None);
+    };
+    let v = r
+        .resolve(&config.base_dir)
+        .map_err(StartError::AdminToken)?;
+    // A token read from a file or the environment often ends in a line
+    // break; clients never send one (hyper trims header values).
+    let token = String::from_utf8_lossy(&v).trim().to_string();
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(StartError::AdminToken(format!(
+            "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (leading and trailing whitespace does not count)"
+        )));
+    }
+    Ok(Some(token))
+}
+
 fn admin_token(config: &Config, data_dir: &Path) -> Result<String, StartError> {
-    if let Some(r) = &config.server.admin_token {
-        let v = r
-            .resolve(&config.base_dir)
-            .map_err(StartError::AdminToken)?;
-        // A token read from a file or the environment often ends in a line
-        // break; clients never send one (hyper trims header values).
-        let token = String::from_utf8_lossy(&v).trim().to_string();
-        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
-            return Err(StartError::AdminToken(format!(
-                "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (leading and trailing whitespace does not count)"
-            )));
-        }
+    if let Some(token) = configured_admin_token(config)? {
         return Ok(token);
     }
     let path = data_dir.join("admin-token");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if !existing.trim().is_empty() {
-            return Ok(existing.trim().to_string());
-        }
+    if let Some(token) = token_in_file(&path)? {
+        return Ok(token);
     }
     let token: String = {
         use rand::Rng;
@@ -274,6 +281,42 @@ fn admin_token(config: &Config, data_dir: &Path) -> Result<String, StartError> {
         .map_err(|e| StartError::Io(e.to_string()))?;
     tracing::info!(path = %path.display(), "generated an admin token (no server.admin_token configured)");
     Ok(token)
+}
+
+/// The token kept in `path` by an earlier start, if there is one: it must
+/// be text of at least [`MIN_ADMIN_TOKEN_CHARS`] characters, readable by
+/// this user alone. A missing or empty file means "generate one"; anything
+/// else wrong is an error rather than a silently replaced token.
+fn token_in_file(path: &Path) -> Result<Option<String>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |why: String| StartError::AdminToken(format!("{}: {why}", path.display()));
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(format!("cannot read: {e}"))),
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad("not text; delete it to have a new token generated".into()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(bad(format!(
+            "the token must be at least {MIN_ADMIN_TOKEN_CHARS} characters; delete the file to have a new one generated"
+        )));
+    }
+    let mode = std::fs::metadata(path)
+        .map_err(|e| bad(format!("cannot read: {e}")))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "readable or writable by other users (mode {:o}); `chmod 600` it",
+            mode & 0o777
+        )));
+    }
+    Ok(Some(token.to_string()))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -307,6 +350,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(|e| StartError::Io(e.to_string()))??
     };
     let routes = resolve_routes(&config, &plugins)?;
+    // Everything that can still fail comes before anything starts: a start
+    // that fails must not have accepted webhooks or begun deliveries.
+    let token = admin_token(&config, &data_dir)?;
+    let listener = bind(config.server.listen).await?;
+    let admin_listener = match config.server.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (router, workers) = Router::new(
@@ -333,7 +384,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     )));
 
-    let listener = bind(config.server.listen).await?;
     let webhook_addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
@@ -358,6 +408,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_body_bytes: config.server.max_body_bytes,
         body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
         slots: Semaphore::new(config.server.max_concurrent_requests),
+        per_client: crate::ingress::ClientSlots::new(config.server.max_requests_per_client),
         rates,
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
@@ -371,10 +422,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )));
     tracing::info!(addr = %webhook_addr, "accepting webhooks at POST /hooks/{{source}}");
 
-    let token = admin_token(&config, &data_dir)?;
     let mut admin_addr = None;
-    if let Some(addr) = config.server.admin_listen {
-        let listener = bind(addr).await?;
+    if let Some(listener) = admin_listener {
         let local = listener
             .local_addr()
             .map_err(|e| StartError::Io(e.to_string()))?;
@@ -409,6 +458,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Resolves with the reason if Weft can no longer work (its queue
+    /// stopped): the caller should shut down and exit with an error, so
+    /// that a supervisor restarts it.
+    pub async fn failed(&self) -> String {
+        self.router.failure().await
+    }
+
     /// Stops accepting, lets in-flight attempts finish (within the grace
     /// period), and syncs the queue.
     pub async fn shutdown(self) {
@@ -451,5 +507,34 @@ mod tests {
             "{err}"
         );
         assert!(token_from_file("\n").is_err());
+    }
+
+    /// The token Weft generates is kept and reused; a kept file that is
+    /// too short, not text or open to other users is refused, not replaced.
+    #[test]
+    fn a_generated_admin_token_is_kept_and_a_bad_token_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse("", "weft.toml", dir.path()).unwrap();
+        let first = admin_token(&config, dir.path()).unwrap();
+        assert_eq!(first.len(), 48);
+        assert_eq!(admin_token(&config, dir.path()).unwrap(), first);
+        let path = dir.path().join("admin-token");
+        let refused = |contents: &[u8], mode: u32| {
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            admin_token(&config, dir.path()).unwrap_err().to_string()
+        };
+        assert!(refused(b"changeme\n", 0o600).contains("at least 16 characters"));
+        assert!(refused(b"\xff\xfe0123456789abcdef", 0o600).contains("not text"));
+        assert!(refused(first.as_bytes(), 0o644).contains("chmod 600"));
+        // Nothing was overwritten.
+        assert_eq!(std::fs::read(&path).unwrap(), first.as_bytes());
+        // An empty file: a new token is generated.
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let second = admin_token(&config, dir.path()).unwrap();
+        assert_eq!(second.len(), 48);
+        assert_ne!(second, first);
     }
 }

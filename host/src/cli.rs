@@ -216,10 +216,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let running = crate::app::start(config).await?;
-            shutdown_signal().await;
+            let failure = tokio::select! {
+                _ = shutdown_signal() => None,
+                reason = running.failed() => Some(reason),
+            };
             tracing::info!("shutting down: finishing in-flight attempts");
             running.shutdown().await;
-            Ok(())
+            match failure {
+                // A non-zero exit: a supervisor restarts Weft, and everything
+                // stored resumes.
+                Some(reason) => anyhow::bail!("stopped: {reason}"),
+                None => Ok(()),
+            }
         }
         Command::Validate { config: path } => {
             let config = Config::load(&path)?;
@@ -227,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(&cache.0)?);
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
+            crate::app::configured_admin_token(&config)?;
             let count =
                 |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             println!(

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Webhook requests handled at once; more are answered 503 with Retry-After.
     pub max_concurrent_requests: usize,
+    /// Webhook requests handled at once from one client address; more are
+    /// answered 429 with Retry-After. Behind a reverse proxy every request
+    /// comes from the proxy's address: raise it to `max_concurrent_requests`.
+    pub max_requests_per_client: usize,
     /// Webhook connections open at once (idle keep-alive ones included);
     /// beyond that new ones wait in the listen backlog. Keep it under the
     /// process's open-file limit.
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             workers: 64,
             max_concurrent_requests: 1024,
+            max_requests_per_client: 256,
             max_connections: 4096,
             shutdown_grace_ms: 10_000,
         }
@@ -160,32 +165,51 @@ impl Default for RetryConfig {
     }
 }
 
-/// Where the first line whose text (after indentation) `matches` begins.
-fn first_line(text: &str, matches: impl Fn(&str) -> bool) -> Option<usize> {
-    let mut at = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if matches(trimmed) {
-            return Some(at + line.len() - trimmed.len());
+/// Finds where a setting is written in the config text, for error messages:
+/// the key of `server.workers` whether it sits under `[server]` or is
+/// written `server.workers = ...` at the top, not the first line that
+/// happens to start with `workers`.
+struct Locator {
+    doc: Option<toml_edit::ImDocument<String>>,
+}
+
+impl Locator {
+    fn new(text: &str) -> Locator {
+        Locator {
+            doc: toml_edit::ImDocument::parse(text.to_string()).ok(),
         }
-        at += line.len();
     }
-    None
+
+    /// The offset of the deepest key of `path` that the text sets (the
+    /// setting itself, else its nearest table), or 0.
+    fn at(&self, path: &[&str]) -> usize {
+        let Some(doc) = &self.doc else { return 0 };
+        let mut table: &dyn toml_edit::TableLike = doc.as_table();
+        let mut best = 0;
+        for key in path {
+            let Some((k, item)) = table.get_key_value(key) else {
+                break;
+            };
+            // A table written with its own header: the header's line.
+            let span = match item {
+                toml_edit::Item::Table(t) => t.span().or_else(|| k.span()),
+                _ => k.span().or_else(|| item.span()),
+            };
+            if let Some(span) = span {
+                best = span.start;
+            }
+            match item.as_table_like() {
+                Some(inner) => table = inner,
+                None => break,
+            }
+        }
+        best
+    }
 }
 
-/// Where the first line starting with `prefix` (after indentation) begins.
-fn line_starting(text: &str, prefix: &str) -> Option<usize> {
-    first_line(text, |line| line.starts_with(prefix))
-}
-
-/// Where the first `key = ...` line begins (not a comment or another key
-/// that merely contains it).
-fn key_offset(text: &str, key: &str) -> Option<usize> {
-    first_line(text, |line| {
-        line.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-}
+/// The longest retry delay (`retry.initial_ms`, `retry.max_delay_ms`)
+/// accepted: 30 days.
+pub const MAX_RETRY_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// The longest timeout (any `*_timeout_ms`, `limits.timeout_ms`) accepted: one hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
@@ -451,84 +475,12 @@ impl Config {
         text: &str,
         invalid: &dyn Fn(usize, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
-        // Errors on plugins point at their table header (exactly this
-        // plugin's, not one whose name merely starts the same).
-        let plugin_offset = |name: &str| {
+        let locate = Locator::new(text);
+        let at = |path: &[&str]| locate.at(path);
+        // Every limit is a count or a size: 1 up to its maximum. The
+        // defaults under `[limits]` first, then each plugin's own.
+        let ranges = |limits: &Limits| {
             [
-                format!("[plugins.{name}]"),
-                format!("[plugins.\"{name}\"]"),
-                format!("[plugins.{name}."),
-            ]
-            .iter()
-            .find_map(|header| line_starting(text, header))
-            .unwrap_or(0)
-        };
-        let key = |k: &str| key_offset(text, k).unwrap_or(0);
-        for (name, plugin) in &self.plugins {
-            let at = plugin_offset(name);
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(
-                    at,
-                    format!("plugins.{name}: names may use only letters, digits, '-' and '_'"),
-                ));
-            }
-            match (&plugin.path, &plugin.builtin) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        at,
-                        format!("plugins.{name}: set either `path` or `builtin`, not both"),
-                    ))
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        at,
-                        format!("plugins.{name}: missing field `path` or `builtin`"),
-                    ))
-                }
-                _ => {}
-            }
-            for host in &plugin.allowed_hosts {
-                if let Err(e) = crate::runtime::egress::HostPattern::parse(host) {
-                    return Err(invalid(at, format!("plugins.{name}.allowed_hosts: {e}")));
-                }
-            }
-            for (secret, r) in &plugin.secrets {
-                if r.env.is_some() == r.file.is_some() {
-                    return Err(invalid(
-                        at,
-                        format!(
-                            "plugins.{name}.secrets.{secret}: set exactly one of `env` or `file`"
-                        ),
-                    ));
-                }
-            }
-            for inject in &plugin.inject {
-                if !plugin.secrets.contains_key(&inject.secret) {
-                    return Err(invalid(
-                        at,
-                        format!("plugins.{name}.inject: unknown secret \"{}\" (declare it under plugins.{name}.secrets)", inject.secret),
-                    ));
-                }
-                if let Err(e) = crate::runtime::egress::HostPattern::parse(&inject.host) {
-                    return Err(invalid(at, format!("plugins.{name}.inject.host: {e}")));
-                }
-                if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
-                    return Err(invalid(
-                        at,
-                        format!(
-                            "plugins.{name}.inject.header: invalid header name \"{}\"",
-                            inject.header
-                        ),
-                    ));
-                }
-            }
-            let limits = plugin.limits(&self.limits);
-            // Every limit is a count or a size: 1 up to its maximum.
-            let ranges = [
                 ("memory_mib", limits.memory_mib, MAX_MEMORY_MIB),
                 ("timeout_ms", limits.timeout_ms, MAX_TIMEOUT_MS),
                 ("http_timeout_ms", limits.http_timeout_ms, MAX_TIMEOUT_MS),
@@ -558,71 +510,195 @@ impl Config {
                     u64::from(MAX_MAX_EVENTS),
                 ),
                 ("state_mib", limits.state_mib, MAX_STATE_MIB),
-            ];
-            for (field, value, max) in ranges {
-                if value == 0 || value > max {
+            ]
+        };
+        for (field, value, max) in ranges(&self.limits) {
+            if value == 0 || value > max {
+                return Err(invalid(
+                    at(&["limits", field]),
+                    format!("limits.{field}: must be 1..={max}"),
+                ));
+            }
+        }
+        for (name, plugin) in &self.plugins {
+            let at_plugin = |rest: &[&str]| {
+                let mut path = vec!["plugins", name.as_str()];
+                path.extend_from_slice(rest);
+                locate.at(&path)
+            };
+            let at = at_plugin(&[]);
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    at,
+                    format!("plugins.{name}: names may use only letters, digits, '-' and '_'"),
+                ));
+            }
+            match (&plugin.path, &plugin.builtin) {
+                (Some(_), Some(_)) => {
                     return Err(invalid(
                         at,
+                        format!("plugins.{name}: set either `path` or `builtin`, not both"),
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        at,
+                        format!("plugins.{name}: missing field `path` or `builtin`"),
+                    ))
+                }
+                _ => {}
+            }
+            for host in &plugin.allowed_hosts {
+                if let Err(e) = crate::runtime::egress::HostPattern::parse(host) {
+                    return Err(invalid(
+                        at_plugin(&["allowed_hosts"]),
+                        format!("plugins.{name}.allowed_hosts: {e}"),
+                    ));
+                }
+            }
+            for (secret, r) in &plugin.secrets {
+                if r.env.is_some() == r.file.is_some() {
+                    return Err(invalid(
+                        at_plugin(&["secrets", secret]),
+                        format!(
+                            "plugins.{name}.secrets.{secret}: set exactly one of `env` or `file`"
+                        ),
+                    ));
+                }
+            }
+            for inject in &plugin.inject {
+                if !plugin.secrets.contains_key(&inject.secret) {
+                    return Err(invalid(
+                        at_plugin(&["inject"]),
+                        format!("plugins.{name}.inject: unknown secret \"{}\" (declare it under plugins.{name}.secrets)", inject.secret),
+                    ));
+                }
+                if let Err(e) = crate::runtime::egress::HostPattern::parse(&inject.host) {
+                    return Err(invalid(
+                        at_plugin(&["inject"]),
+                        format!("plugins.{name}.inject.host: {e}"),
+                    ));
+                }
+                if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
+                    return Err(invalid(
+                        at_plugin(&["inject"]),
+                        format!(
+                            "plugins.{name}.inject.header: invalid header name \"{}\"",
+                            inject.header
+                        ),
+                    ));
+                }
+            }
+            for (field, value, max) in ranges(&plugin.limits(&self.limits)) {
+                if value == 0 || value > max {
+                    return Err(invalid(
+                        at_plugin(&["limits", field]),
                         format!("plugins.{name}.limits.{field}: must be 1..={max}"),
                     ));
                 }
             }
         }
         let r = &self.retry;
-        if r.max_attempts == 0
-            || r.multiplier.is_nan()
-            || r.multiplier < 1.0
-            || !(0.0..1.0).contains(&r.jitter)
-        {
-            let at = line_starting(text, "[retry]").unwrap_or(0);
-            return Err(invalid(
-                at,
-                "retry: need max_attempts >= 1, multiplier >= 1.0 and 0 <= jitter < 1".to_string(),
-            ));
-        }
-        if self.storage.commit_delay_us > 10_000 {
-            return Err(invalid(
-                key("commit_delay_us"),
-                "storage.commit_delay_us: must be 0..=10000".into(),
-            ));
-        }
-        if self.server.workers == 0 || self.server.workers > MAX_WORKERS {
-            return Err(invalid(
-                key("workers"),
-                format!("server.workers: must be 1..={MAX_WORKERS}"),
-            ));
-        }
-        if self.server.max_concurrent_requests == 0
-            || self.server.max_concurrent_requests > MAX_CONCURRENT_REQUESTS
-        {
-            return Err(invalid(
-                key("max_concurrent_requests"),
-                format!("server.max_concurrent_requests: must be 1..={MAX_CONCURRENT_REQUESTS}"),
-            ));
-        }
-        if self.server.max_connections == 0 || self.server.max_connections > MAX_CONCURRENT_REQUESTS
-        {
-            return Err(invalid(
-                key("max_connections"),
-                format!("server.max_connections: must be 1..={MAX_CONCURRENT_REQUESTS}"),
-            ));
-        }
-        for (field, value) in [
-            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("body_read_timeout_ms", self.server.body_read_timeout_ms),
-        ] {
-            if value == 0 || value > MAX_TIMEOUT_MS {
+        let retry_checks = [
+            (
+                "max_attempts",
+                r.max_attempts >= 1,
+                "must be at least 1".to_string(),
+            ),
+            (
+                "multiplier",
+                r.multiplier >= 1.0 && r.multiplier.is_finite(),
+                "must be at least 1.0".into(),
+            ),
+            (
+                "jitter",
+                (0.0..1.0).contains(&r.jitter),
+                "must be 0 <= jitter < 1".into(),
+            ),
+            (
+                "initial_ms",
+                (1..=MAX_RETRY_DELAY_MS).contains(&r.initial_ms),
+                format!("must be 1..={MAX_RETRY_DELAY_MS}"),
+            ),
+            (
+                "max_delay_ms",
+                (r.initial_ms..=MAX_RETRY_DELAY_MS).contains(&r.max_delay_ms),
+                format!("must be initial_ms..={MAX_RETRY_DELAY_MS} (30 days)"),
+            ),
+        ];
+        for (field, ok, rule) in retry_checks {
+            if !ok {
                 return Err(invalid(
-                    key(field),
-                    format!("server.{field}: must be 1..={MAX_TIMEOUT_MS}"),
+                    at(&["retry", field]),
+                    format!("retry.{field}: {rule}"),
                 ));
             }
         }
-        if self.server.max_body_bytes > MAX_BODY_BYTES {
+        if let Some(token) = &self.server.admin_token {
+            if token.env.is_some() == token.file.is_some() {
+                return Err(invalid(
+                    at(&["server", "admin_token"]),
+                    "server.admin_token: set exactly one of `env` or `file`".into(),
+                ));
+            }
+        }
+        if self.storage.commit_delay_us > 10_000 {
             return Err(invalid(
-                key("max_body_bytes"),
-                format!("server.max_body_bytes: at most {MAX_BODY_BYTES} (256 MiB)"),
+                at(&["storage", "commit_delay_us"]),
+                "storage.commit_delay_us: must be 0..=10000".into(),
             ));
+        }
+        let server = &self.server;
+        let server_checks = [
+            ("workers", server.workers as u64, 1, MAX_WORKERS as u64),
+            (
+                "max_concurrent_requests",
+                server.max_concurrent_requests as u64,
+                1,
+                MAX_CONCURRENT_REQUESTS as u64,
+            ),
+            (
+                "max_requests_per_client",
+                server.max_requests_per_client as u64,
+                1,
+                MAX_CONCURRENT_REQUESTS as u64,
+            ),
+            (
+                "max_connections",
+                server.max_connections as u64,
+                1,
+                MAX_CONCURRENT_REQUESTS as u64,
+            ),
+            (
+                "header_read_timeout_ms",
+                server.header_read_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "body_read_timeout_ms",
+                server.body_read_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "max_body_bytes",
+                server.max_body_bytes as u64,
+                1,
+                MAX_BODY_BYTES as u64,
+            ),
+        ];
+        for (field, value, min, max) in server_checks {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    at(&["server", field]),
+                    format!("server.{field}: must be {min}..={max}"),
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -762,7 +838,7 @@ mod tests {
             ),
             (
                 "[server]\nmax_body_bytes = 1073741824\n",
-                "weft.toml:2:1: server.max_body_bytes: at most 268435456 (256 MiB)",
+                "weft.toml:2:1: server.max_body_bytes: must be 1..=268435456",
             ),
             (
                 "[server]\nworkers = 100000000\n",
@@ -801,10 +877,56 @@ mod tests {
         );
         // Not at a plugin whose name only starts the same.
         let err = parse("[plugins.ab]\nbuiltin = \"json-map\"\n\n[plugins.a]\nbuiltin = \"json-map\"\nlimits = { max_batch = 0 }\n[[routes]]\nname = \"r\"\nsource = \"ab\"\nsinks = []\n").unwrap_err();
+        // At the limit itself, inside the plugin's inline `limits` table.
         assert!(
             err.to_string()
-                .starts_with("weft.toml:4:1: plugins.a.limits.max_batch"),
+                .starts_with("weft.toml:6:12: plugins.a.limits.max_batch"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_setting_wherever_and_however_it_is_written() {
+        let at = |text: &str| {
+            let err = parse(text).unwrap_err().to_string();
+            let (place, message) = err.split_once(": ").unwrap();
+            (place.to_string(), message.to_string())
+        };
+        // A dotted key at the top: the key itself.
+        let (place, message) = at("server.workers = 0\n");
+        assert_eq!(place, "weft.toml:1:8");
+        assert!(
+            message.starts_with("server.workers: must be 1..="),
+            "{message}"
+        );
+        // A key of the same name in an earlier table is not it.
+        let (place, _) = at(
+            "[plugins.x]\nbuiltin = \"json-map\"\nconfig = { workers = 3 }\n[server]\nworkers = 0\n",
+        );
+        assert_eq!(place, "weft.toml:5:1");
+        // A default under [limits] is reported as that, where it is.
+        let (place, message) = at("[limits]\nmax_batch = 0\n[plugins.a]\nbuiltin = \"json-map\"\n");
+        assert_eq!(place, "weft.toml:2:1");
+        assert_eq!(message, "limits.max_batch: must be 1..=1000");
+        // Retry delays are checked, each at its key.
+        let (place, message) = at("[retry]\ninitial_ms = 0\n");
+        assert_eq!(place, "weft.toml:2:1");
+        assert!(
+            message.starts_with("retry.initial_ms: must be 1..="),
+            "{message}"
+        );
+        let (place, message) = at("[retry]\ninitial_ms = 500\nmax_delay_ms = 100\n");
+        assert_eq!(place, "weft.toml:3:1");
+        assert!(
+            message.starts_with("retry.max_delay_ms: must be initial_ms..="),
+            "{message}"
+        );
+        // The admin token names exactly one source.
+        let (place, message) = at("[server]\nadmin_token = {}\n");
+        assert_eq!(place, "weft.toml:2:1");
+        assert_eq!(
+            message,
+            "server.admin_token: set exactly one of `env` or `file`"
         );
     }
 

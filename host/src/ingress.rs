@@ -34,6 +34,9 @@ pub struct Ingress {
     /// Each source's request rate limit (`limits.requests_per_s`); over it,
     /// 429.
     pub rates: HashMap<String, RateLimit>,
+    /// Request slots per client address (`server.max_requests_per_client`);
+    /// over it, 429.
+    pub per_client: ClientSlots,
 }
 
 /// The HTTP status of a rejection kind.
@@ -66,7 +69,87 @@ pub fn rejection_kind_name(kind: wit::RejectionKind) -> &'static str {
     }
 }
 
+/// The peer address of a request's connection, put in the request's
+/// extensions by the listener (`server::serve`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Request slots per client address: one address holds at most `max` of the
+/// listener's request slots at once, so a client that sends its bodies
+/// slowly (holding each slot up to `server.body_read_timeout_ms`), or floods,
+/// cannot take every slot from everyone else.
+pub struct ClientSlots {
+    max: usize,
+    held: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One request's slot of its client address, given back when dropped.
+pub struct ClientSlot<'a> {
+    slots: &'a ClientSlots,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlots {
+    /// At most `max` requests at once per client address.
+    pub fn new(max: usize) -> ClientSlots {
+        ClientSlots {
+            max: max.max(1),
+            held: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The limit per address.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a request from `ip`, unless that address holds all of its own.
+    pub fn take(&self, ip: std::net::IpAddr) -> Option<ClientSlot<'_>> {
+        let mut held = self.lock();
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { slots: self, ip })
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock();
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl Ingress {
+    /// `429 Too Many Requests` for a source over its rate limit, with the
+    /// seconds until a token is back.
+    fn throttled(&self, name: &str, wait: Duration) -> Reply {
+        inc(&self.metrics.webhooks_throttled);
+        let mut r = json(
+            429,
+            &serde_json::json!({
+                "error": format!("source \"{name}\" is over its rate limit (limits.requests_per_s); retry later"),
+                "kind": "too-many-requests",
+            }),
+        );
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        if let Ok(value) = http::HeaderValue::from_str(&seconds.to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, value);
+        }
+        r
+    }
+
     /// Handles one request and records how long its sender waited.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let started = Instant::now();
@@ -95,30 +178,36 @@ impl Ingress {
             return error(404, format!("no route starts at source \"{name}\""));
         }
         let rate = self.rates.get(&name);
-        // Gives the token back when the request turns out not to be the
-        // source's traffic (see `crate::rate`).
-        let refund = || {
-            if let Some(rate) = rate {
-                rate.refund();
-            }
-        };
-        if let Some(Err(wait)) = rate.map(RateLimit::take) {
-            inc(&self.metrics.webhooks_throttled);
-            let mut r = json(
-                429,
-                &serde_json::json!({
-                    "error": format!("source \"{name}\" is over its rate limit (limits.requests_per_s); retry later"),
-                    "kind": "too-many-requests",
-                }),
-            );
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            if let Ok(value) = http::HeaderValue::from_str(&seconds.to_string()) {
-                r.headers_mut().insert(http::header::RETRY_AFTER, value);
-            }
-            return r;
+        // Over the limit: refused before the body is read. The token itself
+        // is taken only once the body is in (below): a client sending its
+        // body slowly holds no token meanwhile.
+        if let Some(Err(wait)) = rate.map(RateLimit::check) {
+            return self.throttled(&name, wait);
         }
+        // One client address holds at most `max_requests_per_client` of the
+        // request slots (see `ClientSlots`).
+        let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+        let _client = match peer.map(|ip| (ip, self.per_client.take(ip))) {
+            Some((ip, None)) => {
+                inc(&self.metrics.webhooks_throttled);
+                tracing::info!(source = %name, client = %ip, limit = self.per_client.max(), "webhook refused: too many concurrent requests from this client (server.max_requests_per_client)");
+                let mut r = json(
+                    429,
+                    &serde_json::json!({
+                        "error": "too many concurrent requests from this address (server.max_requests_per_client); retry shortly",
+                        "kind": "too-many-requests",
+                    }),
+                );
+                r.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+            Some((_, slot)) => slot,
+            None => None,
+        };
         let Ok(_slot) = self.slots.try_acquire() else {
-            refund();
             let mut r = error(503, "too many concurrent webhook requests; retry shortly");
             r.headers_mut().insert(
                 http::header::RETRY_AFTER,
@@ -134,7 +223,6 @@ impl Ingress {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             inc(&self.metrics.webhooks_rejected);
-            refund();
             return error(
                 413,
                 format!("body larger than {} bytes", self.max_body_bytes),
@@ -149,12 +237,10 @@ impl Ingress {
         {
             Err(_) => {
                 inc(&self.metrics.webhooks_rejected);
-                refund();
                 return error(408, "timed out reading the request body");
             }
             Ok(Err(e)) => {
                 inc(&self.metrics.webhooks_rejected);
-                refund();
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
@@ -166,6 +252,16 @@ impl Ingress {
                 return error(400, format!("could not read the request body: {e}"));
             }
             Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        if let Some(Err(wait)) = rate.map(RateLimit::take) {
+            return self.throttled(&name, wait);
+        }
+        // Gives the token back when the request turns out not to be the
+        // source's traffic (see `crate::rate`).
+        let refund = || {
+            if let Some(rate) = rate {
+                rate.refund();
+            }
         };
         let headers = parts
             .headers

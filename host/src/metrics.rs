@@ -47,12 +47,15 @@ impl Histogram {
     /// Appends the Prometheus text exposition of this histogram.
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        // The total first: an observation landing while the buckets are
+        // read must not make a bucket exceed `+Inf` (Prometheus would call
+        // the histogram broken), so the buckets are capped at it.
+        let (count, sum_ns) = self.totals();
         let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
+            cumulative = (cumulative + bucket.load(Ordering::Relaxed)).min(count);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let (count, sum_ns) = self.totals();
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
         let _ = writeln!(out, "{name}_count {count}");

@@ -6,12 +6,13 @@
 //! is read, and nothing of it is stored: an upstream in a retry storm cannot
 //! fill the queue or starve the other sources.
 //!
-//! A request the source refuses (its plugin rejects it, e.g. a bad
-//! signature, or its body cannot be read) gives its token back: only what the
-//! source accepts counts against its budget, so a stranger posting unsigned
-//! requests cannot use up the real sender's budget and get it throttled.
-//! What bounds a stranger's flood is the listener's own limits (connections,
-//! concurrent requests, body size and time) and each plugin's CPU limit.
+//! The token is taken only once the body is in, and a request the source
+//! refuses (its plugin rejects it, e.g. a bad signature) gives it back: only
+//! what the source accepts counts against its budget, so a stranger posting
+//! unsigned requests, or sending bodies slowly, cannot use up the real
+//! sender's budget and get it throttled. What bounds a stranger's flood is
+//! the listener's own limits (connections, concurrent requests, and per
+//! client address, body size and time) and each plugin's CPU limit.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,8 +46,9 @@ impl RateLimit {
         }
     }
 
-    /// Takes one token at `now`, or says how long until one is available.
-    pub fn take_at(&self, now: Instant) -> Result<(), Duration> {
+    /// Refills the bucket up to `now`; with `take`, takes one token. Says
+    /// how long until one is available when none is.
+    fn level_at(&self, now: Instant, take: bool) -> Result<(), Duration> {
         let mut bucket = match self.bucket.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
@@ -55,16 +57,29 @@ impl RateLimit {
         bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
         bucket.refilled = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_s))
         }
     }
 
+    /// Takes one token at `now`, or says how long until one is available.
+    pub fn take_at(&self, now: Instant) -> Result<(), Duration> {
+        self.level_at(now, true)
+    }
+
     /// Takes one token now, or says how long until one is available.
     pub fn take(&self) -> Result<(), Duration> {
         self.take_at(Instant::now())
+    }
+
+    /// Whether a token is available now (taking none), or how long until
+    /// one is.
+    pub fn check(&self) -> Result<(), Duration> {
+        self.level_at(Instant::now(), false)
     }
 
     /// Gives back a token taken for a request that turned out not to be the

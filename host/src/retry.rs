@@ -20,12 +20,19 @@ impl RetryPolicy {
         self.config.max_attempts
     }
 
+    /// The longest [`RetryPolicy::delay_ms`] can be: `max_delay_ms` plus
+    /// its jitter.
+    pub fn longest_ms(&self) -> u64 {
+        let c = &self.config;
+        (c.max_delay_ms as f64 * (1.0 + c.jitter.max(0.0))).ceil() as u64
+    }
+
     /// The delay before the next attempt, given that `attempts` were made so
     /// far (>= 1). A delay the remote asked for (`Retry-After`) is a floor
     /// under the backoff, as HTTP means it ("wait at least this long"): a
     /// remote answering `Retry-After: 0` to every attempt still gets the
     /// backoff, not its attempts used up in a burst. Capped at
-    /// `max_delay_ms` either way.
+    /// `max_delay_ms` either way (plus jitter for the backoff).
     pub fn delay_ms(&self, attempts: u32, requested_ms: Option<u64>) -> u64 {
         let c = &self.config;
         let exp = attempts.saturating_sub(1).min(60) as i32;

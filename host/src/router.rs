@@ -66,10 +66,52 @@ pub struct Router {
     shutdown: watch::Receiver<bool>,
     /// Records waiting for their time, by id (see [`Timers`]).
     timers: Timers,
+    /// Set when the queue stops working outside a shutdown (its writer
+    /// thread is gone): nothing can be stored or delivered any more, and the
+    /// process should stop so that a supervisor restarts it (see
+    /// [`Router::failure`]).
+    failed: watch::Sender<Option<String>>,
 }
 
 /// Waiting records loaded from the queue at once when they come due.
 const DUE_AT_ONCE: usize = 256;
+
+/// Records handed to the queue that the router has not yet passed on (to
+/// the workers, or to the timers). Dropped before [`Handover::done`] (the
+/// caller went away: hyper drops a webhook's handler when its client
+/// disconnects, e.g. while the hand-off to busy workers applies
+/// backpressure; or the queue answered with an error although the records
+/// may still be committed with a later group), it schedules them to run
+/// now: loading them reads whatever the queue holds by then, and skips ids
+/// it never stored. Without it such records would sit in the queue until
+/// the next restart.
+struct Handover<'a> {
+    timers: &'a Timers,
+    ids: Vec<u64>,
+}
+
+impl Handover<'_> {
+    /// The records were passed on; nothing to do when dropped.
+    fn done(mut self) {
+        self.ids.clear();
+    }
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            records = self.ids.len(),
+            "records handed to the queue were not passed on; scheduled to run now"
+        );
+        let now = now_ms();
+        for id in self.ids.drain(..) {
+            self.timers.add(now, id);
+        }
+    }
+}
 
 /// Splits ready records into groups of at most `size` that share a route
 /// and a stage, keeping their order.
@@ -118,6 +160,8 @@ impl Router {
                 .push(r.name.clone());
         }
         let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+        // See `timers`: no retry waits longer than this.
+        let horizon_ms = retry.longest_ms().saturating_mul(2).max(60_000);
         let router = Arc::new(Router {
             queue,
             routes,
@@ -126,7 +170,8 @@ impl Router {
             work: tx,
             metrics,
             shutdown,
-            timers: Timers::default(),
+            timers: Timers::new(horizon_ms),
+            failed: watch::Sender::new(None),
         });
         (
             router,
@@ -146,6 +191,31 @@ impl Router {
     /// Routes by name.
     pub fn routes(&self) -> &HashMap<String, Route> {
         &self.routes
+    }
+
+    /// Resolves with the reason once the router can no longer work (see
+    /// [`Router::failed`](Router)); pending forever otherwise.
+    pub async fn failure(&self) -> String {
+        let mut failed = self.failed.subscribe();
+        let reason = match failed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => return std::future::pending().await,
+        };
+        reason
+    }
+
+    /// Notes a queue error: a closed queue outside a shutdown is fatal.
+    fn check_queue(&self, e: &QueueError) {
+        if matches!(e, QueueError::Closed) && !*self.shutdown.borrow() {
+            self.failed.send_if_modified(|failed| {
+                if failed.is_some() {
+                    return false;
+                }
+                tracing::error!("the queue stopped working (its writer is gone): stopping so that a supervisor can restart Weft; everything stored resumes then");
+                *failed = Some("the queue stopped working (its writer is gone)".into());
+                true
+            });
+        }
     }
 
     /// Whether any route starts at `source`.
@@ -189,14 +259,24 @@ impl Router {
         let started = Instant::now();
         let stored = self.queue.append(records.clone());
         drop(arrival);
-        stored.await?;
+        // From here on, this future may be dropped at any await, or fail,
+        // with the records stored all the same.
+        let handover = Handover {
+            timers: &self.timers,
+            ids: records.iter().map(|r| r.id).collect(),
+        };
+        if let Err(e) = stored.await {
+            self.check_queue(&e);
+            return Err(e.into());
+        }
         add_elapsed(&self.metrics.storage_ns, started);
         self.metrics
             .events_accepted
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         // Durable already: if the workers are gone (shutdown), the records
-        // run after the next start.
+        // run after the next start. (A dropped `send` sent nothing.)
         let _ = self.work.send(records).await;
+        handover.done();
         Ok(())
     }
 
@@ -234,6 +314,12 @@ impl Router {
                 Due::Now(ids) => {
                     let records = match self.queue.load(ids.clone()).await {
                         Ok(records) => records,
+                        Err(QueueError::Closed) => {
+                            // Nothing more can be loaded; the ids are stored
+                            // and resume at the next start.
+                            self.check_queue(&QueueError::Closed);
+                            return;
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, records = ids.len(), "could not load due records; trying again in a second");
                             let later = now_ms().saturating_add(1000);
@@ -423,6 +509,7 @@ impl Router {
     /// changes handed over before.
     fn commit(self: &Arc<Self>, ops: Vec<Op>, later: Vec<(u64, u64)>) {
         if let Err(e) = self.queue.apply(ops) {
+            self.check_queue(&e);
             tracing::error!(error = %e, "could not record the outcome of an attempt; it will run again after restart");
             return;
         }
@@ -683,9 +770,27 @@ impl Router {
 
     /// Moves a dead letter back into the queue and runs it now.
     pub async fn replay(self: &Arc<Self>, id: u64) -> Result<Record, QueueError> {
-        let record = self.queue.replay(id).await?;
+        // A replay whose answer is lost (the admin request dropped, or an
+        // error although the revival is still committed with a later group)
+        // runs anyway; loading skips it if it never happened.
+        let handover = Handover {
+            timers: &self.timers,
+            ids: vec![id],
+        };
+        let record = match self.queue.replay(id).await {
+            Err(QueueError::NotFound(what)) => {
+                handover.done();
+                return Err(QueueError::NotFound(what));
+            }
+            Err(e) => {
+                self.check_queue(&e);
+                return Err(e);
+            }
+            Ok(record) => record,
+        };
         tracing::info!(event = %record.event.id, record = id, "dead letter replayed");
         self.schedule(&record);
+        handover.done();
         Ok(record)
     }
 }

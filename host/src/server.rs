@@ -84,7 +84,7 @@ pub async fn serve<H, F>(
             },
             _ = crate::server::stopped(&mut shutdown) => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -97,7 +97,8 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(crate::ingress::Peer(peer));
             let fut = handler(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });

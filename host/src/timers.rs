@@ -7,6 +7,12 @@
 //! and a restart loaded the whole backlog at once. [`Timers`] keeps 16 bytes
 //! per waiting record; the router loads records from the queue when they are
 //! due, as many at a time as its workers can take.
+//!
+//! Times are wall-clock milliseconds (they are stored with the records and
+//! survive a restart). A time further ahead than any retry can be (the
+//! horizon: twice the longest retry delay, at least a minute) was set by a
+//! clock that has since stepped back, and counts as due rather than waiting
+//! for the clock to catch up.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,12 +20,15 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 /// Waiting record ids by the time they may run.
-#[derive(Default)]
 pub struct Timers {
     /// `(not_before_ms, record id)`, earliest first.
     heap: Mutex<BinaryHeap<Reverse<(u64, u64)>>>,
     /// Wakes the waiter when an earlier time arrives.
     changed: Notify,
+    /// No record waits longer than this from now: a time further ahead was
+    /// set by a wall clock that has since stepped back (a host booted with
+    /// its clock years ahead, then corrected), and counts as due.
+    horizon_ms: u64,
 }
 
 /// What [`Timers::due`] found.
@@ -34,6 +43,16 @@ pub enum Due {
 }
 
 impl Timers {
+    /// No timers yet; a time more than `horizon_ms` ahead of the clock
+    /// counts as due (see [`Timers::due`]).
+    pub fn new(horizon_ms: u64) -> Timers {
+        Timers {
+            heap: Mutex::default(),
+            changed: Notify::new(),
+            horizon_ms,
+        }
+    }
+
     /// Record `id` may run at `at_ms`.
     pub fn add(&self, at_ms: u64, id: u64) {
         let earliest = {
@@ -48,12 +67,16 @@ impl Timers {
     }
 
     /// Takes up to `max` ids due at `now_ms`, or says when the next is due.
+    /// An id whose time is beyond the horizon counts as due: once the
+    /// earliest is, all are, so after a backward clock step nothing waits
+    /// more than the horizon for it.
     pub fn due(&self, now_ms: u64, max: usize) -> Due {
+        let beyond = now_ms.saturating_add(self.horizon_ms);
         let mut heap = self.lock();
         let mut ids = Vec::new();
         while ids.len() < max {
             match heap.peek() {
-                Some(Reverse((at, _))) if *at <= now_ms => {
+                Some(Reverse((at, _))) if *at <= now_ms || *at > beyond => {
                     if let Some(Reverse((_, id))) = heap.pop() {
                         ids.push(id);
                     }
@@ -93,7 +116,7 @@ mod tests {
 
     #[test]
     fn ids_come_out_by_time_and_in_bounded_takes() {
-        let timers = Timers::default();
+        let timers = Timers::new(u64::MAX);
         assert_eq!(timers.due(0, 10), Due::Empty);
         timers.add(300, 3);
         timers.add(100, 1);
@@ -108,9 +131,25 @@ mod tests {
         assert!(timers.is_empty());
     }
 
+    #[test]
+    fn times_beyond_the_horizon_are_due_at_once() {
+        // Retries scheduled while the clock read a year ahead, then the
+        // clock stepped back to 1000: they do not wait a year.
+        let timers = Timers::new(5_000);
+        let year = 365 * 24 * 3600 * 1000;
+        timers.add(year + 10, 1);
+        timers.add(year + 20, 2);
+        timers.add(3_000, 3);
+        assert_eq!(timers.due(1_000, 10), Due::At(3_000));
+        assert_eq!(timers.due(3_000, 10), Due::Now(vec![3, 1, 2]));
+        // Within the horizon, a time is kept.
+        timers.add(7_000, 4);
+        assert_eq!(timers.due(3_000, 10), Due::At(7_000));
+    }
+
     #[tokio::test]
     async fn an_earlier_time_wakes_the_waiter() {
-        let timers = std::sync::Arc::new(Timers::default());
+        let timers = std::sync::Arc::new(Timers::new(u64::MAX));
         timers.add(1_000, 1);
         let waiter = {
             let timers = timers.clone();

@@ -585,7 +585,15 @@ async fn counters(admin: SocketAddr, token: &str) -> Vec<(String, u64)> {
         .as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .map(|(k, v)| {
+                    // Time counters come in seconds; kept here in ns.
+                    let n = if k.ends_with("_seconds_total") {
+                        (v.as_f64().unwrap_or(0.0) * 1e9) as u64
+                    } else {
+                        v.as_u64().unwrap_or(0)
+                    };
+                    (k.clone(), n)
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -80,6 +80,8 @@ pub struct FakeApi {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<Mutex<ApiState>>,
+    /// Requests are answered while this is true (see [`FakeApi::hold`]).
+    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FakeApi {
@@ -99,13 +101,17 @@ impl FakeApi {
             ..Default::default()
         }));
         let shared = state.clone();
+        let open = Arc::new(tokio::sync::watch::Sender::new(true));
+        let gate = open.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let shared = shared.clone();
+                let (shared, gate) = (shared.clone(), gate.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let shared = shared.clone();
+                        let mut open = gate.subscribe();
                         async move {
+                            let _ = open.wait_for(|open| *open).await;
                             let path = req.uri().path().to_string();
                             let headers = req
                                 .headers()
@@ -162,7 +168,18 @@ impl FakeApi {
                 });
             }
         });
-        FakeApi { addr, state }
+        FakeApi { addr, state, open }
+    }
+
+    /// Holds every request (new and waiting ones) unanswered until
+    /// [`FakeApi::release`]: a remote that has stopped answering.
+    pub fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Answers the held requests, and the next ones at once.
+    pub fn release(&self) {
+        self.open.send_replace(true);
     }
 
     /// The next `n` requests get `status` (with extra response headers).

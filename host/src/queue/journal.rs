@@ -56,6 +56,8 @@ const KEEP_BYTES: u64 = 8 << 20;
 /// A group's entries beyond this many bytes continue in another frame (a
 /// frame's length field is 32 bits).
 const MAX_FRAME_PAYLOAD: usize = 1 << 30;
+/// The largest value one entry can carry.
+pub(super) const MAX_VALUE: usize = MAX_FRAME_PAYLOAD - ENTRY_HEADER;
 
 /// One change, as journaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,7 +169,7 @@ impl Journal {
     }
 
     fn add_raw(&mut self, tag: u8, id: u64, value: &[u8]) -> std::io::Result<()> {
-        if value.len() > MAX_FRAME_PAYLOAD - ENTRY_HEADER {
+        if value.len() > MAX_VALUE {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(

@@ -648,6 +648,24 @@ impl Writer {
     }
 }
 
+/// Whether every record and dead letter in `ops` can be encoded and
+/// journaled (checked before any of them is applied).
+fn storable(ops: &[Op]) -> Result<(), QueueError> {
+    for op in ops {
+        let size = match op {
+            Op::Put(record) => encode(record)?.len(),
+            Op::Dead(letter) => encode(letter)?.len(),
+            Op::Remove(_) => continue,
+        };
+        if size > super::journal::MAX_VALUE {
+            return Err(QueueError::Storage(format!(
+                "a queue record of {size} bytes is too large to journal"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Takes every command already sent, up to [`MAX_GROUP`] in all.
 fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
     while group.len() < MAX_GROUP {
@@ -706,6 +724,13 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                     appended.push((reply, result));
                 }
                 Command::Apply(ops) => {
+                    // All or nothing: a delivery record that cannot be
+                    // stored must not let its parent's removal through.
+                    if let Err(e) = storable(&ops) {
+                        tracing::error!(error = %e, "queue update refused as a whole; the records it concerns stay pending and run again after restart");
+                        failure = Some(e.to_string());
+                        continue;
+                    }
                     for op in ops {
                         if let Err(e) = writer.apply(op) {
                             tracing::error!(error = %e, "queue update failed");

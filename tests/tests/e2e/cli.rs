@@ -46,24 +46,24 @@ fn bad_config_errors_name_file_line_and_field() {
         ("[retry]\nmax_attempts = -1\n", "bad.toml:2:16:"),
         (
             "[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"*\"]\n",
-            "bad.toml:1:1: plugins.x.allowed_hosts:",
+            "bad.toml:3:1: plugins.x.allowed_hosts:",
         ),
         ("[server]\nlisten = \"not an address\"\n", "bad.toml:2:10:"),
         (
             "[plugins.x]\nbuiltin = \"json-map\"\nlimits = { instance_reuse = 0 }\n",
-            "bad.toml:1:1: plugins.x.limits.instance_reuse: must be 1..=1000000",
+            "bad.toml:3:12: plugins.x.limits.instance_reuse: must be 1..=1000000",
         ),
         (
             "[plugins.x]\nbuiltin = \"http-post\"\nlimits = { max_batch = 5000 }\n",
-            "bad.toml:1:1: plugins.x.limits.max_batch: must be 1..=1000",
+            "bad.toml:3:12: plugins.x.limits.max_batch: must be 1..=1000",
         ),
         (
             "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { requests_per_s = 0 }\n",
-            "bad.toml:1:1: plugins.x.limits.requests_per_s: must be 1..=1000000",
+            "bad.toml:3:12: plugins.x.limits.requests_per_s: must be 1..=1000000",
         ),
         (
             "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { max_events = 0 }\n",
-            "bad.toml:1:1: plugins.x.limits.max_events: must be 1..=1000000",
+            "bad.toml:3:12: plugins.x.limits.max_events: must be 1..=1000000",
         ),
         ("[plugins.x]\npath = \"nowhere.wasm\"\n", "plugin x: cannot read"),
     ];

@@ -670,3 +670,88 @@ async fn dead_letters_are_paged_and_replayed_in_bulk() {
     );
     host.stop().await;
 }
+
+/// Posts an order with a raw connection and waits at most `patience` for the
+/// status line; then closes the connection (a client giving up). The status,
+/// if one came.
+async fn post_and_give_up(url: &str, body: &str, patience: Duration) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: http::Uri = url.parse().ok()?;
+    let addr = format!("{}:{}", uri.host()?, uri.port_u16()?);
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+    let request = format!(
+        "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        uri.path(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    let read = tokio::time::timeout(patience, stream.read_exact(&mut head)).await;
+    let status = match read {
+        Ok(Ok(_)) => std::str::from_utf8(&head[9..12]).ok()?.parse().ok(),
+        _ => None,
+    };
+    drop(stream);
+    status
+}
+
+/// A webhook whose records are stored but whose client gives up while they
+/// wait for a free worker (hyper then drops the request's handler) is still
+/// delivered, without a restart: nothing stored is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_whose_client_gave_up_after_it_was_stored_is_still_delivered() {
+    let api = FakeApi::start().await;
+    // The sink stops answering: the one worker stays busy and the hand-off
+    // to the workers (two messages) fills up.
+    api.hold();
+    let origin = api.origin();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 1
+
+[retry]
+initial_ms = 100
+max_attempts = 20
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver", timeout_ms = 20000 }}
+allowed_hosts = ["{origin}"]
+limits = {{ http_timeout_ms = 20000 }}
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#
+    );
+    let host = TestHost::start(&config).await;
+    let mut answered = Vec::new();
+    for i in 0..8 {
+        let body = format!(r#"{{"id":"o-{i}"}}"#);
+        let status = post_and_give_up(&host.hook("in"), &body, Duration::from_millis(300)).await;
+        answered.push(status);
+    }
+    assert!(
+        answered[..2].iter().all(|s| *s == Some(202)),
+        "{answered:?}"
+    );
+    assert!(
+        answered.iter().any(Option::is_none),
+        "no client gave up: the test did not fill the hand-off ({answered:?})"
+    );
+    // Every webhook was stored (the hand-off comes after the commit).
+    assert_eq!(host.stats().pending, 8);
+    api.release();
+    let all: Vec<String> = (0..8).map(|i| format!("o-{i}")).collect();
+    let delivered = eventually(Duration::from_secs(20), || api.delivered_ids() == all).await;
+    assert!(delivered, "delivered: {:?}", api.delivered_ids());
+    host.stop().await;
+}

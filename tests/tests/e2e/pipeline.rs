@@ -443,3 +443,85 @@ async fn requests_the_source_rejects_do_not_use_up_its_rate_limit() {
     assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
     host.stop().await;
 }
+
+/// A client sending its bodies slowly holds no rate-limit token (it is taken
+/// once the body is in) and at most its address's share of the request
+/// slots (`server.max_requests_per_client`): the real sender is still
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_hold_no_rate_limit_token_and_only_their_clients_share_of_slots() {
+    use tokio::io::AsyncWriteExt;
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_requests_per_client = 2\n{}",
+        shop_config(&inventory, &accounting).replace("requests_per_s = 5000", "requests_per_s = 1")
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("shop-orders");
+    // Two requests whose bodies never finish: each holds a request slot.
+    let head = "POST /hooks/shop-orders HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(host.running.webhook_addr)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || host
+            .counter("weft_webhooks_received_total")
+            == 2)
+        .await,
+        "both slow requests are being read"
+    );
+    // A third request from the same address is over its share.
+    let order = "{\"order_id\":\"SLOW-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}";
+    let (status, headers, body) = send_full(
+        "POST",
+        &hook,
+        order,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("max_requests_per_client"), "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    // One slow client goes away; the source's one token was never taken by
+    // the slow requests, so the order is accepted.
+    drop(slow.pop());
+    let mut accepted = false;
+    for _ in 0..100 {
+        let (status, body) = post_json(&hook, order).await;
+        if status == 202 {
+            accepted = true;
+            break;
+        }
+        assert!(body.contains("max_requests_per_client"), "{status}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted);
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    drop(slow);
+    host.stop().await;
+}
+
+/// When the queue stops working outside a shutdown (its writer thread gone),
+/// webhooks get 503 and Weft reports itself failed, so that `weft serve`
+/// exits with an error and a supervisor restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_stops_working_makes_weft_report_itself_failed() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+    host.running.router.queue().close().await.unwrap();
+    let order = "{\"order_id\":\"LOST-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}";
+    let (status, body) = post_json(&host.hook("shop-orders"), order).await;
+    assert_eq!(status, 503, "{body}");
+    let reason = tokio::time::timeout(Duration::from_secs(10), host.running.failed())
+        .await
+        .expect("reported failed");
+    assert!(reason.contains("queue stopped working"), "{reason}");
+    host.stop().await;
+}
