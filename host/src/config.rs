@@ -181,12 +181,14 @@ impl Locator {
     }
 
     /// The offset of the deepest key of `path` that the text sets (the
-    /// setting itself, else its nearest table), or 0.
+    /// setting itself, else its nearest table), or 0. A number after an
+    /// array of tables picks its entry (`["plugins", "x", "inject", "1"]`).
     fn at(&self, path: &[&str]) -> usize {
         let Some(doc) = &self.doc else { return 0 };
         let mut table: &dyn toml_edit::TableLike = doc.as_table();
         let mut best = 0;
-        for key in path {
+        let mut keys = path.iter().peekable();
+        while let Some(key) = keys.next() {
             let Some((k, item)) = table.get_key_value(key) else {
                 break;
             };
@@ -197,6 +199,19 @@ impl Locator {
             };
             if let Some(span) = span {
                 best = span.start;
+            }
+            if let toml_edit::Item::ArrayOfTables(entries) = item {
+                let Some(entry) = keys
+                    .next_if(|i| i.parse::<usize>().is_ok())
+                    .and_then(|i| entries.get(i.parse().ok()?))
+                else {
+                    break;
+                };
+                if let Some(span) = entry.span() {
+                    best = span.start;
+                }
+                table = entry;
+                continue;
             }
             match item.as_table_like() {
                 Some(inner) => table = inner,
@@ -570,22 +585,24 @@ impl Config {
                     ));
                 }
             }
-            for inject in &plugin.inject {
+            for (i, inject) in plugin.inject.iter().enumerate() {
+                let entry = i.to_string();
+                let at_inject = |field: &str| at_plugin(&["inject", &entry, field]);
                 if !plugin.secrets.contains_key(&inject.secret) {
                     return Err(invalid(
-                        at_plugin(&["inject"]),
+                        at_inject("secret"),
                         format!("plugins.{name}.inject: unknown secret \"{}\" (declare it under plugins.{name}.secrets)", inject.secret),
                     ));
                 }
                 if let Err(e) = crate::runtime::egress::HostPattern::parse(&inject.host) {
                     return Err(invalid(
-                        at_plugin(&["inject"]),
+                        at_inject("host"),
                         format!("plugins.{name}.inject.host: {e}"),
                     ));
                 }
                 if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
                     return Err(invalid(
-                        at_plugin(&["inject"]),
+                        at_inject("header"),
                         format!(
                             "plugins.{name}.inject.header: invalid header name \"{}\"",
                             inject.header
@@ -626,8 +643,8 @@ impl Config {
             ),
             (
                 "max_delay_ms",
-                (r.initial_ms..=MAX_RETRY_DELAY_MS).contains(&r.max_delay_ms),
-                format!("must be initial_ms..={MAX_RETRY_DELAY_MS} (30 days)"),
+                (1..=MAX_RETRY_DELAY_MS).contains(&r.max_delay_ms),
+                format!("must be 1..={MAX_RETRY_DELAY_MS} (30 days)"),
             ),
         ];
         for (field, ok, rule) in retry_checks {
@@ -915,10 +932,17 @@ mod tests {
             message.starts_with("retry.initial_ms: must be 1..="),
             "{message}"
         );
-        let (place, message) = at("[retry]\ninitial_ms = 500\nmax_delay_ms = 100\n");
+        let (place, message) = at("[retry]\ninitial_ms = 500\nmax_delay_ms = 0\n");
         assert_eq!(place, "weft.toml:3:1");
         assert!(
-            message.starts_with("retry.max_delay_ms: must be initial_ms..="),
+            message.starts_with("retry.max_delay_ms: must be 1..="),
+            "{message}"
+        );
+        // The wrong entry of an array of tables, at its field.
+        let (place, message) = at("[plugins.x]\nbuiltin = \"http-post\"\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://a.example\"\nheader = \"x-key\"\nsecret = \"k\"\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"bad header\"\nsecret = \"k\"\n");
+        assert_eq!(place, "weft.toml:10:1");
+        assert!(
+            message.starts_with("plugins.x.inject.header: invalid header name"),
             "{message}"
         );
         // The admin token names exactly one source.

@@ -107,8 +107,16 @@ impl ClientSlots {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a request from `ip`, unless that address holds all of its own.
+    /// A slot for a request from `ip`, unless that address holds all of its
+    /// own. IPv6 addresses count by their /64 network: one client usually
+    /// has a whole one.
     pub fn take(&self, ip: std::net::IpAddr) -> Option<ClientSlot<'_>> {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
         let mut held = self.lock();
         let n = held.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -350,5 +358,32 @@ impl Ingress {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn client_slots_are_bounded_per_address_and_given_back() {
+        let slots = ClientSlots::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = slots.take(a).unwrap();
+        let _second = slots.take(a).unwrap();
+        assert!(slots.take(a).is_none());
+        // Another address has its own share.
+        let _other = slots.take(b).unwrap();
+        drop(first);
+        assert!(slots.take(a).is_some());
+        // One IPv6 /64 is one client.
+        let x: IpAddr = "2001:db8::1".parse().unwrap();
+        let y: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let z: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let (_x, _y) = (slots.take(x).unwrap(), slots.take(y).unwrap());
+        assert!(slots.take(x).is_none());
+        assert!(slots.take(z).is_some());
     }
 }

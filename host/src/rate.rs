@@ -2,9 +2,11 @@
 //!
 //! A source accepts at most `limits.requests_per_s` webhook requests per
 //! second, with bursts of up to one second's worth. A request over the limit
-//! is answered `429 Too Many Requests` with a `Retry-After` before its body
-//! is read, and nothing of it is stored: an upstream in a retry storm cannot
-//! fill the queue or starve the other sources.
+//! is answered `429 Too Many Requests` with a `Retry-After` (before its body
+//! is read when the bucket is already empty; after it when concurrent
+//! requests took the last tokens meanwhile), and nothing of it is stored: an
+//! upstream in a retry storm cannot fill the queue or starve the other
+//! sources.
 //!
 //! The token is taken only once the body is in, and a request the source
 //! refuses (its plugin rejects it, e.g. a bad signature) gives it back: only

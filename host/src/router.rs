@@ -76,15 +76,16 @@ pub struct Router {
 /// Waiting records loaded from the queue at once when they come due.
 const DUE_AT_ONCE: usize = 256;
 
-/// Records handed to the queue that the router has not yet passed on (to
-/// the workers, or to the timers). Dropped before [`Handover::done`] (the
-/// caller went away: hyper drops a webhook's handler when its client
-/// disconnects, e.g. while the hand-off to busy workers applies
-/// backpressure; or the queue answered with an error although the records
-/// may still be committed with a later group), it schedules them to run
-/// now: loading them reads whatever the queue holds by then, and skips ids
-/// it never stored. Without it such records would sit in the queue until
-/// the next restart.
+/// A webhook's new records, handed to the queue but not yet passed on to
+/// the workers. Dropped before [`Handover::done`] (the caller went away:
+/// hyper drops a webhook's handler when its client disconnects, e.g. while
+/// the hand-off to busy workers applies backpressure; or the queue answered
+/// with an error although the records may still be committed with a later
+/// group), it schedules them to run now: loading them reads whatever the
+/// queue holds by then, and skips ids it never stored. Without it such
+/// records would sit in the queue until the next restart. (The ids are new:
+/// none of them can be running already. Replays, whose ids may be, are
+/// handled by [`Router::replay`] itself.)
 struct Handover<'a> {
     timers: &'a Timers,
     ids: Vec<u64>,
@@ -769,29 +770,35 @@ impl Router {
     }
 
     /// Moves a dead letter back into the queue and runs it now.
+    ///
+    /// The replay runs to its end even if the caller goes away (an admin
+    /// request dropped), and the record is scheduled exactly when it was
+    /// revived: also when writing the revival failed after it was made (a
+    /// later commit may still carry it; loading skips it if not), never
+    /// when the writer refused or found nothing (the id may be a record
+    /// already running from an earlier replay).
     pub async fn replay(self: &Arc<Self>, id: u64) -> Result<Record, QueueError> {
-        // A replay whose answer is lost (the admin request dropped, or an
-        // error although the revival is still committed with a later group)
-        // runs anyway; loading skips it if it never happened.
-        let handover = Handover {
-            timers: &self.timers,
-            ids: vec![id],
-        };
-        let record = match self.queue.replay(id).await {
-            Err(QueueError::NotFound(what)) => {
-                handover.done();
-                return Err(QueueError::NotFound(what));
+        let router = self.clone();
+        let replay = tokio::spawn(async move {
+            match router.queue.replay(id).await {
+                Ok(record) => {
+                    tracing::info!(event = %record.event.id, record = id, "dead letter replayed");
+                    router.schedule(&record);
+                    Ok(record)
+                }
+                Err(QueueError::Unsynced(e)) => {
+                    router.timers.add(now_ms(), id);
+                    Err(QueueError::Unsynced(e))
+                }
+                Err(e) => {
+                    router.check_queue(&e);
+                    Err(e)
+                }
             }
-            Err(e) => {
-                self.check_queue(&e);
-                return Err(e);
-            }
-            Ok(record) => record,
-        };
-        tracing::info!(event = %record.event.id, record = id, "dead letter replayed");
-        self.schedule(&record);
-        handover.done();
-        Ok(record)
+        });
+        replay
+            .await
+            .unwrap_or_else(|e| Err(QueueError::Storage(format!("replay did not finish: {e}"))))
     }
 }
 

@@ -12,7 +12,9 @@
 //! survive a restart). A time further ahead than any retry can be (the
 //! horizon: twice the longest retry delay, at least a minute) was set by a
 //! clock that has since stepped back, and counts as due rather than waiting
-//! for the clock to catch up.
+//! for the clock to catch up. (Lowering `retry.max_delay_ms` between two
+//! starts does the same to retries scheduled under the old, longer delays:
+//! they run at once after the restart.)
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

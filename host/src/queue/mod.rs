@@ -49,6 +49,10 @@ pub enum QueueError {
     /// No such dead letter.
     #[error("no dead letter with id {0}")]
     NotFound(u64),
+    /// The change was made, but writing or syncing it failed: it is not
+    /// known to be durable, and a later commit may still carry it.
+    #[error("not known to be stored: {0}")]
+    Unsynced(String),
     /// Another process has the store open.
     #[error("{path} is in use by another Weft process (or another program holds its lock); stop that one or give this one its own storage.data_dir")]
     InUse {

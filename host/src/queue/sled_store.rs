@@ -767,7 +767,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         }
         let settle = |result: Result<(), QueueError>| match (result, &written) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(QueueError::Storage(e.to_string())),
+            (Ok(()), Err(e)) => Err(QueueError::Unsynced(e.to_string())),
             (Ok(()), Ok(())) => Ok(()),
         };
         for (reply, result) in appended {

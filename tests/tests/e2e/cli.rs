@@ -66,6 +66,11 @@ fn bad_config_errors_name_file_line_and_field() {
             "bad.toml:3:12: plugins.x.limits.max_events: must be 1..=1000000",
         ),
         ("[plugins.x]\npath = \"nowhere.wasm\"\n", "plugin x: cannot read"),
+        // What `serve` would refuse, `validate` refuses too.
+        (
+            "[server]\nadmin_token = { env = \"WEFT_TEST_TOKEN_THAT_IS_NOT_SET\" }\n",
+            "server.admin_token: environment variable WEFT_TEST_TOKEN_THAT_IS_NOT_SET is not set",
+        ),
     ];
     for (text, expected) in cases {
         let (ok, out) = validate(text);
