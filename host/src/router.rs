@@ -76,6 +76,9 @@ pub struct Router {
 /// Waiting records loaded from the queue at once when they come due.
 const DUE_AT_ONCE: usize = 256;
 
+/// How often the router checks that the queue still works.
+const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A webhook's new records, handed to the queue but not yet passed on to
 /// the workers. Dropped before [`Handover::done`] (the caller went away:
 /// hyper drops a webhook's handler when its client disconnects, e.g. while
@@ -203,6 +206,24 @@ impl Router {
             Err(_) => return std::future::pending().await,
         };
         reason
+    }
+
+    /// Looks every [`QUEUE_CHECK_INTERVAL`] whether the queue still works,
+    /// so that a writer that died while nothing was happening is noticed
+    /// without waiting for traffic.
+    async fn watch_queue(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(QUEUE_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = crate::server::stopped(&mut shutdown) => return,
+            }
+            if !self.queue.working() {
+                self.check_queue(&QueueError::Closed);
+                return;
+            }
+        }
     }
 
     /// Notes a queue error: a closed queue outside a shutdown is fatal.
@@ -382,6 +403,7 @@ impl Router {
             size,
         } = workers;
         tokio::spawn(self.clone().run_timers());
+        tokio::spawn(self.clone().watch_queue());
         // At most half the worker slots per take, so that one group's
         // deliveries overlap with the next group's transforms.
         let take = self.batch_limit().min(size / 2).max(1);

@@ -969,29 +969,24 @@ fn main() {
         let first = results.len();
         for &clients in client_counts {
             if !weft_only {
-            // The plain relay (the yardstick), then the byte-forwarding one.
-            for (mode, name) in [("plain-relay", PLAIN), ("byte-relay", BYTES_ONLY)] {
-                let port = weft_tests::free_port();
-                let mut child = std::process::Command::new(&me)
-                    .args([mode, &port.to_string(), &format!("http://{}/orders", sink.addr)])
-                    .spawn()
-                    .unwrap();
-                wait_port(port).await;
-                results.push(measure(name, child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-
-            // The durable relays without plugins: straightforward on sled,
-            // and the best case (a preallocated append-only file).
-            for (mode, name) in [("durable-relay", DURABLE_SLED), ("journal-relay", DURABLE_FILE)] {
+            // The yardsticks: the plain relay, the byte-forwarding one, then
+            // the durable relays without plugins (straightforward on sled,
+            // and the best case: a preallocated append-only file), each
+            // with a store of its own.
+            for (mode, name, durable) in [
+                ("plain-relay", PLAIN, false),
+                ("byte-relay", BYTES_ONLY, false),
+                ("durable-relay", DURABLE_SLED, true),
+                ("journal-relay", DURABLE_FILE, true),
+            ] {
                 let dir = tempfile::tempdir().unwrap();
                 let port = weft_tests::free_port();
-                let mut child = std::process::Command::new(&me)
-                    .args([mode, &port.to_string(), &format!("http://{}/orders", sink.addr)])
-                    .arg(dir.path().join("store"))
-                    .spawn()
-                    .unwrap();
+                let mut command = std::process::Command::new(&me);
+                command.args([mode, &port.to_string(), &format!("http://{}/orders", sink.addr)]);
+                if durable {
+                    command.arg(dir.path().join("store"));
+                }
+                let mut child = command.spawn().unwrap();
                 wait_port(port).await;
                 results.push(measure(name, child.id(), format!("http://127.0.0.1:{port}/"), &sink, clients, seconds, None).await);
                 let _ = child.kill();

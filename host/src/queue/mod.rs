@@ -299,4 +299,9 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Flushes and stops the writer; later calls fail with [`QueueError::Closed`].
     fn close(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// Whether the queue can still take changes: false once it is closed,
+    /// or once whatever writes it has stopped on its own (a writer thread
+    /// that died).
+    fn working(&self) -> bool;
 }

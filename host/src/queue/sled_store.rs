@@ -895,6 +895,15 @@ impl Queue for SledQueue {
         }
     }
 
+    fn working(&self) -> bool {
+        let open = self.tx.lock().is_ok_and(|tx| tx.is_some());
+        let writing = self
+            .writer
+            .lock()
+            .is_ok_and(|w| w.as_ref().is_some_and(|h| !h.is_finished()));
+        open && writing
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();

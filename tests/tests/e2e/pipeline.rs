@@ -525,3 +525,17 @@ async fn a_queue_that_stops_working_makes_weft_report_itself_failed() {
     assert!(reason.contains("queue stopped working"), "{reason}");
     host.stop().await;
 }
+
+/// ... also when nothing is happening: a watchdog notices without traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_stops_working_while_idle_is_noticed() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+    host.running.router.queue().close().await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(30), host.running.failed())
+        .await
+        .expect("reported failed without any request");
+    assert!(reason.contains("queue stopped working"), "{reason}");
+    host.stop().await;
+}
