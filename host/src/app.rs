@@ -433,11 +433,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rates,
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
+    let connections = crate::server::ConnectionLimits {
+        header_timeout,
+        idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
+        max_connections: config.server.max_connections,
+    };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
         handler,
-        header_timeout,
-        config.server.max_connections,
+        connections,
         shutdown_rx.clone(),
         grace,
     )));
@@ -459,8 +463,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(crate::server::serve(
             listener,
             handler,
-            header_timeout,
-            ADMIN_CONNECTIONS,
+            crate::server::ConnectionLimits {
+                max_connections: ADMIN_CONNECTIONS,
+                ..connections
+            },
             shutdown_rx.clone(),
             grace,
         )));

@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// beyond that new ones wait in the listen backlog. Keep it under the
     /// process's open-file limit.
     pub max_connections: usize,
+    /// A connection with no request in progress and no bytes moving for
+    /// this long is closed (keep-alive connections do not hold their slot
+    /// for ever).
+    pub idle_timeout_ms: u64,
     /// Time given to in-flight attempts on shutdown before they are abandoned
     /// (they stay queued and run again after a restart).
     pub shutdown_grace_ms: u64,
@@ -107,6 +111,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             max_requests_per_client: 256,
             max_connections: 4096,
+            idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -702,6 +707,7 @@ impl Config {
                 1,
                 MAX_TIMEOUT_MS,
             ),
+            ("idle_timeout_ms", server.idle_timeout_ms, 1, MAX_TIMEOUT_MS),
             (
                 "max_body_bytes",
                 server.max_body_bytes as u64,

@@ -10,8 +10,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -53,16 +56,146 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// How a listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving for
+    /// this long is closed, so idle keep-alive connections do not hold
+    /// their slot (of `max_connections`) for ever.
+    pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+/// A connection's stream that notes when bytes last moved (for the idle
+/// timeout).
+struct Tracked {
+    stream: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+/// When a connection last moved bytes, and how many of its requests are in
+/// progress.
+struct Activity {
+    opened: Instant,
+    /// Milliseconds after `opened`.
+    last_ms: AtomicU64,
+    requests: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing has happened on the connection for `timeout`.
+    fn idle_for(&self, timeout: Duration) -> bool {
+        let now = self.opened.elapsed();
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.requests.load(Ordering::Relaxed) == 0 && now.saturating_sub(last) >= timeout
+    }
+}
+
+/// One request in progress on a connection, counted until its response is
+/// ready (or the request is dropped).
+struct InProgress(Arc<Activity>);
+
+impl InProgress {
+    fn start(activity: &Arc<Activity>) -> InProgress {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        InProgress(activity.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once the connection has been idle for `timeout` (see
+/// [`ConnectionLimits::idle_timeout`]), looking a few times per timeout.
+async fn idle(activity: &Activity, timeout: Duration) {
+    let every = (timeout / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        if activity.idle_for(timeout) {
+            return;
+        }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` turns true, then lets open
 /// connections finish their current request (up to `grace`). At most
-/// `max_connections` are open at once: beyond that the loop stops accepting
-/// (new clients wait in the kernel's backlog), so clients that keep idle
-/// connections alive cannot run the process out of file descriptors.
+/// `limits.max_connections` are open at once: beyond that the loop stops
+/// accepting (new clients wait in the kernel's backlog), so clients that
+/// keep connections open cannot run the process out of file descriptors;
+/// and a connection idle for `limits.idle_timeout` is closed, giving its
+/// slot back.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: Arc<H>,
-    header_timeout: Duration,
-    max_connections: usize,
+    limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
@@ -73,9 +206,9 @@ pub async fn serve<H, F>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let slot = tokio::select! {
             slot = open.clone().acquire_owned() => match slot {
@@ -97,16 +230,37 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let activity = Arc::new(Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            requests: AtomicUsize::new(0),
+        });
+        let counted = activity.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let in_progress = InProgress::start(&counted);
             req.extensions_mut().insert(crate::ingress::Peer(peer));
             let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let reply = fut.await;
+                drop(in_progress);
+                Ok::<_, Infallible>(reply)
+            }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = Tracked {
+            stream,
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = idle(&activity, idle_timeout) => {
+                    tracing::debug!(%peer, "closing an idle connection");
+                }
             }
             drop(slot);
         });

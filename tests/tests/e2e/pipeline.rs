@@ -539,3 +539,62 @@ async fn a_queue_that_stops_working_while_idle_is_noticed() {
     assert!(reason.contains("queue stopped working"), "{reason}");
     host.stop().await;
 }
+
+/// A keep-alive connection with nothing in progress is closed after
+/// `server.idle_timeout_ms`, giving its slot back; one whose request is
+/// still being worked on is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_give_their_slot_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 1\nidle_timeout_ms = 300\n{}",
+        shop_config(&inventory, &accounting)
+    );
+    let host = TestHost::start(&config).await;
+    let addr = host.running.webhook_addr;
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET /nowhere HTTP/1.1\r\nhost: weft\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    // Kept alive, then idle: the server closes it (end of stream).
+    let closed = tokio::time::timeout(Duration::from_secs(30), first.read(&mut buf))
+        .await
+        .expect("the idle connection is closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // Its one slot is free again: the next client is served.
+    let (status, body) = post_json(
+        &host.hook("shop-orders"),
+        "{\"order_id\":\"IDLE-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    // A request that takes longer than the idle timeout is not cut off:
+    // its body arrives in two parts, further apart than the timeout.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let order = "{\"order_id\":\"IDLE-2\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}";
+    let head = format!(
+        "POST /hooks/shop-orders HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        order.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&order.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    slow.write_all(&order.as_bytes()[10..]).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 2).await);
+    host.stop().await;
+}
