@@ -21,8 +21,12 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../host/build/weft_build.rs");
-    // The root manifest holds the `plugin` profile the components are built with.
-    println!("cargo:rerun-if-changed=../Cargo.toml");
+    // The root manifest holds the `plugin` profile the components are built
+    // with; the plugins build against the SDK and the WIT contract; the
+    // JavaScript and Python connectors live in the root `plugins/`.
+    for dir in ["Cargo.toml", "sdk/src", "sdk/Cargo.toml", "wit", "plugins"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
     // JavaScript and Python connectors: the pinned toolchains install
     // themselves; if one cannot, the tests that need it fail and say why.
     for (language, tag) in [
@@ -38,6 +42,15 @@ fn main() {
                 println!("cargo:warning={language:?} plugins not built: {reason}");
                 println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_DIR=");
                 println!("cargo:rustc-env=WEFT_{tag}_PLUGIN_ERROR={reason}");
+                // A path that never exists: the next build tries again (the
+                // missing tool may have been installed meanwhile).
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    root.join("target")
+                        .join("toolchains")
+                        .join("retry-after-failure")
+                        .display()
+                );
             }
         }
     }

@@ -118,7 +118,17 @@ fn load_plugin(
 ) -> Result<Plugin, StartError> {
     let path = match (&pc.path, &pc.builtin) {
         (Some(p), _) => config.resolve(p),
-        (None, Some(b)) => builtin_path(b),
+        (None, Some(b)) => {
+            let path = builtin_path(b);
+            if !path.is_file() {
+                return Err(StartError::Io(format!(
+                    "plugins.{name}.builtin: no built-in plugin named \"{b}\" in {} (there: {}; WEFT_PLUGIN_DIR names another directory)",
+                    crate::runtime::builtin_dir().display(),
+                    crate::runtime::builtin_names().join(", ")
+                )));
+            }
+            path
+        }
         (None, None) => {
             return Err(StartError::Io(format!(
                 "plugins.{name}: no path or builtin"

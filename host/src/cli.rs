@@ -1,4 +1,4 @@
-//! The `weft` command line: `serve`, `validate`, `demo`.
+//! The `weft` command line: `serve`, `validate`, `demo`, and `plugin new / build / test`.
 
 use crate::config::Config;
 use anyhow::Context;
@@ -231,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { config: path } => {
             let config = Config::load(&path)?;
-            let cache = ScratchDir::create()?;
+            let cache = ScratchDir::create("weft-validate")?;
             let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(&cache.0)?);
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
@@ -305,13 +305,30 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
 
 /// The throwaway component cache of `weft validate`, removed when dropped:
 /// also when validation fails half-way.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn create() -> anyhow::Result<ScratchDir> {
-        let dir = std::env::temp_dir().join(format!("weft-validate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+    /// A new directory `{prefix}-{pid}-{random}` under the temporary
+    /// directory, readable and writable by this user alone (whatever the
+    /// umask: the compiled-plugin cache refuses anything wider), removed
+    /// with everything in it when dropped.
+    pub(crate) fn create(prefix: &str) -> anyhow::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         Ok(ScratchDir(dir))
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
     }
 }
 

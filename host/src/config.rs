@@ -1,7 +1,7 @@
 //! The TOML configuration file: plugins, routes, listeners, storage, retries.
 //!
 //! Every error names the file, the line and the field, e.g.
-//! `weft.toml:14:1: routes[0].sinks: unknown plugin "acounting"`.
+//! `weft.toml:14:10: routes[0].sinks: unknown plugin "acounting"`.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -67,7 +67,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address of the webhook listener (`POST /hooks/{source}`).
     pub listen: SocketAddr,
-    /// Address of the admin API and metrics; `None` disables them.
+    /// Address of the admin API, metrics and dashboard; `"off"` (or `""`)
+    /// in the file disables them.
+    #[serde(deserialize_with = "address_or_off")]
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token required by the admin API (a secret reference).
     pub admin_token: Option<SecretRef>,
@@ -167,6 +169,19 @@ impl Default for RetryConfig {
             max_attempts: 10,
             jitter: 0.2,
         }
+    }
+}
+
+/// A listen address, or `"off"` / `""` for none.
+fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "\"{addr}\" is not an address like 127.0.0.1:8081 ({e}); \"off\" disables the listener"
+            ))
+        }),
     }
 }
 
@@ -556,6 +571,18 @@ impl Config {
                     at,
                     format!("plugins.{name}: names may use only letters, digits, '-' and '_'"),
                 ));
+            }
+            if let Some(builtin) = &plugin.builtin {
+                if builtin.is_empty()
+                    || !builtin
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    return Err(invalid(
+                        at_plugin(&["builtin"]),
+                        format!("plugins.{name}.builtin: \"{builtin}\" is not a built-in plugin name (lower-case letters, digits and '-', e.g. \"http-post\")"),
+                    ));
+                }
             }
             match (&plugin.path, &plugin.builtin) {
                 (Some(_), Some(_)) => {
@@ -957,6 +984,25 @@ mod tests {
         assert_eq!(
             message,
             "server.admin_token: set exactly one of `env` or `file`"
+        );
+    }
+
+    #[test]
+    fn the_admin_listener_can_be_turned_off() {
+        assert_eq!(
+            parse("").unwrap().server.admin_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+        );
+        for off in ["off", ""] {
+            let config = parse(&format!("[server]\nadmin_listen = \"{off}\"\n")).unwrap();
+            assert_eq!(config.server.admin_listen, None);
+        }
+        let err = parse("[server]\nadmin_listen = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("weft.toml:2:16:") && err.contains("\"off\" disables"),
+            "{err}"
         );
     }
 

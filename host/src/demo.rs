@@ -138,7 +138,9 @@ fn sample_order(i: usize) -> serde_json::Value {
 pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
     let inventory = Recorder::start().await?;
     let accounting = Recorder::start().await?;
-    let data = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    // Removed when the demo ends, also when it fails.
+    let scratch = crate::cli::ScratchDir::create("weft-demo")?;
+    let data = scratch.path().to_path_buf();
     let text = SHOP_CONFIG
         .replace("127.0.0.1:9101", &inventory.addr.to_string())
         .replace("127.0.0.1:9102", &accounting.addr.to_string())
@@ -244,7 +246,7 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         crate::cli::shutdown_signal().await;
     }
     running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&data);
+    drop(scratch);
     anyhow::ensure!(ok, "the demo did not complete");
     Ok(())
 }

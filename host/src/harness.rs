@@ -296,12 +296,14 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         .map_err(HarnessError::Usage)?;
     let mut secrets = BTreeMap::new();
     for (name, var) in &opts.secrets {
-        let value = std::env::var(var).map_err(|_| {
+        // Bytes as they are (a key need not be UTF-8), as for config secrets.
+        let value = std::env::var_os(var).ok_or_else(|| {
             HarnessError::Usage(format!(
                 "--secret {name}={var}: environment variable {var} is not set"
             ))
         })?;
-        secrets.insert(name.clone(), Secret(value.into_bytes()));
+        use std::os::unix::ffi::OsStringExt;
+        secrets.insert(name.clone(), Secret(value.into_vec()));
     }
     let state = sled::Config::new()
         .temporary(true)
@@ -376,9 +378,10 @@ pub async fn run(opts: HarnessOptions) -> Result<bool, HarnessError> {
             })?;
         {
             use std::io::Write as _;
-            if writeln!(std::io::stdout().lock(), "{output}").is_err() {
-                return Ok(all_ok);
-            }
+            // A closed stdout (`| head`) must not pass for "all as expected".
+            writeln!(std::io::stdout().lock(), "{output}").map_err(|e| {
+                HarnessError::Usage(format!("cannot write the output to stdout: {e}"))
+            })?;
         }
         if let Some(exp) = &expected {
             let (exp_line, want) = &exp[i];

@@ -47,7 +47,12 @@ fn sdk_path() -> Option<PathBuf> {
 fn cargo_toml(name: &str) -> String {
     let sdk = match sdk_path() {
         Some(p) => format!("weft-sdk = {{ path = \"{}\" }}", p.display()),
-        None => "weft-sdk = \"0.1\"".to_string(),
+        None => {
+            // weft-sdk is not on crates.io: a version requirement would
+            // fetch nothing, or someone else's crate.
+            eprintln!("note: this weft was built from a checkout that is no longer there; set weft-sdk's path in Cargo.toml to the sdk/ directory of a Weft checkout");
+            "# weft-sdk is not published: point this at the sdk/ directory of a Weft checkout.\nweft-sdk = { path = \"../weft/sdk\" }".to_string()
+        }
     };
     format!(
         r#"[package]
@@ -145,6 +150,8 @@ impl Sink for Plugin {{
             .body(event.data);
         match request.send() {{
             Ok(response) => http::classify(&response),
+            // Refused by the host (no grant for this host): retrying cannot help.
+            Err(e) if e.is_permanent() => DeliveryOutcome::rejected(e.to_string()),
             Err(e) => DeliveryOutcome::retry(e.to_string()),
         }}
     }}
@@ -526,8 +533,10 @@ const WEFT_HTTP_PY: &str = include_str!("../../sdk/python/weft_http.py");
 pub fn wasm_path(dir: &Path, name: &str, lang: Language) -> PathBuf {
     let file = format!("{}.wasm", name.replace('-', "_"));
     match lang {
+        // Cargo runs in `dir` (see `build`): a relative target dir is
+        // relative to it, as for Cargo.
         Language::Rust => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
+            .map(|t| dir.join(t))
             .unwrap_or_else(|| dir.join("target"))
             .join("wasm32-wasip2")
             .join("release")
@@ -543,14 +552,13 @@ pub fn new_plugin(
     lang: &str,
     role: &str,
 ) -> Result<PathBuf, ScaffoldError> {
-    if name.is_empty()
+    if !name.starts_with(|c: char| c.is_ascii_lowercase())
         || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        || name.starts_with('-')
     {
         return Err(ScaffoldError::Usage(format!(
-            "plugin name \"{name}\": use lower-case letters, digits and '-'"
+            "plugin name \"{name}\": start with a lower-case letter, then use lower-case letters, digits and '-'"
         )));
     }
     let language = Language::parse(lang)
@@ -600,16 +608,23 @@ pub fn new_plugin(
         .unwrap_or(&wasm)
         .display()
         .to_string();
+    // In the config (next to the plugin directory) the path is relative to
+    // the directory above, unless the target dir is absolute.
+    let config_path = if Path::new(&wasm).is_absolute() {
+        wasm.clone()
+    } else {
+        format!("{name}/{wasm}")
+    };
     let test_args = sample_test_args(role).join(" ");
     let toolchain_note = match language {
         Language::Rust => "",
-        Language::JavaScript => "\nThe first build installs componentize-js (pinned) under `~/.cache/weft/toolchains` (or `$WEFT_TOOLCHAIN_DIR`); it needs Node.js and npm.\n",
-        Language::Python => "\nThe first build installs componentize-py (pinned) under `~/.cache/weft/toolchains` (or `$WEFT_TOOLCHAIN_DIR`); it needs Python 3.11+ with venv.\n",
+        Language::JavaScript => "\nThe first build installs componentize-js (pinned) under `$WEFT_TOOLCHAIN_DIR`, else `$XDG_CACHE_HOME/weft/toolchains`, else `~/.cache/weft/toolchains`; it needs Node.js and npm.\n",
+        Language::Python => "\nThe first build installs componentize-py (pinned) under `$WEFT_TOOLCHAIN_DIR`, else `$XDG_CACHE_HOME/weft/toolchains`, else `~/.cache/weft/toolchains`; it needs Python 3.11+ with venv.\n",
     };
     files.push((
         "README.md".into(),
         format!(
-            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} {test_args}\n```\n{toolchain_note}\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{name}/{wasm}\"\n```\n"
+            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} {test_args}\n```\n{toolchain_note}\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{config_path}\"\n```\n"
         ),
     ));
     let dir = parent.join(name);
@@ -632,6 +647,9 @@ pub fn new_plugin(
 /// Builds the plugin in `dir`, in whichever language it is written; returns
 /// the component's path.
 pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    // Absolute from here on: the build tools run inside the plugin
+    // directory, where paths relative to the caller's would point elsewhere.
+    let dir = &dir.canonicalize().map_err(io(dir))?;
     let language = Language::detect(dir).ok_or_else(|| {
         ScaffoldError::Usage(format!(
             "{}: not a plugin directory (expected Cargo.toml, app.js with package.json, or app.py with pyproject.toml)",
@@ -640,8 +658,6 @@ pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
     })?;
     if language != Language::Rust {
         let name = dir
-            .canonicalize()
-            .map_err(io(dir))?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
@@ -675,7 +691,7 @@ pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
         })
         .ok_or_else(|| ScaffoldError::Usage(format!("{}: no package name", manifest.display())))?
         .to_string();
-    toolchain::ensure_wasm_target().map_err(ScaffoldError::Build)?;
+    toolchain::ensure_wasm_target_in(dir).map_err(ScaffoldError::Build)?;
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
         .args(["build", "--target", toolchain::WASM_TARGET, "--release"])

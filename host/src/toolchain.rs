@@ -8,9 +8,10 @@
 //! * Python: componentize-py (pinned), installed with pip into a venv.
 //!
 //! The pinned tools install themselves on first use under a tool directory
-//! (`target/toolchains` for the workspace build, `$WEFT_TOOLCHAIN_DIR` or
-//! `~/.cache/weft/toolchains` for `weft plugin build`), so nothing has to be
-//! installed globally beforehand.
+//! (`target/toolchains` for the workspace build; for `weft plugin build`,
+//! `$WEFT_TOOLCHAIN_DIR`, else `$XDG_CACHE_HOME/weft/toolchains`, else
+//! `~/.cache/weft/toolchains`), so nothing has to be installed globally
+//! beforehand.
 //!
 //! This module uses only `std`: the workspace's build scripts include it with
 //! `#[path]` to build the bundled JavaScript and Python connectors, and the
@@ -83,7 +84,15 @@ pub fn default_tool_dir() -> PathBuf {
 /// Makes sure rustup has the wasm target, installing it if needed. Without
 /// rustup (a distro Rust) the target is assumed present.
 pub fn ensure_wasm_target() -> Result<(), String> {
+    ensure_wasm_target_in(Path::new("."))
+}
+
+/// [`ensure_wasm_target`] for the toolchain that applies in `dir` (a
+/// `rust-toolchain.toml` there or above picks it, as for `cargo build`
+/// run in `dir`).
+pub fn ensure_wasm_target_in(dir: &Path) -> Result<(), String> {
     let Ok(listed) = Command::new("rustup")
+        .current_dir(dir)
         .args(["target", "list", "--installed"])
         .output()
     else {
@@ -96,6 +105,7 @@ pub fn ensure_wasm_target() -> Result<(), String> {
         return Ok(());
     }
     let status = Command::new("rustup")
+        .current_dir(dir)
         .args(["target", "add", WASM_TARGET])
         .status();
     match status {

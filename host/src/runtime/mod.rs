@@ -824,12 +824,35 @@ impl Plugin {
     }
 }
 
+/// Where the built-in plugins are: `$WEFT_PLUGIN_DIR`, else the directory
+/// the build put them in.
+pub fn builtin_dir() -> PathBuf {
+    std::env::var_os("WEFT_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR))
+}
+
+/// The built-in plugins there are (the components in [`builtin_dir`]), by
+/// name.
+pub fn builtin_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(builtin_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|f| f.strip_suffix(".wasm"))
+                .map(|n| n.replace('_', "-"))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Finds the component file of a built-in plugin (`http-post` → `http_post.wasm`).
 pub fn builtin_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WEFT_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR));
-    dir.join(format!("{}.wasm", name.replace('-', "_")))
+    builtin_dir().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
 #[cfg(test)]

@@ -71,9 +71,29 @@ struct Exchange {
 #[derive(Debug)]
 enum Mode {
     /// Forward to the network and append each exchange to the file.
-    Record(Mutex<std::fs::File>),
+    Record(Mutex<Recording>),
     /// Answer from recorded exchanges (the flag: already used).
     Replay(Mutex<Vec<(Exchange, bool)>>),
+}
+
+/// The file a recording goes to: created (or emptied) at the first
+/// exchange, so that a run that fails before the plugin sends anything (a
+/// mistyped component or input path) leaves an existing fixture alone.
+#[derive(Debug)]
+struct Recording {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Recording {
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(std::fs::File::create(&self.path)?),
+        };
+        writeln!(file, "{line}")?;
+        file.flush()
+    }
 }
 
 /// A fixture being recorded or replayed.
@@ -175,14 +195,27 @@ pub struct Captured {
 }
 
 impl Tape {
-    /// A tape that records into `path` (created or truncated).
+    /// A tape that records into `path` (created, or emptied, when the
+    /// first exchange is recorded). Its directory must exist.
     pub fn record(path: &Path) -> Result<Tape, TapeError> {
-        let file = std::fs::File::create(path).map_err(|source| TapeError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(TapeError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "its directory does not exist",
+                ),
+            });
+        }
         Ok(Tape {
-            mode: Mode::Record(Mutex::new(file)),
+            mode: Mode::Record(Mutex::new(Recording {
+                path: path.to_path_buf(),
+                file: None,
+            })),
         })
     }
 
@@ -328,7 +361,7 @@ impl Tape {
             let written = file
                 .lock()
                 .map_err(|_| std::io::Error::other("tape lock poisoned"))
-                .and_then(|mut f| writeln!(f, "{line}").and_then(|_| f.flush()));
+                .and_then(|mut recording| recording.append(&line.to_string()));
             if let Err(e) = written {
                 eprintln!("record: cannot write the fixture: {e}");
             }

@@ -66,6 +66,14 @@ fn bad_config_errors_name_file_line_and_field() {
             "bad.toml:3:12: plugins.x.limits.max_events: must be 1..=1000000",
         ),
         ("[plugins.x]\npath = \"nowhere.wasm\"\n", "plugin x: cannot read"),
+        (
+            "[plugins.x]\nbuiltin = \"../x\"\n",
+            "bad.toml:2:1: plugins.x.builtin: \"../x\" is not a built-in plugin name",
+        ),
+        (
+            "[plugins.x]\nbuiltin = \"http-pots\"\n",
+            "plugins.x.builtin: no built-in plugin named \"http-pots\"",
+        ),
         // What `serve` would refuse, `validate` refuses too.
         (
             "[server]\nadmin_token = { env = \"WEFT_TEST_TOKEN_THAT_IS_NOT_SET\" }\n",

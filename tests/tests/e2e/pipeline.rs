@@ -598,3 +598,26 @@ async fn idle_connections_are_closed_and_give_their_slot_back() {
     assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 2).await);
     host.stop().await;
 }
+
+/// `server.admin_listen = "off"`: no admin listener (and no admin token
+/// kept), webhooks work as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_runs_without_an_admin_listener() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\n{}",
+        shop_config(&inventory, &accounting)
+    );
+    let host = TestHost::start(&config).await;
+    assert_eq!(host.running.admin_addr, None);
+    assert!(!host.dir.path().join("admin-token").exists());
+    let (status, body) = post_json(
+        &host.hook("shop-orders"),
+        "{\"order_id\":\"NOADMIN-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    host.stop().await;
+}

@@ -55,16 +55,20 @@ fn scaffold_build_and_test(lang: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
         let plugin_dir = dir.path().join(&name);
-        let out = weft(
-            &["plugin", "build", "--dir", plugin_dir.to_str().unwrap()],
-            &env,
-        );
+        // Built the way the README says: `--dir` relative to where one is.
+        let out = Command::new(BINARY)
+            .current_dir(dir.path())
+            .args(["--log-level", "warn", "plugin", "build", "--dir", &name])
+            .envs(env)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "build {lang} {role}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let wasm = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let wasm = dir.path().join(&printed).display().to_string();
         assert!(Path::new(&wasm).exists(), "{wasm}");
         // The sample test exactly as the generated README gives it.
         let mut args = vec!["plugin".to_string(), "test".to_string(), wasm.clone()];
@@ -103,6 +107,35 @@ fn scaffolded_python_plugins_build_and_pass_their_own_sample_tests() {
     scaffold_build_and_test("python");
 }
 
+/// `--record` empties its file only when the plugin records something: a
+/// run that fails before (a mistyped component path) leaves the fixture.
+#[test]
+fn a_failed_recording_run_leaves_an_existing_fixture_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("http.jsonl");
+    std::fs::write(&fixture, "{\"kept\":true}\n").unwrap();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(&input, "{\"id\":\"e1\",\"type\":\"t\",\"data\":{}}\n").unwrap();
+    let missing = dir.path().join("no-such-plugin.wasm");
+    let out = weft(
+        &[
+            "plugin",
+            "test",
+            missing.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--record",
+            fixture.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&fixture).unwrap(),
+        "{\"kept\":true}\n"
+    );
+}
+
 #[test]
 fn scaffolding_refuses_unknown_languages_and_roles() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,6 +159,21 @@ fn scaffolding_refuses_unknown_languages_and_roles() {
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("unknown role \"router\""),
             "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Names Cargo would refuse as a package name, or that leave the directory.
+    for name in ["9lives", "My-Plugin", "a/b", ""] {
+        let out = weft(
+            &[
+                "plugin", "new", name, "--lang", "rust", "--role", "sink", "--dir", d,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("start with a lower-case letter"),
+            "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
