@@ -16,11 +16,27 @@ fn shop_config(inventory: &FakeApi, accounting: &FakeApi) -> String {
         .replace("127.0.0.1:9102", &accounting.addr.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shop_orders_reach_inventory_and_accounting_mapped() {
+/// The shop route (see [`shop_config`]) on two fake services, with `server`
+/// (extra `[server]` settings, one `key = value` per line; "" for none):
+/// the host, the inventory API and the accounting API.
+async fn shop(server: &str) -> (TestHost, FakeApi, FakeApi) {
     let inventory = FakeApi::start().await;
     let accounting = FakeApi::start().await;
-    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+    let admin = if server.contains("admin_listen") {
+        ""
+    } else {
+        "admin_listen = \"127.0.0.1:0\"\n"
+    };
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{admin}{server}\n{}",
+        shop_config(&inventory, &accounting)
+    );
+    (TestHost::start(&config).await, inventory, accounting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shop_orders_reach_inventory_and_accounting_mapped() {
+    let (host, inventory, accounting) = shop("").await;
 
     let order = serde_json::json!({
         "order_id": "ORD-1",
@@ -79,10 +95,7 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let config = format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n{}", shop_config(&inventory, &accounting));
-    let host = TestHost::start(&config).await;
+    let (host, inventory, _accounting) = shop("max_body_bytes = 4096\n").await;
     let hook = host.hook("shop-orders");
 
     let (status, body) = post_json(&hook, "{ not json").await;
@@ -253,13 +266,8 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
     use tokio::io::AsyncWriteExt;
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n{}",
-        shop_config(&inventory, &accounting)
-    );
-    let host = TestHost::start(&config).await;
+    let (host, inventory, _accounting) =
+        shop("header_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n").await;
     let addr = host.running.webhook_addr;
 
     // Headers that never finish (slowloris): the connection is closed.
@@ -299,13 +307,7 @@ async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 2\n{}",
-        shop_config(&inventory, &accounting)
-    );
-    let host = TestHost::start(&config).await;
+    let (host, _inventory, _accounting) = shop("max_connections = 2\n").await;
     let addr = host.running.webhook_addr;
     let request = b"GET /nowhere HTTP/1.1\r\nhost: weft\r\n\r\n";
     // Sends one request and reads the start of its answer, if one comes
@@ -512,9 +514,7 @@ async fn slow_bodies_hold_no_rate_limit_token_and_only_their_clients_share_of_sl
 /// exits with an error and a supervisor restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_that_stops_working_makes_weft_report_itself_failed() {
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+    let (host, _inventory, _accounting) = shop("").await;
     host.running.router.queue().close().await.unwrap();
     let order = "{\"order_id\":\"LOST-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}";
     let (status, body) = post_json(&host.hook("shop-orders"), order).await;
@@ -529,9 +529,7 @@ async fn a_queue_that_stops_working_makes_weft_report_itself_failed() {
 /// ... also when nothing is happening: a watchdog notices without traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_that_stops_working_while_idle_is_noticed() {
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let host = TestHost::start(&shop_config(&inventory, &accounting)).await;
+    let (host, _inventory, _accounting) = shop("").await;
     host.running.router.queue().close().await.unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(30), host.running.failed())
         .await
@@ -546,13 +544,7 @@ async fn a_queue_that_stops_working_while_idle_is_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_give_their_slot_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 1\nidle_timeout_ms = 300\n{}",
-        shop_config(&inventory, &accounting)
-    );
-    let host = TestHost::start(&config).await;
+    let (host, inventory, _accounting) = shop("max_connections = 1\nidle_timeout_ms = 300\n").await;
     let addr = host.running.webhook_addr;
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
     first
@@ -603,13 +595,7 @@ async fn idle_connections_are_closed_and_give_their_slot_back() {
 /// kept), webhooks work as ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_runs_without_an_admin_listener() {
-    let inventory = FakeApi::start().await;
-    let accounting = FakeApi::start().await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\n{}",
-        shop_config(&inventory, &accounting)
-    );
-    let host = TestHost::start(&config).await;
+    let (host, inventory, _accounting) = shop("admin_listen = \"off\"").await;
     assert_eq!(host.running.admin_addr, None);
     assert!(!host.dir.path().join("admin-token").exists());
     let (status, body) = post_json(
