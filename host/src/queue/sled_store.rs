@@ -651,13 +651,18 @@ impl Writer {
 /// Whether every record and dead letter in `ops` can be encoded and
 /// journaled (checked before any of them is applied).
 fn storable(ops: &[Op]) -> Result<(), QueueError> {
+    storable_within(ops, super::journal::MAX_VALUE)
+}
+
+/// [`storable`] with the largest value given.
+fn storable_within(ops: &[Op], max_value: usize) -> Result<(), QueueError> {
     for op in ops {
         let size = match op {
             Op::Put(record) => encode(record)?.len(),
             Op::Dead(letter) => encode(letter)?.len(),
             Op::Remove(_) => continue,
         };
-        if size > super::journal::MAX_VALUE {
+        if size > max_value {
             return Err(QueueError::Storage(format!(
                 "a queue record of {size} bytes is too large to journal"
             )));
@@ -948,6 +953,25 @@ mod tests {
             attempts: vec![],
             not_before_ms: 0,
         }
+    }
+
+    /// One router update is checked whole before any of it is applied: a
+    /// record too large to journal refuses the update, its removals too.
+    #[test]
+    fn an_update_with_a_record_too_large_to_journal_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = open_when_free(dir.path()).unwrap();
+        let small = record(&q, "small");
+        let big = record(&q, &"x".repeat(4096));
+        let limit = encode(&small).unwrap().len() + 100;
+        let update = vec![Op::Put(big), Op::Remove(small.id)];
+        let err = storable_within(&update, limit).unwrap_err();
+        assert!(err.to_string().contains("too large to journal"), "{err}");
+        assert!(storable_within(&[Op::Put(small.clone()), Op::Remove(7)], limit).is_ok());
+        assert!(
+            storable(&update).is_ok(),
+            "4 KiB is far under the real limit"
+        );
     }
 
     #[tokio::test]
