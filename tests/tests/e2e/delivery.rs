@@ -713,33 +713,17 @@ async fn a_webhook_whose_client_gave_up_after_it_was_stored_is_still_delivered()
     // The sink stops answering: the one worker stays busy and the hand-off
     // to the workers (two messages) fills up.
     api.hold();
-    let origin = api.origin();
+    // One worker; the sink may take its time (the requests are held).
     let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-workers = 1
-
-[retry]
-initial_ms = 100
-max_attempts = 20
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/deliver", timeout_ms = 20000 }}
-allowed_hosts = ["{origin}"]
-limits = {{ http_timeout_ms = 20000 }}
-
-[[routes]]
-name = "relay"
-source = "in"
-sinks = ["out"]
-"#
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n{}",
+        route_config(
+            &api.origin(),
+            "initial_ms = 100\nmax_attempts = 20",
+            false,
+            "builtin = \"http-post\"",
+            ", timeout_ms = 20000",
+            "http_timeout_ms = 20000",
+        )
     );
     let host = TestHost::start(&config).await;
     let mut answered = Vec::new();
