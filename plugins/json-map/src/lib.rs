@@ -21,6 +21,11 @@
 //!
 //! Paths are JSON pointers (`/customer/email`).
 //!
+//! The mapping is read once per instance into [`Operation`]s (pointers split
+//! into their tokens, fields looked up once), not at every event. An
+//! operation that is not well formed fails every event with the same
+//! permanent error, naming the operation.
+//!
 //! Numbers: `count`, `sum` and `multiply` are exact while every operand is an
 //! integer (up to 128 bits) and give an integer; with a fraction they compute
 //! in floating point and round results below a million to nine decimals (so
@@ -144,12 +149,170 @@ fn number(v: &Value) -> Option<Num> {
     }
 }
 
+/// A JSON pointer (RFC 6901), split into its reference tokens once, when
+/// the mapping is read: the same pointer is looked up in every event.
+#[derive(Debug)]
+struct Pointer {
+    text: String,
+    /// `None`: not a pointer (no leading `/`), which finds nothing.
+    tokens: Option<Vec<String>>,
+}
+
+impl Pointer {
+    fn new(text: &str) -> Pointer {
+        let tokens = if text.is_empty() {
+            Some(Vec::new())
+        } else {
+            text.strip_prefix('/').map(|rest| {
+                rest.split('/')
+                    .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                    .collect()
+            })
+        };
+        Pointer {
+            text: text.to_string(),
+            tokens,
+        }
+    }
+
+    /// The value it points at in `v` (as `serde_json::Value::pointer`).
+    fn get<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        self.tokens
+            .as_ref()?
+            .iter()
+            .try_fold(v, |v, token| match v {
+                Value::Object(map) => map.get(token),
+                Value::Array(items) => index(token).and_then(|i| items.get(i)),
+                _ => None,
+            })
+    }
+}
+
+/// An array index token: digits, no leading zero (as serde_json reads it).
+fn index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// What one mapping operation does, read from config once.
+#[derive(Debug)]
+enum Kind {
+    Rename {
+        from: String,
+        to: String,
+    },
+    Copy {
+        from: Pointer,
+        to: String,
+    },
+    Drop {
+        path: String,
+    },
+    Set {
+        path: String,
+        value: Value,
+    },
+    Count {
+        from: Pointer,
+        to: String,
+    },
+    Sum {
+        from: Pointer,
+        to: String,
+        field: Pointer,
+        times: Option<Pointer>,
+    },
+    Multiply {
+        from: Pointer,
+        to: String,
+        by: Option<Value>,
+        by_path: Option<Pointer>,
+    },
+}
+
+/// One mapping operation, read from config once (see the module docs).
+#[derive(Debug)]
+pub struct Operation {
+    kind: Kind,
+    required: bool,
+}
+
+impl Operation {
+    /// Reads one operation of the mapping.
+    pub fn parse(op: &Value) -> Result<Operation, TransformError> {
+        let text = |name: &str| field(op, name).map(str::to_string);
+        let kind = match field(op, "op")? {
+            "rename" => Kind::Rename {
+                from: text("from")?,
+                to: text("to")?,
+            },
+            "copy" => Kind::Copy {
+                from: Pointer::new(field(op, "from")?),
+                to: text("to")?,
+            },
+            "drop" => Kind::Drop {
+                path: text("path")?,
+            },
+            "set" => Kind::Set {
+                path: text("path")?,
+                value: op.get("value").cloned().unwrap_or(Value::Null),
+            },
+            "count" => Kind::Count {
+                from: Pointer::new(field(op, "from")?),
+                to: text("to")?,
+            },
+            "sum" => Kind::Sum {
+                from: Pointer::new(field(op, "from")?),
+                to: text("to")?,
+                field: Pointer::new(op.get("field").and_then(Value::as_str).unwrap_or("")),
+                times: op.get("times").and_then(Value::as_str).map(Pointer::new),
+            },
+            "multiply" => {
+                let from = field(op, "from")?;
+                Kind::Multiply {
+                    from: Pointer::new(from),
+                    to: op
+                        .get("to")
+                        .and_then(Value::as_str)
+                        .unwrap_or(from)
+                        .to_string(),
+                    by: op.get("by").cloned(),
+                    by_path: op.get("by_path").and_then(Value::as_str).map(Pointer::new),
+                }
+            }
+            other => return Err(permanent(format!("unknown mapping operation `{other}`"))),
+        };
+        Ok(Operation {
+            kind,
+            required: op.get("required").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+
+    /// The pointers it names (for [`Document::edit`]).
+    fn pointers(&self) -> Vec<&str> {
+        match &self.kind {
+            Kind::Rename { from, to } => vec![from, to],
+            Kind::Copy { from, to } | Kind::Count { from, to } | Kind::Sum { from, to, .. } => {
+                vec![&from.text, to]
+            }
+            Kind::Drop { path } | Kind::Set { path, .. } => vec![path],
+            Kind::Multiply {
+                from, to, by_path, ..
+            } => {
+                let mut p = vec![from.text.as_str(), to.as_str()];
+                p.extend(by_path.as_ref().map(|b| b.text.as_str()));
+                p
+            }
+        }
+    }
+}
+
 /// Applies one mapping operation to `doc`.
-pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
-    let kind = field(op, "op")?;
-    let required = op.get("required").and_then(Value::as_bool).unwrap_or(false);
+pub fn apply(doc: &mut Value, op: &Operation) -> Result<(), TransformError> {
     let missing = |from: &str| -> Result<(), TransformError> {
-        if required {
+        if op.required {
             Err(permanent(format!("required field {from} is missing")))
         } else {
             Ok(())
@@ -164,59 +327,52 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
             )))
         }
     };
-    match kind {
-        "rename" => {
-            let (from, to) = (field(op, "from")?, field(op, "to")?);
-            match doc.take_pointer(from) {
-                Some(v) => set(doc, to, v),
-                None => missing(from),
-            }
-        }
-        "copy" => {
-            let (from, to) = (field(op, "from")?, field(op, "to")?);
-            match doc.pointer(from).cloned() {
-                Some(v) => set(doc, to, v),
-                None => missing(from),
-            }
-        }
-        "drop" => {
-            doc.take_pointer(field(op, "path")?);
+    match &op.kind {
+        Kind::Rename { from, to } => match doc.take_pointer(from) {
+            Some(v) => set(doc, to, v),
+            None => missing(from),
+        },
+        Kind::Copy { from, to } => match from.get(doc).cloned() {
+            Some(v) => set(doc, to, v),
+            None => missing(&from.text),
+        },
+        Kind::Drop { path } => {
+            doc.take_pointer(path);
             Ok(())
         }
-        "set" => {
-            let value = op.get("value").cloned().unwrap_or(Value::Null);
-            set(doc, field(op, "path")?, value)
-        }
-        "count" => {
-            let (from, to) = (field(op, "from")?, field(op, "to")?);
-            match doc.pointer(from) {
-                Some(Value::Array(items)) => {
-                    let n = items.len();
-                    set(doc, to, Value::from(n))
-                }
-                Some(other) => Err(permanent(format!(
-                    "count: {from} is not an array but {other}"
-                ))),
-                None => missing(from),
+        Kind::Set { path, value } => set(doc, path, value.clone()),
+        Kind::Count { from, to } => match from.get(doc) {
+            Some(Value::Array(items)) => {
+                let n = items.len();
+                set(doc, to, Value::from(n))
             }
-        }
-        "sum" => {
-            let (from, to) = (field(op, "from")?, field(op, "to")?);
-            let inner = op.get("field").and_then(Value::as_str).unwrap_or("");
-            let times = op.get("times").and_then(Value::as_str);
-            let total = match doc.pointer(from) {
+            Some(other) => Err(permanent(format!(
+                "count: {} is not an array but {other}",
+                from.text
+            ))),
+            None => missing(&from.text),
+        },
+        Kind::Sum {
+            from,
+            to,
+            field: inner,
+            times,
+        } => {
+            let total = match from.get(doc) {
                 Some(Value::Array(items)) => {
                     let mut total = Num::Int(0);
                     for item in items {
-                        let v = item.pointer(inner).and_then(number).ok_or_else(|| {
+                        let v = inner.get(item).and_then(number).ok_or_else(|| {
                             permanent(format!(
-                                "sum: element {item} of {from} has no number at '{inner}'"
+                                "sum: element {item} of {} has no number at '{}'",
+                                from.text, inner.text
                             ))
                         })?;
                         let factor = match times {
-                            Some(t) => item.pointer(t).and_then(number).ok_or_else(|| {
+                            Some(t) => t.get(item).and_then(number).ok_or_else(|| {
                                 permanent(format!(
-                                    "sum: element {item} of {from} has no number at '{t}'"
+                                    "sum: element {item} of {} has no number at '{}'",
+                                    from.text, t.text
                                 ))
                             })?,
                             None => Num::Int(1),
@@ -227,43 +383,52 @@ pub fn apply(doc: &mut Value, op: &Value) -> Result<(), TransformError> {
                 }
                 Some(other) => {
                     return Err(permanent(format!(
-                        "sum: {from} is not an array but {other}"
+                        "sum: {} is not an array but {other}",
+                        from.text
                     )))
                 }
-                None => return missing(from),
+                None => return missing(&from.text),
             };
             set(doc, to, total.to_value("sum")?)
         }
-        "multiply" => {
-            let from = field(op, "from")?;
-            let to = op.get("to").and_then(Value::as_str).unwrap_or(from);
-            let Some(value) = doc.pointer(from) else {
-                return missing(from);
+        Kind::Multiply {
+            from,
+            to,
+            by,
+            by_path,
+        } => {
+            let Some(value) = from.get(doc) else {
+                return missing(&from.text);
             };
             let x = number(value)
-                .ok_or_else(|| permanent(format!("multiply: {from} is not a number")))?;
-            let by = match (op.get("by"), op.get("by_path").and_then(Value::as_str)) {
+                .ok_or_else(|| permanent(format!("multiply: {} is not a number", from.text)))?;
+            let by = match (by, by_path) {
                 (Some(by), _) => {
                     number(by).ok_or_else(|| permanent("multiply: `by` is not a number"))?
                 }
-                (None, Some(path)) => doc
-                    .pointer(path)
+                (None, Some(path)) => path
+                    .get(doc)
                     .and_then(number)
-                    .ok_or_else(|| permanent(format!("multiply: {path} is not a number")))?,
+                    .ok_or_else(|| permanent(format!("multiply: {} is not a number", path.text)))?,
                 (None, None) => return Err(permanent("multiply needs `by` or `by_path`")),
             };
             set(doc, to, x.mul(by).to_value("multiply")?)
         }
-        other => Err(permanent(format!("unknown mapping operation `{other}`"))),
     }
 }
 
-/// The mapping from config, parsed once per instance (config never changes
+/// The mapping from config, read once per instance (config never changes
 /// while an instance lives).
-fn mapping() -> Result<&'static [Value], TransformError> {
-    static MAPPING: OnceLock<Result<Vec<Value>, String>> = OnceLock::new();
+fn mapping() -> Result<&'static [Operation], TransformError> {
+    static MAPPING: OnceLock<Result<Vec<Operation>, String>> = OnceLock::new();
     let parsed = MAPPING.get_or_init(|| match config::json("mapping") {
-        Some(Ok(Value::Array(ops))) => Ok(ops),
+        Some(Ok(Value::Array(ops))) => ops
+            .iter()
+            .map(Operation::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| match e {
+                TransformError::Permanent(m) | TransformError::Retryable(m) => m,
+            }),
         Some(Ok(_)) => Err("config `mapping` must be an array of operations".into()),
         Some(Err(e)) => Err(format!("config `mapping` is not valid JSON: {e}")),
         None => Ok(Vec::new()),
@@ -277,17 +442,14 @@ fn mapping() -> Result<&'static [Value], TransformError> {
 /// Applies one mapping operation to a [`Document`]: only the top-level
 /// members the operation's pointers name are parsed; a top-level `drop`
 /// parses nothing.
-pub fn apply_to(doc: &mut Document, op: &Value) -> Result<(), TransformError> {
+pub fn apply_to(doc: &mut Document, op: &Operation) -> Result<(), TransformError> {
     let unreadable = |e: serde_json::Error| permanent(format!("event data: {e}"));
-    if op.get("op").and_then(Value::as_str) == Some("drop") {
-        doc.remove(field(op, "path")?).map_err(unreadable)?;
+    if let Kind::Drop { path } = &op.kind {
+        doc.remove(path).map_err(unreadable)?;
         return Ok(());
     }
-    let pointers: Vec<&str> = ["from", "to", "path", "by_path"]
-        .iter()
-        .filter_map(|name| op.get(*name).and_then(Value::as_str))
-        .collect();
-    doc.edit(&pointers, |v| apply(v, op)).map_err(unreadable)?
+    doc.edit(&op.pointers(), |v| apply(v, op))
+        .map_err(unreadable)?
 }
 
 impl Transform for JsonMap {
@@ -320,15 +482,17 @@ mod tests {
     /// both give the same result.
     fn run(doc: Value, ops: Value) -> Result<Value, TransformError> {
         let text = serde_json::to_vec(&doc).unwrap();
-        let whole = ops
+        let ops = ops
             .as_array()
             .unwrap()
+            .iter()
+            .map(Operation::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let whole = ops
             .iter()
             .try_fold(doc, |mut doc, op| apply(&mut doc, op).map(|()| doc));
         let mut lazy = Document::parse(&text).unwrap();
         let by_document = ops
-            .as_array()
-            .unwrap()
             .iter()
             .try_for_each(|op| apply_to(&mut lazy, op))
             .map(|()| serde_json::from_slice::<Value>(&lazy.to_vec()).unwrap());
