@@ -937,54 +937,56 @@ mod tests {
 
     #[test]
     fn errors_point_at_the_setting_wherever_and_however_it_is_written() {
-        let at = |text: &str| {
+        // (config text, where the error points, how its message starts)
+        let cases = [
+            // A dotted key at the top: the key itself.
+            (
+                "server.workers = 0\n",
+                "weft.toml:1:8",
+                "server.workers: must be 1..=",
+            ),
+            // A key of the same name in an earlier table is not it.
+            (
+                "[plugins.x]\nbuiltin = \"json-map\"\nconfig = { workers = 3 }\n[server]\nworkers = 0\n",
+                "weft.toml:5:1",
+                "server.workers: must be 1..=",
+            ),
+            // A default under [limits] is reported as that, where it is.
+            (
+                "[limits]\nmax_batch = 0\n[plugins.a]\nbuiltin = \"json-map\"\n",
+                "weft.toml:2:1",
+                "limits.max_batch: must be 1..=1000",
+            ),
+            // Retry delays are checked, each at its key.
+            (
+                "[retry]\ninitial_ms = 0\n",
+                "weft.toml:2:1",
+                "retry.initial_ms: must be 1..=",
+            ),
+            (
+                "[retry]\ninitial_ms = 500\nmax_delay_ms = 0\n",
+                "weft.toml:3:1",
+                "retry.max_delay_ms: must be 1..=",
+            ),
+            // The wrong entry of an array of tables, at its field.
+            (
+                "[plugins.x]\nbuiltin = \"http-post\"\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://a.example\"\nheader = \"x-key\"\nsecret = \"k\"\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"bad header\"\nsecret = \"k\"\n",
+                "weft.toml:10:1",
+                "plugins.x.inject.header: invalid header name",
+            ),
+            // The admin token names exactly one source.
+            (
+                "[server]\nadmin_token = {}\n",
+                "weft.toml:2:1",
+                "server.admin_token: set exactly one of `env` or `file`",
+            ),
+        ];
+        for (text, place, message) in cases {
             let err = parse(text).unwrap_err().to_string();
-            let (place, message) = err.split_once(": ").unwrap();
-            (place.to_string(), message.to_string())
-        };
-        // A dotted key at the top: the key itself.
-        let (place, message) = at("server.workers = 0\n");
-        assert_eq!(place, "weft.toml:1:8");
-        assert!(
-            message.starts_with("server.workers: must be 1..="),
-            "{message}"
-        );
-        // A key of the same name in an earlier table is not it.
-        let (place, _) = at(
-            "[plugins.x]\nbuiltin = \"json-map\"\nconfig = { workers = 3 }\n[server]\nworkers = 0\n",
-        );
-        assert_eq!(place, "weft.toml:5:1");
-        // A default under [limits] is reported as that, where it is.
-        let (place, message) = at("[limits]\nmax_batch = 0\n[plugins.a]\nbuiltin = \"json-map\"\n");
-        assert_eq!(place, "weft.toml:2:1");
-        assert_eq!(message, "limits.max_batch: must be 1..=1000");
-        // Retry delays are checked, each at its key.
-        let (place, message) = at("[retry]\ninitial_ms = 0\n");
-        assert_eq!(place, "weft.toml:2:1");
-        assert!(
-            message.starts_with("retry.initial_ms: must be 1..="),
-            "{message}"
-        );
-        let (place, message) = at("[retry]\ninitial_ms = 500\nmax_delay_ms = 0\n");
-        assert_eq!(place, "weft.toml:3:1");
-        assert!(
-            message.starts_with("retry.max_delay_ms: must be 1..="),
-            "{message}"
-        );
-        // The wrong entry of an array of tables, at its field.
-        let (place, message) = at("[plugins.x]\nbuiltin = \"http-post\"\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://a.example\"\nheader = \"x-key\"\nsecret = \"k\"\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"bad header\"\nsecret = \"k\"\n");
-        assert_eq!(place, "weft.toml:10:1");
-        assert!(
-            message.starts_with("plugins.x.inject.header: invalid header name"),
-            "{message}"
-        );
-        // The admin token names exactly one source.
-        let (place, message) = at("[server]\nadmin_token = {}\n");
-        assert_eq!(place, "weft.toml:2:1");
-        assert_eq!(
-            message,
-            "server.admin_token: set exactly one of `env` or `file`"
-        );
+            let (at, said) = err.split_once(": ").unwrap();
+            assert_eq!(at, place, "{text}");
+            assert!(said.starts_with(message), "{text}: {said}");
+        }
     }
 
     #[test]

@@ -133,6 +133,16 @@ impl tokio::io::AsyncRead for Tracked {
     }
 }
 
+impl Tracked {
+    /// Notes activity when a write moved bytes.
+    fn wrote(&self, result: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
 impl tokio::io::AsyncWrite for Tracked {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -141,10 +151,7 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
+        this.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -154,10 +161,7 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
+        this.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
