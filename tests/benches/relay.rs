@@ -678,8 +678,10 @@ async fn wait_port(port: u16) {
     assert!(up, "port {port} never opened");
 }
 
-/// One plugin hop: instantiate a transform from its InstancePre and call it with a 1 KiB event.
-async fn plugin_hop(path: &Path) -> (f64, usize) {
+/// One plugin hop: instantiate a transform from its InstancePre and call it
+/// with a 1 KiB event; with `instance_reuse` above 1, the call on a reused
+/// instance (what `limits.instance_reuse` buys).
+async fn plugin_hop(path: &Path, instance_reuse: u32) -> (f64, usize) {
     let cache = weft_tests::shared_cache_dir();
     let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
     let mapping = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"}]"#;
@@ -688,7 +690,10 @@ async fn plugin_hop(path: &Path) -> (f64, usize) {
         path,
         &[("mapping", mapping.to_string())],
         vec![],
-        Default::default(),
+        weft::config::Limits {
+            instance_reuse,
+            ..Default::default()
+        },
     )
     .unwrap();
     let data = order(1, 0).into_bytes();
@@ -884,10 +889,14 @@ fn process_cpu_s() -> f64 {
 }
 
 async fn hops() {
-    let (us, size) = plugin_hop(&weft_tests::test_plugin("echo")).await;
+    let (us, size) = plugin_hop(&weft_tests::test_plugin("echo"), 1).await;
     println!("plugin hop, identity transform (instantiate from InstancePre + call with a {size}-byte event): {us:.2} µs");
-    let (us, size) = plugin_hop(&weft_tests::builtin("json-map")).await;
+    let (us, _) = plugin_hop(&weft_tests::test_plugin("echo"), 1000).await;
+    println!("plugin call, identity transform on a reused instance (instance_reuse = 1000): {us:.2} µs");
+    let (us, size) = plugin_hop(&weft_tests::builtin("json-map"), 1).await;
     println!("plugin hop, json-map (parse config + event JSON, 2 operations, serialize; {size}-byte event): {us:.2} µs");
+    let (us, _) = plugin_hop(&weft_tests::builtin("json-map"), 1000).await;
+    println!("plugin call, json-map on a reused instance (instance_reuse = 1000; event JSON, 2 operations, serialize): {us:.2} µs");
     let _ = sink_hop().await;
 }
 
