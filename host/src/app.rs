@@ -439,7 +439,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_body_bytes: config.server.max_body_bytes,
         body_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
         slots: Semaphore::new(config.server.max_concurrent_requests),
-        per_client: crate::ingress::ClientSlots::new(config.server.max_requests_per_client),
+        per_client: crate::clients::ClientSlots::new(config.server.max_requests_per_client),
         rates,
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
@@ -447,11 +447,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_timeout,
         idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
         max_connections: config.server.max_connections,
+        max_per_client: config.server.max_connections_per_client,
     };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
         handler,
         connections,
+        metrics.clone(),
         shutdown_rx.clone(),
         grace,
     )));
@@ -475,8 +477,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             handler,
             crate::server::ConnectionLimits {
                 max_connections: ADMIN_CONNECTIONS,
+                max_per_client: ADMIN_CONNECTIONS,
                 ..connections
             },
+            metrics.clone(),
             shutdown_rx.clone(),
             grace,
         )));

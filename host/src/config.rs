@@ -91,6 +91,11 @@ pub struct ServerConfig {
     /// beyond that new ones wait in the listen backlog. Keep it under the
     /// process's open-file limit.
     pub max_connections: usize,
+    /// Webhook connections open at once from one client address (IPv6: one
+    /// /64); more are closed as soon as they are accepted. Behind a reverse
+    /// proxy every connection comes from the proxy: raise it to
+    /// `max_connections`.
+    pub max_connections_per_client: usize,
     /// A connection with no request in progress and no bytes moving for
     /// this long is closed (keep-alive connections do not hold their slot
     /// for ever).
@@ -113,6 +118,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             max_requests_per_client: 256,
             max_connections: 4096,
+            max_connections_per_client: 512,
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
         }
@@ -719,6 +725,12 @@ impl Config {
             (
                 "max_connections",
                 server.max_connections as u64,
+                1,
+                MAX_CONCURRENT_REQUESTS as u64,
+            ),
+            (
+                "max_connections_per_client",
+                server.max_connections_per_client as u64,
                 1,
                 MAX_CONCURRENT_REQUESTS as u64,
             ),

@@ -2,6 +2,7 @@
 //! request, stores its events durably, and only then answers `202 Accepted`
 //! with their ids. Rejections get the plugin's 4xx and are never stored.
 
+use crate::clients::ClientSlots;
 use crate::metrics::{add_elapsed, inc, Metrics};
 use crate::queue::Arrival;
 use crate::rate::RateLimit;
@@ -36,7 +37,7 @@ pub struct Ingress {
     pub rates: HashMap<String, RateLimit>,
     /// Request slots per client address (`server.max_requests_per_client`);
     /// over it, 429.
-    pub per_client: ClientSlots,
+    pub per_client: Arc<ClientSlots>,
 }
 
 /// The HTTP status of a rejection kind.
@@ -73,71 +74,6 @@ pub fn rejection_kind_name(kind: wit::RejectionKind) -> &'static str {
 /// extensions by the listener (`server::serve`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
-
-/// Request slots per client address: one address holds at most `max` of the
-/// listener's request slots at once, so a client that sends its bodies
-/// slowly (holding each slot up to `server.body_read_timeout_ms`), or floods,
-/// cannot take every slot from everyone else.
-pub struct ClientSlots {
-    max: usize,
-    held: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
-}
-
-/// One request's slot of its client address, given back when dropped.
-pub struct ClientSlot<'a> {
-    slots: &'a ClientSlots,
-    ip: std::net::IpAddr,
-}
-
-impl ClientSlots {
-    /// At most `max` requests at once per client address.
-    pub fn new(max: usize) -> ClientSlots {
-        ClientSlots {
-            max: max.max(1),
-            held: std::sync::Mutex::default(),
-        }
-    }
-
-    /// The limit per address.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A slot for a request from `ip`, unless that address holds all of its
-    /// own. IPv6 addresses count by their /64 network: one client usually
-    /// has a whole one.
-    pub fn take(&self, ip: std::net::IpAddr) -> Option<ClientSlot<'_>> {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-            v4 => v4,
-        };
-        let mut held = self.lock();
-        let n = held.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot { slots: self, ip })
-    }
-}
-
-impl Drop for ClientSlot<'_> {
-    fn drop(&mut self) {
-        let mut held = self.slots.lock();
-        if let Some(n) = held.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
 
 impl Ingress {
     /// `429 Too Many Requests` for a source over its rate limit, with the
@@ -358,32 +294,5 @@ impl Ingress {
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::IpAddr;
-
-    #[test]
-    fn client_slots_are_bounded_per_address_and_given_back() {
-        let slots = ClientSlots::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = slots.take(a).unwrap();
-        let _second = slots.take(a).unwrap();
-        assert!(slots.take(a).is_none());
-        // Another address has its own share.
-        let _other = slots.take(b).unwrap();
-        drop(first);
-        assert!(slots.take(a).is_some());
-        // One IPv6 /64 is one client.
-        let x: IpAddr = "2001:db8::1".parse().unwrap();
-        let y: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        let z: IpAddr = "2001:db8:0:1::1".parse().unwrap();
-        let (_x, _y) = (slots.take(x).unwrap(), slots.take(y).unwrap());
-        assert!(slots.take(x).is_none());
-        assert!(slots.take(z).is_some());
     }
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod event;

@@ -73,6 +73,9 @@ pub struct Metrics {
     /// Webhook requests refused with 429 because their source was over its
     /// rate limit.
     pub webhooks_throttled: AtomicU64,
+    /// Connections closed at accept because their client address already
+    /// held `server.max_connections_per_client` of them.
+    pub connections_refused: AtomicU64,
     /// Events durably accepted.
     pub events_accepted: AtomicU64,
     /// Successful deliveries (per sink).
@@ -130,6 +133,11 @@ impl Metrics {
                 "weft_webhooks_throttled_total",
                 "Webhook requests refused with 429: their source was over limits.requests_per_s",
                 g(&self.webhooks_throttled),
+            ),
+            (
+                "weft_connections_refused_total",
+                "Connections closed at accept: their address already held server.max_connections_per_client",
+                g(&self.connections_refused),
             ),
             (
                 "weft_events_accepted_total",

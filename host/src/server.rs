@@ -67,6 +67,25 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64);
+    /// more are closed as soon as they are accepted, so that one client
+    /// cannot hold every connection slot (see [`crate::clients`]).
+    pub max_per_client: usize,
+}
+
+/// How often, at most, a refused connection is logged at `warn` (each one
+/// is counted in `weft_connections_refused_total`).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a connection refused for its address's share, at most once per
+/// [`REFUSAL_LOG_EVERY`] (a client retrying in a loop would flood the log).
+fn log_refusal(peer: std::net::SocketAddr, max: usize, last: &mut Option<Instant>) {
+    if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) {
+        tracing::debug!(%peer, "connection refused: its address holds server.max_connections_per_client");
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::warn!(%peer, limit = max, "connection refused: its address already holds server.max_connections_per_client connections (behind a reverse proxy, raise it); further refusals for 10 s are only counted");
 }
 
 /// A connection's stream that notes when bytes last moved (for the idle
@@ -195,11 +214,14 @@ async fn idle(activity: &Activity, timeout: Duration) {
 /// accepting (new clients wait in the kernel's backlog), so clients that
 /// keep connections open cannot run the process out of file descriptors;
 /// and a connection idle for `limits.idle_timeout` is closed, giving its
-/// slot back.
+/// slot back. One client address holds at most `limits.max_per_client` of
+/// them: past that its new connections are closed at once (counted in
+/// `metrics.connections_refused`).
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: ConnectionLimits,
+    metrics: Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
@@ -213,6 +235,8 @@ pub async fn serve<H, F>(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_client = crate::clients::ClientSlots::new(limits.max_per_client);
+    let mut last_refusal_logged = None;
     loop {
         let slot = tokio::select! {
             slot = open.clone().acquire_owned() => match slot {
@@ -231,6 +255,14 @@ pub async fn serve<H, F>(
                 }
             },
             _ = crate::server::stopped(&mut shutdown) => break,
+        };
+        let Some(client) = per_client.take(peer.ip()) else {
+            // Closed before anything is read: answering would mean serving
+            // the connection, which is what the share bounds.
+            crate::metrics::inc(&metrics.connections_refused);
+            log_refusal(peer, limits.max_per_client, &mut last_refusal_logged);
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -266,6 +298,7 @@ pub async fn serve<H, F>(
                     tracing::debug!(%peer, "closing an idle connection");
                 }
             }
+            drop(client);
             drop(slot);
         });
     }

@@ -892,7 +892,9 @@ async fn hops() {
     let (us, size) = plugin_hop(&weft_tests::test_plugin("echo"), 1).await;
     println!("plugin hop, identity transform (instantiate from InstancePre + call with a {size}-byte event): {us:.2} µs");
     let (us, _) = plugin_hop(&weft_tests::test_plugin("echo"), 1000).await;
-    println!("plugin call, identity transform on a reused instance (instance_reuse = 1000): {us:.2} µs");
+    println!(
+        "plugin call, identity transform on a reused instance (instance_reuse = 1000): {us:.2} µs"
+    );
     let (us, size) = plugin_hop(&weft_tests::builtin("json-map"), 1).await;
     println!("plugin hop, json-map (parse config + event JSON, 2 operations, serialize; {size}-byte event): {us:.2} µs");
     let (us, _) = plugin_hop(&weft_tests::builtin("json-map"), 1000).await;

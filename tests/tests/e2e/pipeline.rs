@@ -512,6 +512,64 @@ async fn slow_bodies_hold_no_rate_limit_token_and_only_their_clients_share_of_sl
     host.stop().await;
 }
 
+/// One client address holds at most `server.max_connections_per_client`
+/// connections: past that its new ones are closed at accept (and counted),
+/// while the ones it holds keep working; one given back makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (host, inventory, _accounting) = shop("max_connections_per_client = 2\n").await;
+    let addr = host.running.webhook_addr;
+    let get = b"GET /nowhere HTTP/1.1\r\nhost: weft\r\n\r\n";
+    let mut buf = [0u8; 512];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(get).await.unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+        held.push(stream);
+    }
+    // A third connection from the same address is closed unanswered.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(get).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("the refused connection is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(host.counter("weft_connections_refused_total"), 1);
+    // The held ones still work.
+    held[1].write_all(get).await.unwrap();
+    let n = held[1].read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    // One goes away: a new connection gets its place and the order is taken.
+    drop(held.remove(0));
+    let order = "{\"order_id\":\"CONN-1\",\"items\":[{\"quantity\":1,\"unit_price\":1}]}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // (Until the listener has seen the client go, its place is still
+        // taken, and a new connection is closed: an error, not a panic.)
+        let hook = host.hook("shop-orders");
+        let json = [("content-type", "application/json")];
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            weft_tests::try_send("POST", &hook, order, &json),
+        )
+        .await;
+        if let Ok(Ok((202, _, _))) = sent {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection's place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    drop(held);
+    host.stop().await;
+}
+
 /// When the queue stops working outside a shutdown (its writer thread gone),
 /// webhooks get 503 and Weft reports itself failed, so that `weft serve`
 /// exits with an error and a supervisor restarts it.
