@@ -443,18 +443,38 @@ impl PluginConfig {
     }
 
     /// The plugin's config values as the strings plugins see: strings as is,
-    /// everything else as JSON text.
+    /// everything else as JSON text (TOML dates and times as their text).
     pub fn config_strings(&self) -> BTreeMap<String, String> {
         self.config
             .iter()
             .map(|(k, v)| {
                 let s = match v {
                     toml::Value::String(s) => s.clone(),
-                    other => serde_json::to_string(other).unwrap_or_default(),
+                    other => toml_to_json(other).to_string(),
                 };
                 (k.clone(), s)
             })
             .collect()
+    }
+}
+
+/// A TOML value as JSON: dates and times become their RFC 3339 text (serde
+/// would otherwise write the `toml` crate's private wrapper for them).
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => J::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -858,6 +878,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "weft.toml", Path::new("."))
+    }
+
+    #[test]
+    fn plugin_config_values_reach_plugins_as_text_or_json() {
+        let config = parse(
+            "[plugins.a]\nbuiltin = \"json-map\"\nconfig = { s = \"x\", n = 3, on = true, at = 2026-11-29T10:00:00Z, t = { day = 2026-11-29, list = [1.5, \"y\"] } }\n",
+        )
+        .unwrap();
+        let values = config.plugins["a"].config_strings();
+        assert_eq!(values["s"], "x");
+        assert_eq!(values["n"], "3");
+        assert_eq!(values["on"], "true");
+        assert_eq!(values["at"], "\"2026-11-29T10:00:00Z\"");
+        assert_eq!(values["t"], r#"{"day":"2026-11-29","list":[1.5,"y"]}"#);
     }
 
     #[test]

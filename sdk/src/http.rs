@@ -13,7 +13,8 @@
 
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{
-    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    http_error_code, ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, RequestOptions,
+    Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
 use crate::bindings::weft::connector::outbound;
@@ -78,8 +79,14 @@ pub struct Response {
     pub status: u16,
     /// Headers, names lower case.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Body bytes.
+    /// Body bytes: all of them, or the first ones when the body was longer
+    /// than the plugin may read (see `truncated`).
     pub body: Vec<u8>,
+    /// The body was longer than the plugin's `limits.max_response_bytes`
+    /// (or than the call's budget for response bodies, its `memory_mib`):
+    /// `body` holds what fitted and the rest was not read. The status and
+    /// headers are the server's own either way.
+    pub truncated: bool,
 }
 
 impl Response {
@@ -137,7 +144,9 @@ impl Request {
         self
     }
 
-    /// Sets connect and first-byte timeouts (the host also enforces its own).
+    /// Sets one deadline for the whole exchange (connecting, the response
+    /// head and its body); the plugin's `limits.http_timeout_ms` always
+    /// applies, and a longer value here is lowered to it.
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = Some(ms);
         self
@@ -296,6 +305,7 @@ impl InFlight {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
         let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(1 << 20));
+        let mut truncated = false;
         {
             let stream = body
                 .stream()
@@ -308,10 +318,14 @@ impl InFlight {
                     Ok(chunk) => bytes.extend_from_slice(&chunk),
                     Err(StreamError::Closed) => break,
                     Err(StreamError::LastOperationFailed(e)) => {
-                        return Err(HttpError::Transport(format!(
-                            "reading body: {}",
-                            without_backtrace(e.to_debug_string())
-                        )))
+                        // Past the plugin's limit: what was read is the
+                        // answer's start, and the status still stands.
+                        let detail = without_backtrace(e.to_debug_string());
+                        if over_the_limit(&e, &detail) {
+                            truncated = true;
+                            break;
+                        }
+                        return Err(HttpError::Transport(format!("reading body: {detail}")));
                     }
                 }
             }
@@ -323,6 +337,7 @@ impl InFlight {
             status,
             headers,
             body: bytes,
+            truncated,
         })
     }
 }
@@ -359,12 +374,23 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
                     status: r.status,
                     headers: r.headers,
                     body: r.body,
+                    truncated: r.body_truncated,
                 }),
                 Some(Err(e)) => Err(failure(&e)),
                 None => Err(HttpError::Transport("no answer from the host".into())),
             })
         })
         .collect()
+}
+
+/// Whether a body read failed because the body went past the plugin's
+/// `limits.max_response_bytes`. `http-error-code` says so where the host
+/// reports the standard error code; the Weft host (on wasmtime-wasi-http
+/// 48) reports its own error type, which `http-error-code` does not map, so
+/// its text is read too (`tests/tests/e2e/sandbox.rs` checks both paths).
+fn over_the_limit(e: &crate::bindings::wasi::io::error::Error, detail: &str) -> bool {
+    matches!(http_error_code(e), Some(ErrorCode::HttpResponseBodySize(_)))
+        || detail.contains("response body size exceeds limit")
 }
 
 /// The message of a host error's debug text, without the host's stack trace
@@ -507,21 +533,23 @@ pub fn http_date(text: &str) -> Option<u64> {
 /// and 5xx retried (honoring `Retry-After`); redirects and other 4xx rejected.
 pub fn classify(response: &Response) -> DeliveryOutcome {
     let status = response.status;
-    let snippet =
-        String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned();
+    let snippet = String::from_utf8_lossy(&response.body[..response.body.len().min(200)]);
+    let snippet = snippet.trim();
+    let reason = if snippet.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {snippet}")
+    };
     match status {
         200..=299 => DeliveryOutcome::Delivered,
-        408 | 429 | 500..=599 => {
-            let reason = format!("HTTP {status}: {snippet}");
-            match retry_after_ms(response) {
-                Some(ms) => DeliveryOutcome::retry_after(reason, ms),
-                None => DeliveryOutcome::retry(reason),
-            }
-        }
+        408 | 429 | 500..=599 => match retry_after_ms(response) {
+            Some(ms) => DeliveryOutcome::retry_after(reason, ms),
+            None => DeliveryOutcome::retry(reason),
+        },
         300..=399 => {
             DeliveryOutcome::rejected(format!("HTTP {status}: redirects are not followed"))
         }
-        _ => DeliveryOutcome::rejected(format!("HTTP {status}: {snippet}")),
+        _ => DeliveryOutcome::rejected(reason),
     }
 }
 
@@ -534,6 +562,7 @@ mod tests {
             status: 503,
             headers: vec![("retry-after".into(), value.as_bytes().to_vec())],
             body: Vec::new(),
+            truncated: false,
         }
     }
 

@@ -623,6 +623,7 @@ impl EgressHooks {
                     inner,
                     seen: 0,
                     limit,
+                    cut: false,
                     deadline,
                 }
                 .boxed_unsync()
@@ -672,8 +673,11 @@ impl EgressHooks {
 /// Requests of one `outbound.send-all` call in flight at once.
 pub const OUTBOUND_IN_FLIGHT: usize = 256;
 
-/// Awaits one exchange and reads its body, failing past `limit` bytes or
-/// when the call's `budget` of bytes held is spent.
+/// Awaits one exchange and reads its body: at most `limit` bytes, and at
+/// most what is left of the call's `budget` of bytes held. A longer body is
+/// cut there and marked `body_truncated` (the rest is not read): the status
+/// and headers still say what the server did with the request, which is
+/// what a sink needs to tell a delivery from a failure.
 async fn read_whole(
     exchange: Result<impl Future<Output = Result<http::Response<WasiBody>, HttpError>>, ErrorCode>,
     limit: u64,
@@ -682,19 +686,32 @@ async fn read_whole(
     let response = exchange?.await.map_err(error_code)?;
     let (parts, mut body) = response.into_parts();
     let mut bytes = Vec::new();
+    let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(error_code)?;
-        if let Some(data) = frame.data_ref() {
-            let n = data.len() as u64;
-            let total = bytes.len() as u64 + n;
-            let within = total <= limit
-                && budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n))
-                    .is_ok();
-            if !within {
-                return Err(ErrorCode::HttpResponseBodySize(Some(total)));
+        let frame = match frame {
+            Ok(frame) => frame,
+            // Over `limit` on the way (`GuardedBody`): what was read is kept.
+            Err(HttpError::HttpResponseBodySize(_)) => {
+                truncated = true;
+                break;
             }
-            bytes.extend_from_slice(data);
+            Err(e) => return Err(error_code(e)),
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let room = limit.saturating_sub(bytes.len() as u64);
+        let wanted = (data.len() as u64).min(room);
+        // Take what the call's budget still allows of it.
+        let granted = budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(wanted))
+            })
+            .map_or(0, |before| before.min(wanted));
+        bytes.extend_from_slice(&data[..granted as usize]);
+        if granted < data.len() as u64 {
+            truncated = true;
+            break;
         }
     }
     Ok(outbound::Response {
@@ -705,6 +722,7 @@ async fn read_whole(
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect(),
         body: bytes,
+        body_truncated: truncated,
     })
 }
 
@@ -773,6 +791,9 @@ struct GuardedBody {
     inner: hyper::body::Incoming,
     seen: u64,
     limit: u64,
+    /// The body went past `limit`: its first `limit` bytes were handed on,
+    /// and every later poll is the size error.
+    cut: bool,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -785,14 +806,26 @@ impl http_body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
+        if this.cut {
+            return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.seen)))));
+        }
         if this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    let room = this.limit.saturating_sub(this.seen);
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
+                        // What still fits is handed on, then the error: the
+                        // reader keeps the first `limit` bytes.
+                        this.cut = true;
+                        if room > 0 {
+                            let mut data = data.clone();
+                            data.truncate(room as usize);
+                            return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+                        }
                         return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
                             this.seen,
                         )))));
@@ -839,24 +872,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_are_limited_each_and_together() {
+    async fn answers_are_cut_at_the_limit_each_and_together_and_say_so() {
         // Each at most 100 bytes, all of one call at most 150.
         let budget = Arc::new(AtomicU64::new(150));
         let first = read_whole(answered(80), 100, budget.clone()).await.unwrap();
-        assert_eq!(first.body.len(), 80);
-        assert!(matches!(
-            read_whole(answered(101), 100, budget.clone()).await,
-            Err(ErrorCode::HttpResponseBodySize(Some(101)))
-        ));
-        // 70 more would pass the call's 150.
-        assert!(matches!(
-            read_whole(answered(71), 100, budget.clone()).await,
-            Err(ErrorCode::HttpResponseBodySize(_))
-        ));
+        assert_eq!((first.body.len(), first.body_truncated), (80, false));
+        // Over the limit: the first 100 bytes, the status kept.
+        let long = read_whole(answered(101), 100, budget.clone())
+            .await
+            .unwrap();
         assert_eq!(
-            read_whole(answered(70), 100, budget).await.unwrap().status,
-            200
+            (long.status, long.body.len(), long.body_truncated),
+            (200, 70, true),
+            "only 70 of the call's 150 were left"
         );
+        // The call's budget is spent: an empty body, still the status.
+        let after = read_whole(answered(10), 100, budget.clone()).await.unwrap();
+        assert_eq!(
+            (after.status, after.body.len(), after.body_truncated),
+            (200, 0, true)
+        );
+        // An empty body takes nothing and is whole.
+        let empty = read_whole(answered(0), 100, budget).await.unwrap();
+        assert_eq!((empty.body.len(), empty.body_truncated), (0, false));
     }
 
     fn whole(method: &str, url: &str, headers: &[(&str, &str)]) -> outbound::Request {

@@ -573,21 +573,49 @@ async fn a_downstream_that_hangs_is_timed_out_retried_and_dead_lettered() {
 }
 
 /// A downstream answering with a body larger than the sink's
-/// `limits.max_response_bytes`: the plugin never gets more than its limit,
-/// the attempt fails (and is retried, then dead-lettered).
+/// `limits.max_response_bytes`: the plugin gets the body's first bytes,
+/// marked cut, and the status still decides. A 200 is a delivery (not a
+/// transport error retried until the event is dead-lettered, which re-sent
+/// what the downstream had accepted); a 503 is retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_response_over_max_response_bytes_is_cut_off() {
-    let mut answer =
-        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 256 * 1024).into_bytes();
-    answer.extend(std::iter::repeat_n(b'x', 256 * 1024));
-    let origin = raw_api(answer, false).await;
-    // Cut at the limit.
-    two_failed_attempts(
+async fn a_response_over_max_response_bytes_is_cut_off_and_its_status_decides() {
+    let answer = |status: &str| {
+        let mut answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n",
+            256 * 1024
+        )
+        .into_bytes();
+        answer.extend(std::iter::repeat_n(b'x', 256 * 1024));
+        answer
+    };
+    let origin = raw_api(answer("200 OK"), false).await;
+    let retry = "initial_ms = 100\nmax_attempts = 2\njitter = 0.0";
+    let config = route_config(
         &origin,
+        retry,
+        false,
+        "builtin = \"http-post\"",
+        "",
         "max_response_bytes = 4096",
-        &["body size", "bodysize"],
-    )
-    .await;
+    );
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"big-answer\"}").await;
+    assert_eq!(status, 202);
+    assert!(
+        eventually(Duration::from_secs(30), || host
+            .counter("weft_deliveries_total")
+            == 1)
+        .await
+    );
+    let stats = host.stats();
+    assert_eq!((stats.pending, stats.dead), (0, 0));
+    assert_eq!(host.counter("weft_retries_total"), 0);
+    host.stop().await;
+
+    // The same long body with a 503: retried, then dead-lettered, and the
+    // reason is the status with the body's start.
+    let origin = raw_api(answer("503 Service Unavailable"), false).await;
+    two_failed_attempts(&origin, "max_response_bytes = 4096", &["http 503: xxxx"]).await;
 }
 
 /// After an outage, dead letters are paged through and replayed in bulk.

@@ -507,3 +507,43 @@ sinks = ["ledger", "mirror"]
     }
     host.stop().await;
 }
+
+/// A granted answer longer than the plugin's `limits.max_response_bytes`
+/// reaches the plugin cut at the limit and marked so, with its status, over
+/// both outbound paths (`outbound.send-all` and `wasi:http`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_reaches_the_plugin_cut_at_its_limit_with_its_status() {
+    let out = FakeApi::start().await;
+    let api = FakeApi::start().await;
+    api.route("/long", 200, &"x".repeat(10_000));
+    api.route("/short", 200, "fine");
+    let config = chaos_route(&out, "", "", "max_response_bytes = 4096").replace(
+        "[plugins.out]",
+        &format!("allowed_hosts = [\"{}\"]\n\n[plugins.out]", api.origin()),
+    );
+    let host = TestHost::start(&config).await;
+    let mut expected = Vec::new();
+    for (mode, path, answer) in [
+        ("egress", "/long", "HTTP 200, 4096 bytes, cut"),
+        ("egress-wasi", "/long", "HTTP 200, 4096 bytes, cut"),
+        ("egress", "/short", "HTTP 200, 4 bytes"),
+        ("egress-wasi", "/short", "HTTP 200, 4 bytes"),
+    ] {
+        let id = format!("{mode}{path}").replace('/', "-");
+        let event = serde_json::json!({ "id": id, "chaos": mode, "url": format!("{}{path}", api.origin()) });
+        assert_eq!(post_json(&host.hook("in"), &event.to_string()).await.0, 202);
+        expected.push((id, format!("egress reached the host: {answer}")));
+    }
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 4).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    for (id, error) in expected {
+        let letter = letters["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["event"]["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {letters}"));
+        assert_eq!(letter["error"], error.as_str(), "{id}");
+    }
+    host.stop().await;
+}

@@ -43,8 +43,10 @@ impl Transform for Chaos {
                 };
                 match sent {
                     Ok(r) => Err(TransformError::Permanent(format!(
-                        "egress reached the host: HTTP {}",
-                        r.status
+                        "egress reached the host: HTTP {}, {} bytes{}",
+                        r.status,
+                        r.body.len(),
+                        if r.truncated { ", cut" } else { "" }
                     ))),
                     Err(e) => Err(TransformError::Permanent(format!("egress failed: {e}"))),
                 }
