@@ -266,8 +266,11 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 1 << 20;
 /// in one queue record, and a record must fit one journal frame.
 pub const MAX_BODY_BYTES: usize = 256 << 20;
 
-/// The largest `limits.max_batch` accepted.
-pub const MAX_BATCH: u32 = 1000;
+/// The largest `limits.max_batch` accepted: the requests one
+/// `outbound.send-all` call has in flight at once, so that a sink sending
+/// one request per event sends its whole batch in one wave, within the
+/// call's time limit.
+pub const MAX_BATCH: u32 = crate::runtime::egress::OUTBOUND_IN_FLIGHT as u32;
 
 /// The largest `limits.memory_mib` accepted: a plugin's memories are
 /// reserved in the instance pool at most 1 GiB each.

@@ -417,15 +417,54 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// The shared outbound client: one keep-alive pool for every plugin.
-pub type HttpClient = Client<Connector, WasiBody>;
+/// Outbound requests in flight at once across all plugins (from sending
+/// the request to the end of reading its answer). More wait for a place,
+/// within their own deadline. Bounds the sockets plugins can hold open
+/// together, far below the process's file-descriptor limit.
+pub const EGRESS_IN_FLIGHT: usize = 1024;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// The shared outbound client: one keep-alive pool for every plugin, and
+/// the host-wide bound on requests in flight ([`EGRESS_IN_FLIGHT`]).
+#[derive(Clone)]
+pub struct HttpClient {
+    pool: Client<Connector, WasiBody>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
 
 /// Builds the shared client.
 pub fn client(connect_timeout: Duration) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(Connector::new(connect_timeout))
+    HttpClient {
+        pool: Client::builder(TokioExecutor::new())
+            // Without a timer hyper-util never closes idle connections.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(256)
+            .build(Connector::new(connect_timeout)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(EGRESS_IN_FLIGHT)),
+    }
+}
+
+/// Why the host refuses to send a request whatever the grants say, if it
+/// does: credentials in the URL (each distinct user name would get its own
+/// pool of connections, and a `Host` header carrying it), or a method that
+/// has a server echo the request's headers back (`TRACE`, `TRACK`: the
+/// injected secrets with them) or opens a tunnel (`CONNECT`).
+fn refused_shape(method: &http::Method, uri: &Uri) -> Option<(HttpError, &'static str)> {
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Some((
+            HttpError::HttpRequestUriInvalid,
+            "credentials in the URL are not allowed (use a header or [[inject]])",
+        ));
+    }
+    let why = match method.as_str().to_ascii_uppercase().as_str() {
+        "TRACE" | "TRACK" => "TRACE and TRACK would echo the request's headers",
+        "CONNECT" => "CONNECT tunnels are not allowed",
+        _ => return None,
+    };
+    Some((HttpError::HttpRequestMethodInvalid, why))
 }
 
 /// A header the host adds to a plugin's matching requests; the value is secret.
@@ -499,6 +538,7 @@ impl EgressPolicy {
 }
 
 /// The `wasi:http` hooks of one plugin call: applies its [`EgressPolicy`].
+#[derive(Clone)]
 pub struct EgressHooks {
     /// The plugin's grants.
     pub policy: Arc<EgressPolicy>,
@@ -522,7 +562,22 @@ type ResponseFuture = Box<
         > + Send,
 >;
 
+/// Largest write into a `wasi:http` outgoing body the host takes at once;
+/// with one write buffered, a request body under construction holds at most
+/// this much host memory (wasmtime-wasi-http's default is 1 MiB, and the
+/// guest's memory limit does not count it). Guests learn it from
+/// `check-write`; the Rust SDK writes 4 KiB at a time.
+const OUTGOING_BODY_CHUNK: usize = 64 * 1024;
+
 impl WasiHttpHooks for EgressHooks {
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -554,6 +609,12 @@ impl EgressHooks {
         let log_budget = self.log_budget.clone();
         async move {
             let uri = request.uri().clone();
+            if let Some((error, why)) = refused_shape(request.method(), &uri) {
+                if log_budget.take(&policy.plugin, &event_id) {
+                    tracing::warn!(plugin = %policy.plugin, event = %event_id, method = %request.method(), url = %clip(&uri.to_string()), "outbound request refused: {why}");
+                }
+                return Err(error);
+            }
             if !policy.allows(&uri) {
                 if log_budget.take(&policy.plugin, &event_id) {
                     tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), "outbound request denied: host not in the plugin's allowed_hosts");
@@ -581,8 +642,15 @@ impl EgressHooks {
             // One deadline for the whole exchange: the response head, then
             // its body (`GuardedBody` keeps polling the same timer).
             let mut deadline = Box::pin(tokio::time::sleep(timeout));
+            // A place among the host's requests in flight, held until the
+            // answer has been read (it moves into the body below).
+            let permit = tokio::select! {
+                permit = client.in_flight.clone().acquire_owned() => permit
+                    .map_err(|_| HttpError::InternalError(Some("outbound client closed".into())))?,
+                () = deadline.as_mut() => return Err(HttpError::ConnectionReadTimeout),
+            };
             let sent = tokio::select! {
-                sent = client.request(request) => Ok(sent),
+                sent = client.pool.request(request) => Ok(sent),
                 () = deadline.as_mut() => Err(()),
             };
             let response = match sent {
@@ -624,6 +692,7 @@ impl EgressHooks {
                     seen: 0,
                     limit,
                     cut: false,
+                    _permit: permit,
                     deadline,
                 }
                 .boxed_unsync()
@@ -644,31 +713,42 @@ impl EgressHooks {
     ) -> impl Future<Output = Vec<Result<outbound::Response, ErrorCode>>> + Send + 'static {
         let limit = self.policy.max_response_bytes;
         let budget = Arc::new(AtomicU64::new(self.policy.max_call_bytes));
-        let mut waves = Vec::new();
-        let mut requests = requests.into_iter().peekable();
-        while requests.peek().is_some() {
-            let wave: Vec<_> = requests
-                .by_ref()
-                .take(OUTBOUND_IN_FLIGHT)
-                .map(|request| {
-                    let exchange = whole_request(request)
-                        .map(|(request, timeout)| self.exchange(request, timeout));
-                    // Boxed: the exchange is a large future, and `join_all`
-                    // would otherwise copy each one several times.
-                    Box::pin(read_whole(exchange, limit, budget.clone()))
-                })
-                .collect();
-            waves.push(wave);
-        }
+        let hooks = self.clone();
         async move {
-            let mut answers = Vec::new();
-            for wave in waves {
+            let total = requests.len();
+            let mut answers = Vec::with_capacity(total);
+            let mut requests = requests.into_iter();
+            // Each wave's futures are made when it starts: a call passing
+            // many requests holds one wave of exchanges at a time.
+            while answers.len() < total.min(SEND_ALL_MAX) {
+                let wave: Vec<_> = requests
+                    .by_ref()
+                    .take(OUTBOUND_IN_FLIGHT.min(SEND_ALL_MAX - answers.len()))
+                    .map(|request| {
+                        let exchange = whole_request(request)
+                            .map(|(request, timeout)| hooks.exchange(request, timeout));
+                        // Boxed: the exchange is a large future, and
+                        // `join_all` would otherwise copy each one several
+                        // times.
+                        Box::pin(read_whole(exchange, limit, budget.clone()))
+                    })
+                    .collect();
                 answers.extend(futures::future::join_all(wave).await);
             }
+            // Past the cap: never sent.
+            answers.extend(requests.map(|_| {
+                Err(ErrorCode::InternalError(Some(format!(
+                    "more than {SEND_ALL_MAX} requests in one send-all call: not sent"
+                ))))
+            }));
             answers
         }
     }
 }
+
+/// Requests one `outbound.send-all` call may pass; the ones past it fail
+/// without being sent.
+pub const SEND_ALL_MAX: usize = 1024;
 
 /// Requests of one `outbound.send-all` call in flight at once.
 pub const OUTBOUND_IN_FLIGHT: usize = 256;
@@ -735,6 +815,8 @@ fn error_code(e: HttpError) -> ErrorCode {
         HttpError::DestinationIpProhibited => ErrorCode::DestinationIpProhibited,
         HttpError::ConnectionRefused => ErrorCode::ConnectionRefused,
         HttpError::ConnectionReadTimeout => ErrorCode::ConnectionReadTimeout,
+        HttpError::HttpRequestMethodInvalid => ErrorCode::HttpRequestMethodInvalid,
+        HttpError::HttpRequestUriInvalid => ErrorCode::HttpRequestUriInvalid,
         HttpError::HttpResponseBodySize(n) => ErrorCode::HttpResponseBodySize(n),
         HttpError::HttpResponseIncomplete => ErrorCode::HttpResponseIncomplete,
         HttpError::Hyper(e) => ErrorCode::from(e),
@@ -794,6 +876,9 @@ struct GuardedBody {
     /// The body went past `limit`: its first `limit` bytes were handed on,
     /// and every later poll is the size error.
     cut: bool,
+    /// The request's place among those in flight, given back when the body
+    /// is dropped.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -961,6 +1046,85 @@ mod tests {
         assert!(matches!(
             code(whole("GET", "http://a/", &[("x-a", "line\nbreak")])),
             ErrorCode::HttpRequestHeaderSize(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn echoing_methods_and_urls_with_credentials_are_never_sent() {
+        let hooks = EgressHooks {
+            policy: Arc::new(EgressPolicy {
+                plugin: "p".into(),
+                // Granted, and nothing listens there: a request that went
+                // out would fail to connect instead.
+                allowed: vec![HostPattern::parse("http://127.0.0.1:9").unwrap()],
+                inject: vec![],
+                timeout: Duration::from_secs(5),
+                max_response_bytes: 1024,
+                max_call_bytes: 1 << 20,
+                tape: None,
+            }),
+            client: client(Duration::from_secs(1)),
+            event_id: None,
+            log_budget: Default::default(),
+        };
+        let answers = hooks
+            .send_all(vec![
+                whole("TRACE", "http://127.0.0.1:9/", &[]),
+                whole("track", "http://127.0.0.1:9/", &[]),
+                whole("CONNECT", "http://127.0.0.1:9/", &[]),
+                whole("GET", "http://someone:pw@127.0.0.1:9/", &[]),
+                whole("GET", "http://127.0.0.1:9/", &[]),
+            ])
+            .await;
+        let codes: Vec<String> = answers
+            .iter()
+            .map(|a| match a {
+                Err(e) => format!("{e:?}"),
+                Ok(r) => format!("sent: {}", r.status),
+            })
+            .collect();
+        assert_eq!(
+            codes[..4],
+            [
+                "ErrorCode::HttpRequestMethodInvalid",
+                "ErrorCode::HttpRequestMethodInvalid",
+                "ErrorCode::HttpRequestMethodInvalid",
+                "ErrorCode::HttpRequestUriInvalid",
+            ],
+            "{codes:?}"
+        );
+        // The same request, well formed, did go out (and found nobody).
+        assert_eq!(codes[4], "ErrorCode::ConnectionRefused", "{codes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_send_all_call_sends_at_most_its_cap() {
+        let hooks = EgressHooks {
+            policy: Arc::new(EgressPolicy {
+                plugin: "p".into(),
+                allowed: vec![],
+                inject: vec![],
+                timeout: Duration::from_secs(5),
+                max_response_bytes: 1024,
+                max_call_bytes: 1 << 20,
+                tape: None,
+            }),
+            client: client(Duration::from_secs(1)),
+            event_id: None,
+            log_budget: Default::default(),
+        };
+        let requests = (0..SEND_ALL_MAX + 3)
+            .map(|_| whole("GET", "http://127.0.0.1:9/", &[]))
+            .collect();
+        let answers = hooks.send_all(requests).await;
+        assert_eq!(answers.len(), SEND_ALL_MAX + 3);
+        // Within the cap: judged (here denied: nothing is granted).
+        assert!(answers[..SEND_ALL_MAX]
+            .iter()
+            .all(|a| matches!(a, Err(ErrorCode::HttpRequestDenied))));
+        // Past it: not even judged.
+        assert!(answers[SEND_ALL_MAX..].iter().all(
+            |a| matches!(a, Err(ErrorCode::InternalError(Some(m))) if m.contains("not sent"))
         ));
     }
 

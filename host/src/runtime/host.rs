@@ -24,9 +24,10 @@ const STDERR_TAIL: usize = 400;
 
 /// Host-side resources (HTTP fields, requests, streams, pollables...) one
 /// store may hold at once. Host memory a guest makes the host allocate is
-/// not counted by the store's memory limit: this and
-/// [`MAX_HTTP_FIELDS_BYTES`] bound it.
-const MAX_RESOURCES: usize = 4096;
+/// not counted by the store's memory limit: this, [`MAX_HTTP_FIELDS_BYTES`]
+/// and the outgoing-body chunk size (`egress.rs`) bound it (1,024 header
+/// maps of 32 KiB, or some 340 request bodies of 64 KiB buffered).
+const MAX_RESOURCES: usize = 1024;
 /// Bytes of names and values one `wasi:http` `fields` (a header map) may
 /// hold.
 const MAX_HTTP_FIELDS_BYTES: usize = 32 * 1024;

@@ -55,7 +55,7 @@ fn bad_config_errors_name_file_line_and_field() {
         ),
         (
             "[plugins.x]\nbuiltin = \"http-post\"\nlimits = { max_batch = 5000 }\n",
-            "bad.toml:3:12: plugins.x.limits.max_batch: must be 1..=1000",
+            "bad.toml:3:12: plugins.x.limits.max_batch: must be 1..=256",
         ),
         (
             "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { requests_per_s = 0 }\n",
