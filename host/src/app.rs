@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use toml::Spanned;
 
 /// Why Weft could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,12 @@ pub enum StartError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A route uses a plugin in the wrong role.
-    #[error("route \"{route}\": plugin \"{plugin}\" is a {actual}, but is used as a {expected}")]
+    #[error(
+        "{at}: route \"{route}\": plugin \"{plugin}\" is a {actual}, but is used as a {expected}"
+    )]
     Role {
+        /// `file:line:column` of the use.
+        at: String,
         /// Route.
         route: String,
         /// Plugin.
@@ -55,8 +60,10 @@ pub enum StartError {
         reason: String,
     },
     /// A secret could not be resolved.
-    #[error("plugins.{plugin}.secrets.{secret}: {reason}")]
+    #[error("{at}: plugins.{plugin}.secrets.{secret}: {reason}")]
     Secret {
+        /// `file:line:column` of the setting that names it.
+        at: String,
         /// Plugin.
         plugin: String,
         /// Secret name.
@@ -72,9 +79,53 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A setting cannot be used: a plugin refused its config, a route uses
+    /// a plugin in the wrong role, a secret cannot be read.
+    #[error("{at}: {setting}: {message}")]
+    Setting {
+        /// `file:line:column` of the setting.
+        at: String,
+        /// Its dotted name (`plugins.orders.config`).
+        setting: String,
+        /// What is wrong.
+        message: String,
+    },
     /// File-system trouble.
     #[error("{0}")]
     Io(String),
+}
+
+/// Asks every plugin that can to check its config (the WIT's
+/// `check-config`); the first refusal is an error that points at the
+/// plugin's `config` in the file.
+pub async fn check_plugins(
+    config: &Config,
+    plugins: &HashMap<String, Arc<Plugin>>,
+) -> Result<(), StartError> {
+    let mut names: Vec<&String> = plugins.keys().collect();
+    names.sort();
+    for name in names {
+        let refused = match plugins[name].check_config().await {
+            Ok(Ok(())) => continue,
+            Ok(Err(message)) => message,
+            Err(e) => format!("the plugin's config check failed: {e}"),
+        };
+        let has_config = config
+            .plugins
+            .get(name)
+            .is_some_and(|p| !p.config.is_empty());
+        let path: &[&str] = if has_config {
+            &["plugins", name, "config"]
+        } else {
+            &["plugins", name]
+        };
+        return Err(StartError::Setting {
+            at: config.place(path),
+            setting: format!("plugins.{name}.config"),
+            message: refused,
+        });
+    }
+    Ok(())
 }
 
 /// A running Weft instance.
@@ -116,50 +167,64 @@ fn load_plugin(
     runtime: &Arc<Runtime>,
     queue: Option<&SledQueue>,
 ) -> Result<Plugin, StartError> {
-    let path = match (&pc.path, &pc.builtin) {
-        (Some(p), _) => config.resolve(p),
+    let setting = |key: &str, message: String| StartError::Setting {
+        at: config.place(&["plugins", name, key]),
+        setting: format!("plugins.{name}.{key}"),
+        message,
+    };
+    let (path, key) = match (&pc.path, &pc.builtin) {
+        (Some(p), _) => (config.resolve(p), "path"),
         (None, Some(b)) => {
             let path = builtin_path(b);
             if !path.is_file() {
-                return Err(StartError::Io(format!(
-                    "plugins.{name}.builtin: no built-in plugin named \"{b}\" in {} (there: {}; WEFT_PLUGIN_DIR names another directory)",
-                    crate::runtime::builtin_dir().display(),
-                    crate::runtime::builtin_names().join(", ")
-                )));
+                return Err(setting(
+                    "builtin",
+                    format!(
+                        "no built-in plugin named \"{b}\" in {} (there: {}; WEFT_PLUGIN_DIR names another directory)",
+                        crate::runtime::builtin_dir().display(),
+                        crate::runtime::builtin_names().join(", ")
+                    ),
+                ));
             }
-            path
+            (path, "builtin")
         }
         (None, None) => {
-            return Err(StartError::Io(format!(
-                "plugins.{name}: no path or builtin"
-            )))
+            return Err(StartError::Setting {
+                at: config.place(&["plugins", name]),
+                setting: format!("plugins.{name}"),
+                message: "no path or builtin".into(),
+            })
         }
+    };
+    let secret_error = |place: &[&str], secret: &str, reason: String| StartError::Secret {
+        at: config.place(place),
+        plugin: name.into(),
+        secret: secret.to_string(),
+        reason,
     };
     let mut secrets = BTreeMap::new();
     for (secret, r) in &pc.secrets {
-        let value = r
-            .resolve(&config.base_dir)
-            .map_err(|reason| StartError::Secret {
-                plugin: name.into(),
-                secret: secret.clone(),
-                reason,
-            })?;
-        secrets.insert(secret.clone(), Secret(value));
+        let place = ["plugins", name, "secrets", secret.as_str()];
+        let value = Secret(
+            r.resolve(&config.base_dir)
+                .map_err(|reason| secret_error(&place, secret, reason))?,
+        );
+        if let Some(Err(reason)) = value.whsec_key() {
+            return Err(secret_error(&place, secret, reason));
+        }
+        secrets.insert(secret.clone(), value);
     }
     let mut inject = Vec::new();
-    for i in &pc.inject {
-        let secret = secrets.get(&i.secret).ok_or_else(|| StartError::Secret {
-            plugin: name.into(),
-            secret: i.secret.clone(),
-            reason: "not declared".into(),
-        })?;
+    for (index, i) in pc.inject.iter().enumerate() {
+        let entry = index.to_string();
+        let place = ["plugins", name, "inject", entry.as_str(), "secret"];
+        let secret = secrets
+            .get(&i.secret)
+            .ok_or_else(|| secret_error(&place, &i.secret, "not declared".into()))?;
         let mut value = i.prefix.as_bytes().to_vec();
         value.extend_from_slice(&secret.0);
-        let mut value = http::HeaderValue::from_bytes(&value).map_err(|_| StartError::Secret {
-            plugin: name.into(),
-            secret: i.secret.clone(),
-            reason: "not a valid header value".into(),
-        })?;
+        let mut value = http::HeaderValue::from_bytes(&value)
+            .map_err(|_| secret_error(&place, &i.secret, "not a valid header value".into()))?;
         value.set_sensitive(true);
         inject.push(Injection {
             host: HostPattern::parse(&i.host).map_err(StartError::Io)?,
@@ -202,7 +267,9 @@ fn load_plugin(
         state,
         egress,
     };
-    Ok(runtime.load(ctx, &path, limits)?)
+    runtime
+        .load(ctx, &path, limits)
+        .map_err(|e| setting(key, e.to_string()))
 }
 
 /// Resolves routes to plugins and checks every plugin is used in its role.
@@ -213,12 +280,14 @@ pub fn resolve_routes(
     let mut routes = Vec::new();
     for rc in &config.routes {
         let route_name = rc.name.get_ref().clone();
-        let get = |name: &str, expected: Role| -> Result<Arc<Plugin>, StartError> {
+        let get = |name: &Spanned<String>, expected: Role| -> Result<Arc<Plugin>, StartError> {
+            let (at, name) = (config.place_at(name.span().start), name.get_ref());
             let plugin = plugins.get(name).cloned().ok_or_else(|| {
-                StartError::Io(format!("route {route_name}: unknown plugin {name}"))
+                StartError::Io(format!("{at}: route {route_name}: unknown plugin {name}"))
             })?;
             if plugin.role() != expected {
                 return Err(StartError::Role {
+                    at,
                     route: route_name.clone(),
                     plugin: name.into(),
                     actual: plugin.role(),
@@ -227,16 +296,16 @@ pub fn resolve_routes(
             }
             Ok(plugin)
         };
-        get(rc.source.get_ref(), Role::Source)?;
+        get(&rc.source, Role::Source)?;
         let transforms = rc
             .transforms
             .iter()
-            .map(|t| get(t.get_ref(), Role::Transform))
+            .map(|t| get(t, Role::Transform))
             .collect::<Result<_, _>>()?;
         let sinks = rc
             .sinks
             .iter()
-            .map(|s| get(s.get_ref(), Role::Sink))
+            .map(|s| get(s, Role::Sink))
             .collect::<Result<_, _>>()?;
         routes.push(Route {
             name: route_name.clone(),
@@ -376,6 +445,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .await
             .map_err(|e| StartError::Io(e.to_string()))??
     };
+    check_plugins(&config, &plugins).await?;
     let routes = resolve_routes(&config, &plugins)?;
     // Everything that can still fail comes before anything starts: a start
     // that fails must not have accepted webhooks or begun deliveries.

@@ -234,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cache = ScratchDir::create("weft-validate")?;
             let runtime = std::sync::Arc::new(crate::runtime::Runtime::new(&cache.0)?);
             let plugins = crate::app::load_plugins(&config, &runtime, None)?;
+            crate::app::check_plugins(&config, &plugins).await?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
             crate::app::configured_admin_token(&config)?;
             let count =

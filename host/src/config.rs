@@ -59,6 +59,17 @@ pub struct Config {
     /// The directory the config file is in; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file's name and text, to point at a setting in errors found
+    /// after parsing (see [`Config::place`]).
+    #[serde(skip)]
+    origin: Origin,
+}
+
+/// Where a config came from: its name in messages and its text.
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    name: String,
+    text: String,
 }
 
 /// Listeners and limits of the HTTP servers.
@@ -531,7 +542,26 @@ impl Config {
         })?;
         config.base_dir = base_dir.to_path_buf();
         config.validate(text, &invalid)?;
+        config.origin = Origin {
+            name: name.to_string(),
+            text: text.to_string(),
+        };
         Ok(config)
+    }
+
+    /// `file:line:column` of the setting at `path` (`["plugins", "x",
+    /// "config"]`), or of its nearest enclosing table the file writes, for
+    /// errors found after parsing: a plugin refusing its config, a route
+    /// using a plugin in the wrong role.
+    pub fn place(&self, path: &[&str]) -> String {
+        self.place_at(Locator::new(&self.origin.text).at(path))
+    }
+
+    /// `file:line:column` of a byte offset in the file (a `Spanned`
+    /// value's start).
+    pub fn place_at(&self, offset: usize) -> String {
+        let (line, column) = position(&self.origin.text, offset);
+        format!("{}:{line}:{column}", self.origin.name)
     }
 
     fn validate(
@@ -819,8 +849,34 @@ impl Config {
                     format!("routes[{i}].sinks: a route needs at least one sink"),
                 ));
             }
+            let mut seen = std::collections::HashSet::new();
             for s in &route.sinks {
                 check("sinks", s)?;
+                // Twice in one route: every event would be delivered twice.
+                if !seen.insert(s.get_ref()) {
+                    return Err(invalid(
+                        s.span().start,
+                        format!(
+                            "routes[{i}].sinks: \"{}\" is listed twice (each event would be delivered to it twice)",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(admin) = self.server.admin_listen {
+            let same_port = admin.port() == self.server.listen.port() && admin.port() != 0;
+            let overlap = admin.ip() == self.server.listen.ip()
+                || admin.ip().is_unspecified()
+                || self.server.listen.ip().is_unspecified();
+            if same_port && overlap {
+                return Err(invalid(
+                    at(&["server", "admin_listen"]),
+                    format!(
+                        "server.admin_listen: {admin} is the webhook listener's address too (server.listen = {}); give the admin API its own port",
+                        self.server.listen
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1004,7 +1060,7 @@ mod tests {
             (
                 "[limits]\nmax_batch = 0\n[plugins.a]\nbuiltin = \"json-map\"\n",
                 "weft.toml:2:1",
-                "limits.max_batch: must be 1..=1000",
+                "limits.max_batch: must be 1..=256",
             ),
             // Retry delays are checked, each at its key.
             (

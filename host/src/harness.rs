@@ -349,6 +349,20 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
 /// Runs the harness; prints outputs; returns whether every expectation held.
 pub async fn run(opts: HarnessOptions) -> Result<bool, HarnessError> {
     let plugin = load(&opts)?;
+    // The plugin's own check of its `--config` values, as at a real load.
+    match plugin.check_config().await {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
+            return Err(HarnessError::Usage(format!(
+                "--config: the plugin refuses it: {message}"
+            )))
+        }
+        Err(e) => {
+            return Err(HarnessError::Usage(format!(
+                "--config: the plugin's config check failed: {e}"
+            )))
+        }
+    }
     let inputs = read_lines(&opts.input)?;
     let expected = match &opts.expect {
         Some(p) => Some(read_lines(p)?),

@@ -44,6 +44,11 @@ impl JsonExt for Value {
                     cur = map.entry(token.clone()).or_insert(Value::Null);
                 }
                 Value::Array(items) => {
+                    // RFC 6901's "-": the element after the last (append).
+                    if token == "-" && last {
+                        items.push(value);
+                        return true;
+                    }
                     let Some(index) = array_index(token) else {
                         return false;
                     };
@@ -481,16 +486,24 @@ mod tests {
         assert_eq!(v.take_pointer("/a"), Some(json!(1)));
         assert_eq!(v, json!({"b": {"c": 2}}));
         assert!(!v.set_pointer("/b/c/d", json!(3)));
+        // "-" appends to an array; past the end is refused.
+        let mut v = json!({"items": [1]});
+        assert!(v.set_pointer("/items/-", json!(2)));
+        assert!(!v.set_pointer("/items/5", json!(3)));
+        assert_eq!(v, json!({"items": [1, 2]}));
     }
 
     #[test]
     fn array_indices_follow_rfc_6901_for_writes_as_for_reads() {
         let mut doc = serde_json::json!({"items": ["a", "b", "c"]});
-        for odd in ["/items/01", "/items/+1", "/items/-", "/items/"] {
+        for odd in ["/items/01", "/items/+1", "/items/"] {
             assert_eq!(doc.pointer(odd), None, "{odd}");
             assert!(!doc.set_pointer(odd, serde_json::json!("x")), "{odd}");
             assert_eq!(doc.take_pointer(odd), None, "{odd}");
         }
+        // "-" names no element to read or take (it is where an append goes).
+        assert_eq!(doc.pointer("/items/-"), None);
+        assert_eq!(doc.take_pointer("/items/-"), None);
         assert_eq!(doc, serde_json::json!({"items": ["a", "b", "c"]}));
         assert!(doc.set_pointer("/items/0", serde_json::json!("z")));
         assert_eq!(doc.take_pointer("/items/1"), Some(serde_json::json!("b")));

@@ -113,19 +113,19 @@ macro_rules! role_bindings {
 
 role_bindings!(
     source_world,
-    "source",
+    "checked-source",
     "__weft_export_source_world",
     "weft_sdk::source_world"
 );
 role_bindings!(
     transform_world,
-    "transform",
+    "checked-transform",
     "__weft_export_transform_world",
     "weft_sdk::transform_world"
 );
 role_bindings!(
     sink_world,
-    "sink",
+    "checked-sink",
     "__weft_export_sink_world",
     "weft_sdk::sink_world"
 );
@@ -141,6 +141,15 @@ pub use bindings::weft::connector::types::{
 pub trait Source {
     /// Handles one webhook request.
     fn receive(request: WebhookRequest) -> Result<Vec<Event>, Rejection>;
+
+    /// Checks the plugin's [`config`] values when the host loads it (see
+    /// [`check_keys`]): an error names what is wrong, and the plugin is not
+    /// loaded (`weft validate` and `weft serve` say so, pointing at its
+    /// config). [`config::check_keys`] refuses keys the plugin does not
+    /// know. The default accepts anything.
+    fn check_config() -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A transform: one event in, zero (filtered), one or many events out.
@@ -151,6 +160,12 @@ pub trait Source {
 pub trait Transform {
     /// Transforms one event.
     fn transform(event: Event) -> Result<Vec<Event>, TransformError>;
+
+    /// Checks the plugin's [`config`] values when the host loads it; see
+    /// [`Source::check_config`]. The default accepts anything.
+    fn check_config() -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A sink: delivers events downstream and says how it went.
@@ -162,6 +177,12 @@ pub trait Sink {
     /// the events one by one.
     fn deliver_batch(events: Vec<Event>) -> Vec<DeliveryOutcome> {
         events.into_iter().map(Self::deliver).collect()
+    }
+
+    /// Checks the plugin's [`config`] values when the host loads it; see
+    /// [`Source::check_config`]. The default accepts anything.
+    fn check_config() -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -176,6 +197,9 @@ macro_rules! export_source {
                 request: $crate::WebhookRequest,
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Event>, $crate::Rejection> {
                 <$ty as $crate::Source>::receive(request)
+            }
+            fn check_config() -> ::core::result::Result<(), ::std::string::String> {
+                <$ty as $crate::Source>::check_config()
             }
         }
         $crate::source_world::__weft_export_source_world!(__WeftSourceExport with_types_in $crate::source_world);
@@ -194,6 +218,9 @@ macro_rules! export_transform {
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Event>, $crate::TransformError>
             {
                 <$ty as $crate::Transform>::transform(event)
+            }
+            fn check_config() -> ::core::result::Result<(), ::std::string::String> {
+                <$ty as $crate::Transform>::check_config()
             }
         }
         $crate::transform_world::__weft_export_transform_world!(__WeftTransformExport with_types_in $crate::transform_world);
@@ -214,6 +241,9 @@ macro_rules! export_sink {
                 events: ::std::vec::Vec<$crate::Event>,
             ) -> ::std::vec::Vec<$crate::DeliveryOutcome> {
                 <$ty as $crate::Sink>::deliver_batch(events)
+            }
+            fn check_config() -> ::core::result::Result<(), ::std::string::String> {
+                <$ty as $crate::Sink>::check_config()
             }
         }
         $crate::sink_world::__weft_export_sink_world!(__WeftSinkExport with_types_in $crate::sink_world);
@@ -338,6 +368,74 @@ pub mod config {
     /// All configured key/value pairs.
     pub fn entries() -> Vec<(String, String)> {
         all().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Refuses a configured key that is not in `known`, suggesting the
+    /// known key it is closest to: for a plugin's `check_config`, so that a
+    /// misspelt key fails the load instead of being silently absent.
+    pub fn check_keys(known: &[&str]) -> Result<(), String> {
+        unknown_key(all().keys().map(String::as_str), known)
+    }
+
+    /// The first of `keys` not in `known`, as an error message.
+    pub(crate) fn unknown_key<'a>(
+        keys: impl IntoIterator<Item = &'a str>,
+        known: &[&str],
+    ) -> Result<(), String> {
+        for key in keys {
+            if known.contains(&key) {
+                continue;
+            }
+            let closest = known
+                .iter()
+                .map(|k| (edit_distance(key, k), *k))
+                .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+                .min();
+            return Err(match closest {
+                Some((_, k)) => format!("unknown key \"{key}\" (did you mean \"{k}\"?)"),
+                None => format!("unknown key \"{key}\" (known keys: {})", known.join(", ")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Levenshtein distance between two keys (short ASCII names).
+    fn edit_distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut diagonal = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let above = row[j + 1];
+                row[j + 1] = (above + 1)
+                    .min(row[j] + 1)
+                    .min(diagonal + usize::from(ca != *cb));
+                diagonal = above;
+            }
+        }
+        row[b.len()]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn unknown_keys_are_refused_with_the_closest_known_one() {
+            let known = ["signing_secret", "id_pointer", "type"];
+            assert_eq!(unknown_key(["type", "id_pointer"], &known), Ok(()));
+            assert_eq!(
+                unknown_key(["signing_sercet"], &known),
+                Err("unknown key \"signing_sercet\" (did you mean \"signing_secret\"?)".into())
+            );
+            assert_eq!(
+                unknown_key(["colour"], &known),
+                Err("unknown key \"colour\" (known keys: signing_secret, id_pointer, type)".into())
+            );
+            assert_eq!(edit_distance("kitten", "sitting"), 3);
+            assert_eq!(edit_distance("", "ab"), 2);
+        }
     }
 }
 

@@ -43,15 +43,34 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// The HMAC key: the decoded bytes for `whsec_<base64>`, else the raw value.
+    /// The HMAC key: the decoded bytes for `whsec_<base64>` (Standard
+    /// Webhooks' form), else the raw value.
     fn hmac_key(&self) -> Vec<u8> {
-        use base64::Engine as _;
-        if let Some(encoded) = self.0.strip_prefix(b"whsec_") {
-            if let Ok(key) = base64::engine::general_purpose::STANDARD.decode(encoded) {
-                return key;
-            }
+        match self.whsec_key() {
+            Some(Ok(key)) => key,
+            _ => self.0.clone(),
         }
-        self.0.clone()
+    }
+
+    /// For a `whsec_` secret, its decoded key, or why it does not decode
+    /// (checked when the plugin is loaded, so that a mangled secret is an
+    /// error at start, not a 401 for every request). Surrounding white
+    /// space (a trailing newline in an environment variable) is ignored,
+    /// and so is missing base64 padding.
+    pub fn whsec_key(&self) -> Option<Result<Vec<u8>, String>> {
+        use base64::Engine as _;
+        let encoded = self.0.trim_ascii().strip_prefix(b"whsec_")?;
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        Some(
+            lenient
+                .decode(encoded)
+                // Not the decoder's message: it quotes a byte of the secret.
+                .map_err(|_| "starts with whsec_ but the rest is not valid base64".to_string()),
+        )
     }
 }
 
@@ -351,5 +370,36 @@ impl outbound::Host for StoreState {
         requests: Vec<outbound::Request>,
     ) -> Vec<Result<outbound::Response, outbound::ErrorCode>> {
         self.hooks.send_all(requests).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whsec_secrets_decode_leniently_or_say_why_without_quoting_them() {
+        // "secret-key" in base64 is "c2VjcmV0LWtleQ==".
+        let key = |text: &str| Secret(text.as_bytes().to_vec()).whsec_key();
+        assert_eq!(
+            key("whsec_c2VjcmV0LWtleQ=="),
+            Some(Ok(b"secret-key".to_vec()))
+        );
+        assert_eq!(
+            key("whsec_c2VjcmV0LWtleQ"),
+            Some(Ok(b"secret-key".to_vec()))
+        );
+        assert_eq!(
+            key("whsec_c2VjcmV0LWtleQ==\n"),
+            Some(Ok(b"secret-key".to_vec()))
+        );
+        assert_eq!(key("plain-secret"), None);
+        let bad = key("whsec_not*base64!").unwrap().unwrap_err();
+        assert!(!bad.contains('*') && !bad.contains("not*"), "{bad}");
+        assert_eq!(
+            Secret(b"plain".to_vec()).hmac_key(),
+            b"plain".to_vec(),
+            "a secret without the prefix is its own key"
+        );
     }
 }

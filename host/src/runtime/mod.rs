@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
@@ -373,6 +373,10 @@ impl Runtime {
                     plugin: name.clone(),
                     detail: format!("{e:#}"),
                 })?;
+        // The optional `config-check` export (see the WIT), found once.
+        let config_check = component
+            .get_export_index(None, CONFIG_CHECK)
+            .map(|check| (pre.clone(), check));
         let pre = if let Ok(p) = SinkPre::new(pre.clone()) {
             Pre::Sink(p)
         } else if let Ok(p) = TransformPre::new(pre.clone()) {
@@ -386,6 +390,7 @@ impl Runtime {
             runtime: self.clone(),
             ctx: Arc::new(ctx),
             pre,
+            config_check,
             limits,
             warm: std::sync::Mutex::new(Vec::new()),
             digest,
@@ -550,11 +555,17 @@ macro_rules! call_instance {
     }};
 }
 
+/// The function a plugin exports to have its config checked when loaded
+/// (the WIT's `checked-*` worlds).
+const CONFIG_CHECK: &str = "check-config";
+
 /// A loaded plugin, ready to be called.
 pub struct Plugin {
     runtime: Arc<Runtime>,
     ctx: Arc<PluginContext>,
     pre: Pre,
+    /// Its `check-config` export, if it has one.
+    config_check: Option<(InstancePre<StoreState>, ComponentExportIndex)>,
     limits: Limits,
     /// Instances kept for reuse when `limits.instance_reuse > 1`, each
     /// counted in `Runtime::idle` while it waits here.
@@ -633,6 +644,26 @@ impl Plugin {
         } else {
             err
         }
+    }
+
+    /// Asks the plugin to check its config values, if it exports
+    /// `check-config` (plugins built with the Rust SDK do): `Ok(Ok(()))`
+    /// when it accepts them or has no check, `Ok(Err(message))` when it
+    /// refuses them, `Err` when the check itself failed (a trap, a limit).
+    /// Runs in a fresh instance under the plugin's limits, like any call.
+    pub async fn check_config(&self) -> Result<Result<(), String>, PluginError> {
+        let Some((pre, check)) = &self.config_check else {
+            return Ok(Ok(()));
+        };
+        let mut store = self.store(None);
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let check = instance.get_typed_func::<(), (Result<(), String>,)>(&mut store, check)?;
+            let (verdict,) = check.call_async(&mut store, ()).await?;
+            Ok::<_, wasmtime::Error>(verdict)
+        };
+        let outcome = tokio::time::timeout(self.wall(), call).await;
+        self.finish(&store, outcome)
     }
 
     /// Source: turns a webhook request into events, or a rejection.

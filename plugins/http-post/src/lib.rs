@@ -13,6 +13,11 @@
 //! * `headers`: a table of extra headers. Credentials belong in the host's
 //!   secret injection, not here: the plugin never sees them.
 //!
+//! The config is checked when the plugin is loaded: a missing or malformed
+//! `url`, an unknown key or `mode`, a `timeout_ms` that is not a number, or
+//! a `headers` entry that is not text (or names a header the plugin sets
+//! itself) stops the load with a message.
+//!
 //! Outcomes: 2xx delivered; 408, 429 and 5xx retried honoring `Retry-After`
 //! (seconds or an HTTP-date); network errors retried; redirects, other 4xx,
 //! and requests the host refuses to send (destination not granted, blocked
@@ -240,7 +245,67 @@ fn outcome(sent: Result<http::Response, http::HttpError>) -> DeliveryOutcome {
 
 const NO_URL: &str = "http-post: config `url` is not set";
 
+/// Headers the plugin sets itself, which `headers` may not add to.
+const OWN_HEADERS: [&str; 4] = ["content-type", "idempotency-key", "content-length", "host"];
+
+/// What is wrong with the config, if anything (checked when the plugin is
+/// loaded, so that a mistake stops the load instead of failing or quietly
+/// changing every delivery).
+fn config_problem() -> Result<(), String> {
+    config::check_keys(&["url", "mode", "timeout_ms", "headers"])?;
+    let url = config::get("url").ok_or("`url` is required: where to POST the events")?;
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .ok_or_else(|| format!("url = \"{url}\": must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
+        return Err(format!("url = \"{url}\": has no host"));
+    }
+    if let Some(mode) = config::get("mode") {
+        if mode != "binary" && mode != "structured" {
+            return Err(format!(
+                "mode = \"{mode}\": must be \"binary\" or \"structured\""
+            ));
+        }
+    }
+    if let Some(ms) = config::get("timeout_ms") {
+        if !ms.parse::<u64>().is_ok_and(|ms| ms > 0) {
+            return Err(format!(
+                "timeout_ms = {ms}: must be a number of milliseconds above 0"
+            ));
+        }
+    }
+    if let Some(headers) = config::get("headers") {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&headers) else {
+            return Err("`headers` must be a table of header names and text values".into());
+        };
+        for (name, value) in map {
+            let lower = name.to_ascii_lowercase();
+            if OWN_HEADERS.contains(&lower.as_str()) || lower.starts_with("ce-") {
+                return Err(format!(
+                    "headers.{name}: set by the plugin itself, it cannot be configured"
+                ));
+            }
+            let Some(text) = value.as_str() else {
+                return Err(format!("headers.{name}: must be text, not {value}"));
+            };
+            if !text
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                return Err(format!("headers.{name}: not a valid header value"));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Sink for HttpPost {
+    fn check_config() -> Result<(), String> {
+        config_problem()
+    }
+
     fn deliver(event: Event) -> DeliveryOutcome {
         let settings = Settings::get();
         let Some(url) = &settings.url else {

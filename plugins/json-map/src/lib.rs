@@ -240,10 +240,48 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// Reads one operation of the mapping.
+    /// Reads one operation of the mapping: its fields must be the ones its
+    /// `op` takes, and every path a JSON pointer.
     pub fn parse(op: &Value) -> Result<Operation, TransformError> {
         let text = |name: &str| field(op, name).map(str::to_string);
-        let kind = match field(op, "op")? {
+        let name = field(op, "op")?;
+        let allowed: &[&str] = match name {
+            "rename" | "copy" | "count" => &["from", "to"],
+            "drop" => &["path"],
+            "set" => &["path", "value"],
+            "sum" => &["from", "to", "field", "times"],
+            "multiply" => &["from", "to", "by", "by_path"],
+            _ => &[],
+        };
+        if let Some(fields) = op.as_object() {
+            for (key, value) in fields {
+                let known = key == "op" || key == "required" || allowed.contains(&key.as_str());
+                if !allowed.is_empty() && !known {
+                    return Err(permanent(format!(
+                        "`{name}` takes no field `{key}` (it takes: {})",
+                        allowed.join(", ")
+                    )));
+                }
+                let is_path =
+                    ["from", "to", "path", "field", "times", "by_path"].contains(&key.as_str());
+                if let (true, Some(p)) = (is_path, value.as_str()) {
+                    if !p.is_empty() && !p.starts_with('/') {
+                        return Err(permanent(format!(
+                            "`{key}` = \"{p}\" is not a JSON pointer (they start with \"/\", e.g. \"/{p}\")"
+                        )));
+                    }
+                }
+            }
+        }
+        if name == "set" && op.get("value").is_none() {
+            return Err(permanent("`set` needs a `value`".to_string()));
+        }
+        if name == "multiply" && (op.get("by").is_some() == op.get("by_path").is_some()) {
+            return Err(permanent(
+                "`multiply` needs one of `by` (a number) or `by_path` (a pointer)".to_string(),
+            ));
+        }
+        let kind = match name {
             "rename" => Kind::Rename {
                 from: text("from")?,
                 to: text("to")?,
@@ -323,7 +361,7 @@ pub fn apply(doc: &mut Value, op: &Operation) -> Result<(), TransformError> {
             Ok(())
         } else {
             Err(permanent(format!(
-                "cannot write {to}: a parent is not an object"
+                "cannot write {to}: a parent is neither an object nor an array, or an index is past the end (\"-\" appends)"
             )))
         }
     };
@@ -424,11 +462,15 @@ fn mapping() -> Result<&'static [Operation], TransformError> {
     let parsed = MAPPING.get_or_init(|| match config::json("mapping") {
         Some(Ok(Value::Array(ops))) => ops
             .iter()
-            .map(Operation::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| match e {
-                TransformError::Permanent(m) | TransformError::Retryable(m) => m,
-            }),
+            .enumerate()
+            .map(|(i, op)| {
+                Operation::parse(op).map_err(|e| match e {
+                    TransformError::Permanent(m) | TransformError::Retryable(m) => {
+                        format!("mapping[{i}]: {m}")
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>(),
         Some(Ok(_)) => Err("config `mapping` must be an array of operations".into()),
         Some(Err(e)) => Err(format!("config `mapping` is not valid JSON: {e}")),
         None => Ok(Vec::new()),
@@ -453,6 +495,13 @@ pub fn apply_to(doc: &mut Document, op: &Operation) -> Result<(), TransformError
 }
 
 impl Transform for JsonMap {
+    fn check_config() -> Result<(), String> {
+        config::check_keys(&["mapping", "type"])?;
+        mapping().map(|_| ()).map_err(|e| match e {
+            TransformError::Permanent(m) | TransformError::Retryable(m) => m,
+        })
+    }
+
     fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
         let mapping = mapping()?;
         let mut doc = Document::parse(&event.data)
@@ -664,7 +713,22 @@ mod tests {
             (
                 json!({"t": 1}),
                 json!({"op": "multiply", "from": "/t"}),
-                "multiply needs `by` or `by_path`",
+                "`multiply` needs one of `by` (a number) or `by_path` (a pointer)",
+            ),
+            (
+                json!({"customer": {"email": "a@b"}}),
+                json!({"op": "rename", "from": "customer/email", "to": "/email"}),
+                "`from` = \"customer/email\" is not a JSON pointer (they start with \"/\", e.g. \"/customer/email\")",
+            ),
+            (
+                json!({"a": 1}),
+                json!({"op": "copy", "form": "/a", "to": "/b"}),
+                "`copy` takes no field `form` (it takes: from, to)",
+            ),
+            (
+                json!({}),
+                json!({"op": "set", "path": "/a"}),
+                "`set` needs a `value`",
             ),
             (
                 json!({"a": 1}),

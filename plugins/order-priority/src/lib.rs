@@ -22,6 +22,16 @@ use weft_sdk::{config, http, log, Event, Transform, TransformError};
 pub struct OrderPriority;
 
 impl Transform for OrderPriority {
+    fn check_config() -> Result<(), String> {
+        config::check_keys(&["threshold", "tiers_url"])?;
+        match config::get("threshold") {
+            Some(t) if !t.parse::<f64>().is_ok_and(f64::is_finite) => {
+                Err(format!("threshold = {t}: must be a number"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn transform(mut event: Event) -> Result<Vec<Event>, TransformError> {
         let mut data = event
             .json()

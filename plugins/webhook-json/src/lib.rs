@@ -12,6 +12,11 @@
 //!   a valid Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
 //!   `webhook-signature`: HMAC-SHA256 over `id.timestamp.body`).
 //! * `tolerance_secs`: allowed clock skew for signatures (default 300).
+//!
+//! The config is checked when the plugin is loaded: an unknown key (a
+//! misspelt `signing_secret` would otherwise turn signature checks off), a
+//! pointer without its leading `/`, or a `signing_secret` naming a secret
+//! the plugin is not granted stops the load with a message.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -160,7 +165,64 @@ fn make_event(
     Ok(event)
 }
 
+/// The config keys this plugin reads.
+const KEYS: [&str; 8] = [
+    "source",
+    "type",
+    "type_pointer",
+    "id_pointer",
+    "subject_pointer",
+    "split_array",
+    "signing_secret",
+    "tolerance_secs",
+];
+
+/// What is wrong with the config, if anything: see [`Source::check_config`].
+fn config_problem() -> Result<(), String> {
+    config::check_keys(&KEYS)?;
+    for key in ["type_pointer", "id_pointer", "subject_pointer"] {
+        if let Some(p) = config::get(key) {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(format!(
+                    "{key} = \"{p}\" is not a JSON pointer (they start with \"/\", e.g. \"/{p}\")"
+                ));
+            }
+        }
+    }
+    if config::get("type").is_some() && config::get("type_pointer").is_some() {
+        return Err(
+            "set type (a fixed type) or type_pointer (read from the body), not both".into(),
+        );
+    }
+    if let Some(split) = config::get("split_array") {
+        if split != "true" && split != "false" {
+            return Err(format!("split_array = {split}: must be true or false"));
+        }
+    }
+    if let Some(tolerance) = config::get("tolerance_secs") {
+        match tolerance.parse::<u64>() {
+            Ok(1..=86_400) => {}
+            _ => {
+                return Err(format!(
+                    "tolerance_secs = {tolerance}: must be a number of seconds, 1..=86400"
+                ))
+            }
+        }
+    }
+    if let Some(secret) = config::get("signing_secret") {
+        // An empty message tells whether the secret is granted.
+        secrets::hmac_sha256(&secret, b"").map_err(|e| {
+            format!("signing_secret = \"{secret}\": {e} (declare it under this plugin's secrets)")
+        })?;
+    }
+    Ok(())
+}
+
 impl Source for WebhookJson {
+    fn check_config() -> Result<(), String> {
+        config_problem()
+    }
+
     fn receive(request: WebhookRequest) -> Result<Vec<Event>, Rejection> {
         if request.method != "POST" {
             return Err(reject(RejectionKind::BadRequest, "only POST is accepted"));
@@ -189,14 +251,18 @@ impl Source for WebhookJson {
             .find(|b| !b.is_ascii_whitespace())
             .copied();
         if split && first == Some(b'[') {
-            let items: Vec<Value> = serde_json::from_slice(&request.body).map_err(bad_json)?;
+            // Each element's text as sent (key order, number digits): only
+            // what the pointers name is parsed.
+            let items: Vec<&serde_json::value::RawValue> =
+                serde_json::from_slice(&request.body).map_err(bad_json)?;
             return items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
+                    let doc = Document::parse(item.get().as_bytes()).map_err(bad_json)?;
                     make_event(
-                        &|p| Ok(item.pointer(p).cloned()),
-                        serde_json::to_vec(item).unwrap_or_default(),
+                        &|p| doc.get(p).map_err(bad_json),
+                        item.get().as_bytes().to_vec(),
                         &request,
                         Some(i),
                     )

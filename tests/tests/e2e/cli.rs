@@ -72,7 +72,50 @@ fn bad_config_errors_name_file_line_and_field() {
         ),
         (
             "[plugins.x]\nbuiltin = \"http-pots\"\n",
-            "plugins.x.builtin: no built-in plugin named \"http-pots\"",
+            "bad.toml:2:1: plugins.x.builtin: no built-in plugin named \"http-pots\"",
+        ),
+        // Plugins check their own config when loaded (`check-config`), and
+        // the error points at the plugin's `config`.
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { id_pointer = \"/id\", signing_sercet = \"shop\" }\n",
+            "bad.toml:3:1: plugins.in.config: unknown key \"signing_sercet\" (did you mean \"signing_secret\"?)",
+        ),
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_secret = \"shop\" }\n",
+            "bad.toml:3:1: plugins.in.config: signing_secret = \"shop\": secret \"shop\" is not granted to this plugin",
+        ),
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { id_pointer = \"order_id\" }\n",
+            "plugins.in.config: id_pointer = \"order_id\" is not a JSON pointer",
+        ),
+        (
+            "[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/x\", mode = \"structurd\" }\n",
+            "bad.toml:3:1: plugins.out.config: mode = \"structurd\": must be \"binary\" or \"structured\"",
+        ),
+        (
+            "[plugins.out]\nbuiltin = \"http-post\"\n",
+            "bad.toml:1:1: plugins.out.config: `url` is required",
+        ),
+        (
+            "[plugins.map]\nbuiltin = \"json-map\"\nconfig = { mapping = [{ op = \"sett\", path = \"/a\" }] }\n",
+            "bad.toml:3:1: plugins.map.config: mapping[0]: unknown mapping operation `sett`",
+        ),
+        // Found after parsing, still located.
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"out\"\nsinks = [\"out\"]\n",
+            "bad.toml:8:10: route \"r\": plugin \"out\" is a sink, but is used as a source",
+        ),
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\", \"out\"]\n",
+            "bad.toml:9:17: routes[0].sinks: \"out\" is listed twice",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"0.0.0.0:8080\"\n",
+            "bad.toml:3:1: server.admin_listen: 0.0.0.0:8080 is the webhook listener's address too",
+        ),
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\nsecrets = { key = { env = \"WEFT_TEST_SECRET_THAT_IS_NOT_SET\" } }\n",
+            "bad.toml:3:13: plugins.in.secrets.key: environment variable WEFT_TEST_SECRET_THAT_IS_NOT_SET is not set",
         ),
         // What `serve` would refuse, `validate` refuses too.
         (
@@ -89,10 +132,10 @@ fn bad_config_errors_name_file_line_and_field() {
 
 #[test]
 fn a_plugin_in_the_wrong_role_is_refused() {
-    let (ok, out) = validate("[plugins.a]\nbuiltin = \"http-post\"\n[plugins.b]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n");
+    let (ok, out) = validate("[plugins.a]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[plugins.b]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n");
     assert!(!ok);
     assert!(
-        out.contains("plugin \"a\" is a sink, but is used as a source"),
+        out.contains("bad.toml:8:10: route \"r\": plugin \"a\" is a sink, but is used as a source"),
         "{out}"
     );
 }
@@ -131,4 +174,34 @@ fn a_store_of_an_unknown_format_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("format version 7"), "{err}");
+}
+
+/// `weft serve` refuses a config a plugin refuses, as `validate` does (the
+/// check runs before the listeners are bound): a misspelt `signing_secret`
+/// must not start an endpoint that takes unsigned webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_config_its_plugins_refuse_before_accepting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = weft_tests::with_defaults(
+        "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_sercet = \"shop\" }\nsecrets = { shop = { env = \"PATH\" } }\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n",
+        dir.path(),
+    );
+    let config = weft::config::Config::parse(&text, "shop.toml", dir.path()).unwrap();
+    let err = match weft::app::start(config).await {
+        Ok(_) => panic!("started with a misspelt signing_secret"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(
+            "plugins.in.config: unknown key \"signing_sercet\" (did you mean \"signing_secret\"?)"
+        ),
+        "{err}"
+    );
+    // The line of the plugin's `config` in the whole file.
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("config = { signing_sercet"))
+        .unwrap()
+        + 1;
+    assert!(err.starts_with(&format!("shop.toml:{line}:1: ")), "{err}");
 }

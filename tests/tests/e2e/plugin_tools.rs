@@ -263,6 +263,29 @@ fn the_harness_runs_a_transform_and_diffs_expectations() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("MISMATCH input line 1"), "{err}");
+
+    // A config the plugin refuses stops the run before any input.
+    let refused = weft(
+        &[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            "mapping=[{\"op\":\"drop\",\"path\":\"items\"}]",
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(stdout_lines(&refused).is_empty());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(
+            "--config: the plugin refuses it: mapping[0]: `path` = \"items\" is not a JSON pointer"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
