@@ -9,7 +9,8 @@
 //!   seen), optionally of one route.
 //! * `POST /api/dead-letters/{id}/replay`: puts a dead letter back in the queue.
 //! * `POST /api/dead-letters/replay?route=R&limit=N`: replays the oldest
-//!   dead letters (of one route, if given; at most `limit`, default 1000).
+//!   dead letters (of one route, if given, which must be configured: 404
+//!   otherwise; at most `limit`, default 1000).
 //!
 //! Every endpoint but `/healthz` and `/` needs `Authorization: Bearer <token>`.
 
@@ -197,7 +198,16 @@ impl Admin {
                                 serde_json::json!({
                                     "id": d.record.id,
                                     "route": d.record.route,
-                                    "stage": d.record.stage,
+                                    // What was left to do: the whole route, or
+                                    // the delivery to one of its sinks.
+                                    "stage": match &d.record.stage {
+                                        crate::queue::Stage::Route => "route",
+                                        crate::queue::Stage::Deliver { .. } => "deliver",
+                                    },
+                                    "sink": match &d.record.stage {
+                                        crate::queue::Stage::Route => None,
+                                        crate::queue::Stage::Deliver { sink } => Some(sink),
+                                    },
                                     "event": {
                                         "id": d.record.event.id,
                                         "source": d.record.event.source,
@@ -221,6 +231,13 @@ impl Admin {
                     Ok(q) => q,
                     Err(problem) => return error(400, problem),
                 };
+                // Dead letters of a route no longer configured could not
+                // run; a misspelt route would replay nothing, silently.
+                if let Some(route) = &query.route {
+                    if !self.router.routes().contains_key(route) {
+                        return error(404, format!("no route named \"{route}\" in the config"));
+                    }
+                }
                 match self.router.replay_matching(query).await {
                     Ok(replayed) => json(
                         200,

@@ -415,6 +415,27 @@ fn token_in_file(path: &Path) -> Result<Option<String>, StartError> {
     Ok(Some(token.to_string()))
 }
 
+/// Creates the data directory readable by this user only, or narrows an
+/// existing one to that: the journal and the queue hold webhook bodies
+/// (customer names, emails, orders), and the directory the admin token.
+fn private_data_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let failed = |e: std::io::Error| {
+        StartError::Io(format!("cannot prepare data dir {}: {e}", dir.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed)?;
+    let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+        tracing::info!(data_dir = %dir.display(), was = format_args!("{:o}", mode & 0o777), "data dir narrowed to mode 700: it holds webhook bodies");
+    }
+    Ok(())
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -424,12 +445,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// Starts Weft with `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).map_err(|e| {
-        StartError::Io(format!(
-            "cannot create data dir {}: {e}",
-            data_dir.display()
-        ))
-    })?;
+    private_data_dir(&data_dir)?;
+    tracing::info!(data_dir = %data_dir.display(), "storage");
     let queue = {
         let dir = data_dir.clone();
         let delay = Duration::from_micros(config.storage.commit_delay_us);

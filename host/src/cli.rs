@@ -167,26 +167,38 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves at SIGINT or SIGTERM; SIGHUP is logged and ignored.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Registered now, not at the first poll: a signal that arrives while
+    // Weft is still starting must find its handler in place.
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+    let term = {
+        use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP (a closed terminal, a service manager's "reload") would
+        // otherwise kill the process on the spot. Weft has no reload: it
+        // says so and keeps running.
+        if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored: Weft does not reload its config; restart it to apply a changed one");
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+            });
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut int)) = term {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -215,9 +227,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
+            let signalled = shutdown_signal();
             let running = crate::app::start(config).await?;
             let failure = tokio::select! {
-                _ = shutdown_signal() => None,
+                _ = signalled => None,
                 reason = running.failed() => Some(reason),
             };
             tracing::info!("shutting down: finishing in-flight attempts");

@@ -469,6 +469,7 @@ impl Router {
         ops: &mut Vec<Op>,
     ) -> Option<(u64, u64)> {
         let detail = attempt.detail.clone();
+        let plugin = attempt.plugin.clone();
         record.attempts.push(attempt);
         // A delivery carries the history of its event's transforms too, but
         // its budget and backoff count only this sink's own attempts.
@@ -477,7 +478,7 @@ impl Router {
             _ => record.attempts.len(),
         } as u32;
         if permanent || made >= self.retry.max_attempts() {
-            tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, error = %detail, "dead-lettered");
+            tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, error = %detail, "dead-lettered");
             inc(&self.metrics.dead_lettered);
             ops.push(Op::Dead(DeadLetter {
                 record,
@@ -488,7 +489,7 @@ impl Router {
         } else {
             let delay = self.retry.delay_ms(made, requested_ms);
             record.not_before_ms = now_ms().saturating_add(delay);
-            tracing::info!(event = %record.event.id, record = record.id, route = %record.route, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
+            tracing::info!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
             inc(&self.metrics.retries);
             let wake = (record.id, record.not_before_ms);
             ops.push(Op::Put(record));

@@ -485,6 +485,19 @@ impl WeftProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGHUP (what a closed terminal or a service manager's reload
+    /// sends).
+    pub fn hangup(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM and wait for exit; returns whether it exited cleanly.
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id() as libc::pid_t;

@@ -205,3 +205,23 @@ async fn serve_refuses_a_config_its_plugins_refuse_before_accepting_anything() {
         + 1;
     assert!(err.starts_with(&format!("shop.toml:{line}:1: ")), "{err}");
 }
+
+/// The data directory holds webhook bodies: Weft keeps it to its own user
+/// (created 0700, or narrowed to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_readable_by_its_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\n[storage]\ndata_dir = \"{}\"\n",
+        data.display()
+    );
+    let config = weft::config::Config::parse(&text, "weft.toml", dir.path()).unwrap();
+    let running = weft::app::start(config).await.unwrap();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    running.shutdown().await;
+}

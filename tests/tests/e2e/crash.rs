@@ -164,8 +164,17 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert_eq!(acked.len(), 600, "every webhook was acknowledged");
 
     // Restart; everything acknowledged gets delivered.
-    let weft = rig.spawn().await;
+    let mut weft = rig.spawn().await;
+    // A SIGHUP (closed terminal, a service manager's reload) does not stop it.
+    weft.hangup();
     rig.assert_all_delivered(&acked).await;
+    assert!(weft.running(), "weft survives SIGHUP");
+    let (status, _) = post_json(
+        &format!("http://{webhook}/hooks/in"),
+        "{\"id\":\"after-hup\",\"n\":0}",
+    )
+    .await;
+    assert_eq!(status, 202, "and keeps serving");
     for r in rig.api.delivered() {
         assert_eq!(
             r.json()["seen"],

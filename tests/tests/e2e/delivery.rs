@@ -639,9 +639,9 @@ async fn dead_letters_are_paged_and_replayed_in_bulk() {
             .map(|d| d["id"].as_u64().unwrap())
             .collect()
     };
-    let (status, all) = host.admin_get("/api/dead-letters").await;
+    let (status, all_letters) = host.admin_get("/api/dead-letters").await;
     assert_eq!(status, 200);
-    let all = ids(&all);
+    let all = ids(&all_letters);
     assert_eq!(all.len(), 5);
     let (_, first) = host.admin_get("/api/dead-letters?limit=2").await;
     assert_eq!(ids(&first), all[..2]);
@@ -668,6 +668,22 @@ async fn dead_letters_are_paged_and_replayed_in_bulk() {
     assert_eq!(status, 400);
     let (status, _) = host.admin_get("/api/dead-letters?color=red").await;
     assert_eq!(status, 400);
+
+    // What was left to do, in the API's own words.
+    for letter in all_letters["dead_letters"].as_array().unwrap() {
+        match letter["stage"].as_str() {
+            Some("route") => assert!(letter["sink"].is_null(), "{letter}"),
+            Some("deliver") => assert!(letter["sink"].is_string(), "{letter}"),
+            _ => panic!("stage is \"route\" or \"deliver\": {letter}"),
+        }
+    }
+    // A bulk replay of a route the config does not have is refused, not
+    // an empty success.
+    let (status, body) = host
+        .admin_post("/api/dead-letters/replay?route=relya")
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(host.stats().dead, 5);
 
     // The API is back: replay the oldest three, then the rest.
     api.set_default(200);
