@@ -159,7 +159,7 @@ impl Admin {
                         stats.checkpoint_ns,
                     ),
                 ];
-                let body = self.metrics.render(
+                let mut body = self.metrics.render(
                     &counters,
                     &[
                         (
@@ -179,6 +179,7 @@ impl Admin {
                         ),
                     ],
                 );
+                self.router.outcomes().render(&mut body);
                 text(200, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/api/status") => json(200, &self.status()),

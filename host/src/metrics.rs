@@ -1,5 +1,6 @@
 //! Counters and time totals, exported in the Prometheus text format.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -247,9 +248,138 @@ impl Metrics {
     }
 }
 
+/// What became of attempts, by route and plugin: which sink of a fan-out is
+/// failing, which transform dead-letters. Built once from the routes, so
+/// counting takes no lock and no allocation.
+#[derive(Debug, Default)]
+pub struct RouteOutcomes {
+    by_route: HashMap<String, HashMap<String, Outcomes>>,
+}
+
+/// One plugin's counts on one route.
+#[derive(Debug, Default)]
+struct Outcomes {
+    delivered: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// Which count an attempt adds to.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// A sink delivered.
+    Delivered,
+    /// The attempt failed and runs again later.
+    Retried,
+    /// The record went to the dead-letter store.
+    DeadLettered,
+}
+
+impl RouteOutcomes {
+    /// Counts for every `(route, plugins)` given.
+    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> RouteOutcomes {
+        let by_route = routes
+            .into_iter()
+            .map(|(route, plugins)| {
+                let plugins = plugins
+                    .into_iter()
+                    .map(|p| (p.to_string(), Outcomes::default()))
+                    .collect();
+                (route.to_string(), plugins)
+            })
+            .collect();
+        RouteOutcomes { by_route }
+    }
+
+    /// Adds one `outcome` for `plugin` on `route` (nothing for a pair that
+    /// was not configured).
+    pub fn count(&self, route: &str, plugin: &str, outcome: Outcome) {
+        if let Some(o) = self.by_route.get(route).and_then(|p| p.get(plugin)) {
+            let counter = match outcome {
+                Outcome::Delivered => &o.delivered,
+                Outcome::Retried => &o.retried,
+                Outcome::DeadLettered => &o.dead_lettered,
+            };
+            inc(counter);
+        }
+    }
+
+    /// Appends the Prometheus text of the counts, labelled by route and
+    /// plugin (in name order, so that scrapes are stable).
+    pub fn render(&self, out: &mut String) {
+        let mut rows: Vec<(&String, &String, &Outcomes)> = self
+            .by_route
+            .iter()
+            .flat_map(|(route, plugins)| plugins.iter().map(move |(p, o)| (route, p, o)))
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let series: [(&str, &str, fn(&Outcomes) -> &AtomicU64); 3] = [
+            (
+                "weft_route_deliveries_total",
+                "Deliveries, by route and sink",
+                |o| &o.delivered,
+            ),
+            (
+                "weft_route_retries_total",
+                "Failed attempts scheduled for retry, by route and plugin (transform or sink)",
+                |o| &o.retried,
+            ),
+            (
+                "weft_route_dead_lettered_total",
+                "Records dead-lettered, by route and the plugin whose attempt ended them",
+                |o| &o.dead_lettered,
+            ),
+        ];
+        for (name, help, counter) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (route, plugin, outcomes) in &rows {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",plugin=\"{}\"}} {}",
+                    label(route),
+                    label(plugin),
+                    counter(outcomes).load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_outcomes_are_counted_by_route_and_plugin() {
+        let outcomes = RouteOutcomes::new([("orders", vec!["map", "inventory", "accounting"])]);
+        outcomes.count("orders", "inventory", Outcome::Delivered);
+        outcomes.count("orders", "inventory", Outcome::Delivered);
+        outcomes.count("orders", "accounting", Outcome::Retried);
+        outcomes.count("orders", "map", Outcome::DeadLettered);
+        // Unknown pairs are ignored, not invented.
+        outcomes.count("elsewhere", "inventory", Outcome::Delivered);
+        let mut out = String::new();
+        outcomes.render(&mut out);
+        for line in [
+            "# TYPE weft_route_deliveries_total counter\n",
+            "weft_route_deliveries_total{route=\"orders\",plugin=\"inventory\"} 2\n",
+            "weft_route_deliveries_total{route=\"orders\",plugin=\"accounting\"} 0\n",
+            "weft_route_retries_total{route=\"orders\",plugin=\"accounting\"} 1\n",
+            "weft_route_dead_lettered_total{route=\"orders\",plugin=\"map\"} 1\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from:\n{out}");
+        }
+        assert!(!out.contains("elsewhere"));
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn histograms_export_cumulative_buckets_sum_and_count() {

@@ -15,7 +15,7 @@
 //! `deliver-batch` calls, and every event keeps its own outcome.
 
 use crate::event::{now_ms, Event};
-use crate::metrics::{add_elapsed, inc, Metrics};
+use crate::metrics::{add_elapsed, inc, Metrics, Outcome, RouteOutcomes};
 use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, Stage};
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
@@ -63,6 +63,8 @@ pub struct Router {
     /// one webhook request arrive together, so a sink can get them together).
     work: mpsc::Sender<Vec<Record>>,
     metrics: Arc<Metrics>,
+    /// Deliveries, retries and dead letters by route and plugin.
+    outcomes: RouteOutcomes,
     shutdown: watch::Receiver<bool>,
     /// Records waiting for their time, by id (see [`Timers`]).
     timers: Timers,
@@ -163,6 +165,15 @@ impl Router {
                 .or_default()
                 .push(r.name.clone());
         }
+        let outcomes = RouteOutcomes::new(routes.iter().map(|r| {
+            let plugins = r
+                .transforms
+                .iter()
+                .chain(&r.sinks)
+                .map(|p| p.name())
+                .collect();
+            (r.name.as_str(), plugins)
+        }));
         let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
         // See `timers`: no retry waits longer than this.
         let horizon_ms = retry.longest_ms().saturating_mul(2).max(60_000);
@@ -173,6 +184,7 @@ impl Router {
             retry,
             work: tx,
             metrics,
+            outcomes,
             shutdown,
             timers: Timers::new(horizon_ms),
             failed: watch::Sender::new(None),
@@ -195,6 +207,11 @@ impl Router {
     /// Routes by name.
     pub fn routes(&self) -> &HashMap<String, Route> {
         &self.routes
+    }
+
+    /// Deliveries, retries and dead letters by route and plugin.
+    pub fn outcomes(&self) -> &RouteOutcomes {
+        &self.outcomes
     }
 
     /// Resolves with the reason once the router can no longer work (see
@@ -480,6 +497,8 @@ impl Router {
         if permanent || made >= self.retry.max_attempts() {
             tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, error = %detail, "dead-lettered");
             inc(&self.metrics.dead_lettered);
+            self.outcomes
+                .count(&record.route, &plugin, Outcome::DeadLettered);
             ops.push(Op::Dead(DeadLetter {
                 record,
                 error: detail,
@@ -491,6 +510,8 @@ impl Router {
             record.not_before_ms = now_ms().saturating_add(delay);
             tracing::info!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
             inc(&self.metrics.retries);
+            self.outcomes
+                .count(&record.route, &plugin, Outcome::Retried);
             let wake = (record.id, record.not_before_ms);
             ops.push(Op::Put(record));
             Some(wake)
@@ -679,7 +700,7 @@ impl Router {
         for (sink, outcomes) in route.sinks.iter().zip(per_sink) {
             for ((i, event), outcome) in outputs.iter().zip(outcomes) {
                 let Some((attempt, permanent, requested)) =
-                    self.classify_outcome(sink.name(), event, outcome)
+                    self.classify_outcome(&route.name, sink.name(), event, outcome)
                 else {
                     continue;
                 };
@@ -705,6 +726,7 @@ impl Router {
     /// `None` when delivered; else the attempt, whether it is permanent and a requested delay.
     fn classify_outcome(
         &self,
+        route: &str,
         sink: &str,
         event: &Event,
         outcome: Result<wit::DeliveryOutcome, crate::runtime::PluginError>,
@@ -712,6 +734,7 @@ impl Router {
         match outcome {
             Ok(wit::DeliveryOutcome::Delivered) => {
                 inc(&self.metrics.deliveries);
+                self.outcomes.count(route, sink, Outcome::Delivered);
                 tracing::debug!(event = %event.id, sink = %sink, "delivered");
                 None
             }
@@ -742,7 +765,7 @@ impl Router {
         let mut ops = Vec::new();
         let mut later = Vec::new();
         for (record, outcome) in records.into_iter().zip(outcomes) {
-            match self.classify_outcome(sink.name(), &record.event, outcome) {
+            match self.classify_outcome(&route.name, sink.name(), &record.event, outcome) {
                 None => ops.push(Op::Remove(record.id)),
                 Some((attempt, permanent, requested)) => {
                     later.extend(

@@ -317,6 +317,18 @@ sinks = ["good", "flaky"]
         "the healthy sink saw each event once"
     );
     assert_eq!(flaky.requests().len(), 7);
+    // /metrics says which sink of the fan-out failed.
+    let (_, text) = host.admin_get("/metrics").await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    for line in [
+        "weft_route_deliveries_total{route=\"fan\",plugin=\"good\"} 5\n",
+        "weft_route_deliveries_total{route=\"fan\",plugin=\"flaky\"} 5\n",
+        "weft_route_retries_total{route=\"fan\",plugin=\"flaky\"} 2\n",
+        "weft_route_retries_total{route=\"fan\",plugin=\"good\"} 0\n",
+        "weft_route_dead_lettered_total{route=\"fan\",plugin=\"flaky\"} 0\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
     host.stop().await;
 }
 
