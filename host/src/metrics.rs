@@ -313,7 +313,7 @@ impl RouteOutcomes {
             .flat_map(|(route, plugins)| plugins.iter().map(move |(p, o)| (route, p, o)))
             .collect();
         rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let series: [(&str, &str, fn(&Outcomes) -> &AtomicU64); 3] = [
+        let series: [(&str, &str, Pick); 3] = [
             (
                 "weft_route_deliveries_total",
                 "Deliveries, by route and sink",
@@ -344,6 +344,9 @@ impl RouteOutcomes {
         }
     }
 }
+
+/// Which of an [`Outcomes`]' counters a series shows.
+type Pick = fn(&Outcomes) -> &AtomicU64;
 
 /// A Prometheus label value, escaped.
 fn label(value: &str) -> String {
