@@ -248,6 +248,7 @@ fn load_plugin(
         max_response_bytes: limits.max_response_bytes,
         max_call_bytes: limits.memory_mib.saturating_mul(1 << 20),
         tape: None,
+        share: crate::runtime::egress::plugin_share(),
     });
     let state = match queue {
         Some(q) => q.state_tree(name)?,
@@ -430,8 +431,16 @@ fn private_data_dir(dir: &Path) -> Result<(), StartError> {
         .map_err(failed)?;
     let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
-        tracing::info!(data_dir = %dir.display(), was = format_args!("{:o}", mode & 0o777), "data dir narrowed to mode 700: it holds webhook bodies");
+        // A directory Weft may write to but not chmod (a volume owned by
+        // root with a shared group, say) is used as it is, with a warning.
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => {
+                tracing::info!(data_dir = %dir.display(), was = format_args!("{:o}", mode & 0o777), "data dir narrowed to mode 700: it holds webhook bodies")
+            }
+            Err(e) => {
+                tracing::warn!(data_dir = %dir.display(), mode = format_args!("{:o}", mode & 0o777), error = %e, "data dir is readable by others and cannot be narrowed; it holds webhook bodies")
+            }
+        }
     }
     Ok(())
 }

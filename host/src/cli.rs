@@ -228,7 +228,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let signalled = shutdown_signal();
-            let running = crate::app::start(config).await?;
+            tokio::pin!(signalled);
+            // A signal during start-up (a long first compile, a large queue
+            // to resume) stops it there.
+            let running = tokio::select! {
+                started = crate::app::start(config) => started?,
+                () = &mut signalled => {
+                    tracing::info!("stopped while starting");
+                    return Ok(());
+                }
+            };
             let failure = tokio::select! {
                 _ = signalled => None,
                 reason = running.failed() => Some(reason),

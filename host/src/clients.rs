@@ -24,10 +24,16 @@ pub struct ClientSlot {
     key: IpAddr,
 }
 
-/// The address a client is counted by: itself, or its /64 for IPv6.
+/// The address a client is counted by: itself, or its /64 for IPv6. An
+/// IPv4 client of a dual-stack (`[::]`) listener arrives as an IPv4-mapped
+/// IPv6 address (`::ffff:a.b.c.d`) and counts as its IPv4 address, not as
+/// part of the one /64 all of them share.
 fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
         v4 => v4,
     }
 }
@@ -101,6 +107,13 @@ mod tests {
         let (_x, _y) = (slots.take(x).unwrap(), slots.take(y).unwrap());
         assert!(slots.take(x).is_none());
         assert!(slots.take(z).is_some());
+        // IPv4 clients of a dual-stack listener are told apart.
+        let m1: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        let m2: IpAddr = "::ffff:10.0.0.8".parse().unwrap();
+        let (_m1, _m1b) = (slots.take(m1).unwrap(), slots.take(m1).unwrap());
+        assert!(slots.take(m2).is_some());
+        assert!(slots.take(m1).is_none());
+        assert_eq!(client_key(m1), "10.0.0.7".parse::<IpAddr>().unwrap());
         // Addresses with nothing held are forgotten.
         drop((_x, _y));
         assert!(!slots.lock().contains_key(&client_key(x)));

@@ -148,12 +148,8 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         .replace("127.0.0.1:8081", "127.0.0.1:0")
         .replace("../../weft-data/shop", &data.display().to_string());
     let mut config = Config::parse(&text, "examples/shop/weft.toml", std::path::Path::new("."))?;
-    // Keep compiled plugins across demo runs.
-    // One per user: a cache directory must be writable by its user alone
-    // (see `runtime::cache`).
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    config.storage.cache_dir = Some(std::env::temp_dir().join(format!("weft-demo-cache-{uid}")));
+    // Keep compiled plugins across demo runs, in the user's own cache.
+    config.storage.cache_dir = Some(crate::runtime::cache::user_cache_dir("demo"));
     let running = crate::app::start(config).await?;
     let hook = format!("http://{}/hooks/shop-orders", running.webhook_addr);
 
@@ -169,10 +165,14 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         accounting.addr
     );
     if let Some(admin) = running.admin_addr {
-        println!(
-            "  dashboard:  http://{admin}/  (admin token: in {}/admin-token)",
-            data.display()
-        );
+        if keep_running {
+            println!(
+                "  dashboard:  http://{admin}/  (admin token: in {}/admin-token)",
+                data.display()
+            );
+        } else {
+            println!("  dashboard:  run `weft demo --keep-running` to keep it up and look around");
+        }
     }
     println!();
 
@@ -200,11 +200,15 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
         .unwrap_or_default()
     {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let plural = |n: &serde_json::Value, one: &str, many: &str| match n.as_u64() {
+            Some(1) => format!("1 {one}"),
+            _ => format!("{n} {many}"),
+        };
         println!(
-            "Inventory API received {}: {} units on {} lines (event {})",
+            "Inventory API received {}: {} on {} (event {})",
             v["order_id"].as_str().unwrap_or("?"),
-            v["units"],
-            v["line_count"],
+            plural(&v["units"], "unit", "units"),
+            plural(&v["line_count"], "line", "lines"),
             r.headers
                 .iter()
                 .find(|(k, _)| k == "ce-id")

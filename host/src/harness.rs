@@ -276,13 +276,7 @@ pub async fn run_one(plugin: &Plugin, input: &Value) -> Result<Value, String> {
 fn cache_dir() -> PathBuf {
     std::env::var_os("WEFT_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // One per user: a cache directory must be writable by its user
-            // alone (see `runtime::cache`).
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::geteuid() };
-            std::env::temp_dir().join(format!("weft-plugin-test-cache-{uid}"))
-        })
+        .unwrap_or_else(|| crate::runtime::cache::user_cache_dir("plugin-test"))
 }
 
 /// Loads a plugin for standalone runs.
@@ -333,6 +327,7 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         max_response_bytes: opts.limits.max_response_bytes,
         max_call_bytes: opts.limits.memory_mib.saturating_mul(1 << 20),
         tape,
+        share: crate::runtime::egress::plugin_share(),
     });
     let state = PluginState::open(state, opts.limits.state_mib.saturating_mul(1 << 20))
         .map_err(|e| HarnessError::Usage(format!("cannot open temporary state: {e}")))?;

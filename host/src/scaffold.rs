@@ -224,7 +224,7 @@ export function receive(request) {{
 // event's data to the configured `url` with the standard `fetch`; the host
 // only lets it reach hosts granted in the plugin's `allowed_hosts`.
 // The contract is wit/connector.wit, world `sink`.
-import {{ get }} from 'weft:connector/config@0.1.0';
+import {{ get }} from 'weft:connector/config@0.2.0';
 
 // Outcomes: {{ tag: 'delivered' }}, {{ tag: 'retry', val: {{ reason, afterMs }} }}
 // (afterMs optional) or {{ tag: 'rejected', val: reason }}.

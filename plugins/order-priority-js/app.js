@@ -5,8 +5,8 @@
 // is fetched (GET {tiers_url}/{customer}) with the standard `fetch`, which the
 // host routes through its egress policy: gold customers are always high.
 // Built by componentize-js (tests/build.rs).
-import { get } from 'weft:connector/config@0.1.0';
-import { log } from 'weft:connector/log@0.1.0';
+import { get } from 'weft:connector/config@0.2.0';
+import { log } from 'weft:connector/log@0.2.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -243,16 +243,6 @@ impl Request {
         let body = request
             .body()
             .map_err(|_| HttpError::Transport("request body taken".into()))?;
-        {
-            let stream = body
-                .write()
-                .map_err(|_| HttpError::Transport("request body stream".into()))?;
-            for chunk in self.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| HttpError::Transport(format!("writing body: {e:?}")))?;
-            }
-        }
         let options = self.timeout_ms.map(|ms| {
             let options = RequestOptions::new();
             let ns = ms.saturating_mul(1_000_000);
@@ -261,7 +251,21 @@ impl Request {
             let _ = options.set_between_bytes_timeout(Some(ns));
             options
         });
+        // The request goes out first and its body streams after it: the
+        // host buffers only a write or two of a body nobody sends yet, so
+        // writing a longer body before `handle` would wait for ever.
         let future = outgoing_handler::handle(request, options).map_err(|e| failure(&e))?;
+        {
+            let stream = body
+                .write()
+                .map_err(|_| HttpError::Transport("request body stream".into()))?;
+            // `blocking-write-and-flush` takes at most 4096 bytes a call.
+            for chunk in self.body.chunks(4096) {
+                stream.blocking_write_and_flush(chunk).map_err(|e| {
+                    HttpError::Transport(format!("writing body: {}", stream_error(e)))
+                })?;
+            }
+        }
         OutgoingBody::finish(body, None).map_err(|e| failure(&e))?;
         Ok(InFlight { future })
     }
@@ -391,6 +395,14 @@ pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
 fn over_the_limit(e: &crate::bindings::wasi::io::error::Error, detail: &str) -> bool {
     matches!(http_error_code(e), Some(ErrorCode::HttpResponseBodySize(_)))
         || detail.contains("response body size exceeds limit")
+}
+
+/// A stream error as text, without the host's stack trace.
+fn stream_error(e: StreamError) -> String {
+    match e {
+        StreamError::Closed => "the stream was closed".to_string(),
+        StreamError::LastOperationFailed(e) => without_backtrace(e.to_debug_string()),
+    }
 }
 
 /// The message of a host error's debug text, without the host's stack trace

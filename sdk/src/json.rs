@@ -33,7 +33,13 @@ impl JsonExt for Value {
         for (i, token) in tokens.iter().enumerate() {
             let last = i + 1 == tokens.len();
             if cur.is_null() {
-                *cur = Value::Object(Map::new());
+                // A missing parent is made an array when the write appends
+                // to it ("-"), an object otherwise.
+                *cur = if token == "-" {
+                    Value::Array(Vec::new())
+                } else {
+                    Value::Object(Map::new())
+                };
             }
             match cur {
                 Value::Object(map) => {
@@ -491,6 +497,9 @@ mod tests {
         assert!(v.set_pointer("/items/-", json!(2)));
         assert!(!v.set_pointer("/items/5", json!(3)));
         assert_eq!(v, json!({"items": [1, 2]}));
+        // Appending under a missing parent makes it an array.
+        assert!(v.set_pointer("/tags/-", json!("new")));
+        assert_eq!(v["tags"], json!(["new"]));
     }
 
     #[test]

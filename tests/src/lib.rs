@@ -574,6 +574,7 @@ pub fn load_plugin(
             max_response_bytes: 1 << 20,
             max_call_bytes: limits.memory_mib.saturating_mul(1 << 20),
             tape: None,
+            share: weft::runtime::egress::plugin_share(),
         }),
     };
     runtime.load(ctx, path, limits)

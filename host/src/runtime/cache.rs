@@ -27,18 +27,48 @@ pub struct ComponentCache {
     usable: bool,
 }
 
+/// A per-user cache directory named `name` for commands without a data
+/// directory (`weft plugin test`, `weft demo`): under `$XDG_CACHE_HOME` or
+/// `~/.cache`, where no other user can plant anything; the system's temporary
+/// directory (with the user id in the name) only when neither is known.
+pub fn user_cache_dir(name: &str) -> std::path::PathBuf {
+    let home_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".cache"))
+        });
+    match home_cache {
+        Some(dir) => dir.join("weft").join(name),
+        None => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir().join(format!("weft-{name}-{uid}"))
+        }
+    }
+}
+
 /// Makes sure `dir` exists and only this user can write to it: creates it
 /// `0700` if it is missing; an existing one must be owned by this user and
 /// not writable by group or others. Returns why not, if it is not.
 pub fn private_dir(dir: &Path) -> Result<(), String> {
-    if !dir.exists() {
+    if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("cannot create it: {e}"))?;
     }
-    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    // The entry itself, not what a link points at: a link someone else
+    // planted (in /tmp, say) could be re-pointed after this check, and every
+    // later load would resolve it again.
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        return Err("a symbolic link: give the real directory".into());
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if !meta.is_dir() {
@@ -150,5 +180,9 @@ mod tests {
         let file = root.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         assert_eq!(private_dir(&file).unwrap_err(), "not a directory");
+        // A link is refused even to a good directory: it could be re-pointed.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(private_dir(&link).unwrap_err().contains("symbolic link"));
     }
 }

@@ -528,6 +528,18 @@ pub struct EgressPolicy {
     pub max_call_bytes: u64,
     /// Record or replay exchanges (only `weft plugin test` sets this).
     pub tape: Option<Arc<Tape>>,
+    /// The plugin's own share of the host's requests in flight
+    /// ([`PLUGIN_IN_FLIGHT`]): one plugin cannot take them all.
+    pub share: Arc<tokio::sync::Semaphore>,
+}
+
+/// Requests one plugin may have in flight at once (across its calls), of
+/// the host's [`EGRESS_IN_FLIGHT`].
+pub const PLUGIN_IN_FLIGHT: usize = 256;
+
+/// A fresh [`EgressPolicy::share`].
+pub fn plugin_share() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(PLUGIN_IN_FLIGHT))
 }
 
 impl EgressPolicy {
@@ -563,9 +575,10 @@ type ResponseFuture = Box<
 >;
 
 /// Largest write into a `wasi:http` outgoing body the host takes at once;
-/// with one write buffered, a request body under construction holds at most
-/// this much host memory (wasmtime-wasi-http's default is 1 MiB, and the
-/// guest's memory limit does not count it). Guests learn it from
+/// with one write buffered (and one on its way), a request body under
+/// construction holds at most twice this in host memory
+/// (wasmtime-wasi-http's default write is 1 MiB, and the guest's memory
+/// limit does not count it). Guests learn it from
 /// `check-write`; the Rust SDK writes 4 KiB at a time.
 const OUTGOING_BODY_CHUNK: usize = 64 * 1024;
 
@@ -642,12 +655,24 @@ impl EgressHooks {
             // One deadline for the whole exchange: the response head, then
             // its body (`GuardedBody` keeps polling the same timer).
             let mut deadline = Box::pin(tokio::time::sleep(timeout));
-            // A place among the host's requests in flight, held until the
-            // answer has been read (it moves into the body below).
+            // A place among the plugin's and the host's requests in flight,
+            // held until the answer's body is read or dropped (they move into
+            // the body below). Waiting past the deadline is its own error:
+            // the request was never sent.
+            let places = async {
+                let own = policy.share.clone().acquire_owned().await;
+                let host = client.in_flight.clone().acquire_owned().await;
+                own.and_then(|own| host.map(|host| (own, host)))
+            };
             let permit = tokio::select! {
-                permit = client.in_flight.clone().acquire_owned() => permit
+                permit = places => permit
                     .map_err(|_| HttpError::InternalError(Some("outbound client closed".into())))?,
-                () = deadline.as_mut() => return Err(HttpError::ConnectionReadTimeout),
+                () = deadline.as_mut() => {
+                    if log_budget.take(&policy.plugin, &event_id) {
+                        tracing::warn!(plugin = %policy.plugin, event = %event_id, url = %clip(&uri.to_string()), "outbound request not sent: no place among the requests in flight before its deadline");
+                    }
+                    return Err(HttpError::ConnectionLimitReached);
+                }
             };
             let sent = tokio::select! {
                 sent = client.pool.request(request) => Ok(sent),
@@ -817,6 +842,7 @@ fn error_code(e: HttpError) -> ErrorCode {
         HttpError::ConnectionReadTimeout => ErrorCode::ConnectionReadTimeout,
         HttpError::HttpRequestMethodInvalid => ErrorCode::HttpRequestMethodInvalid,
         HttpError::HttpRequestUriInvalid => ErrorCode::HttpRequestUriInvalid,
+        HttpError::ConnectionLimitReached => ErrorCode::ConnectionLimitReached,
         HttpError::HttpResponseBodySize(n) => ErrorCode::HttpResponseBodySize(n),
         HttpError::HttpResponseIncomplete => ErrorCode::HttpResponseIncomplete,
         HttpError::Hyper(e) => ErrorCode::from(e),
@@ -876,9 +902,12 @@ struct GuardedBody {
     /// The body went past `limit`: its first `limit` bytes were handed on,
     /// and every later poll is the size error.
     cut: bool,
-    /// The request's place among those in flight, given back when the body
-    /// is dropped.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The request's places among the plugin's and the host's requests in
+    /// flight, given back when the body is dropped.
+    _permit: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -1062,6 +1091,7 @@ mod tests {
                 max_response_bytes: 1024,
                 max_call_bytes: 1 << 20,
                 tape: None,
+                share: plugin_share(),
             }),
             client: client(Duration::from_secs(1)),
             event_id: None,
@@ -1098,6 +1128,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_plugin_whose_share_is_taken_waits_then_fails_unsent() {
+        // No place left in the plugin's share: the request waits for one
+        // until its deadline, then fails as never sent (not as a timeout of
+        // the server's).
+        let hooks = EgressHooks {
+            policy: Arc::new(EgressPolicy {
+                plugin: "p".into(),
+                allowed: vec![HostPattern::parse("http://127.0.0.1:9").unwrap()],
+                inject: vec![],
+                timeout: Duration::from_millis(100),
+                max_response_bytes: 1024,
+                max_call_bytes: 1 << 20,
+                tape: None,
+                share: Arc::new(tokio::sync::Semaphore::new(0)),
+            }),
+            client: client(Duration::from_secs(1)),
+            event_id: None,
+            log_budget: Default::default(),
+        };
+        let answers = hooks
+            .send_all(vec![whole("GET", "http://127.0.0.1:9/", &[])])
+            .await;
+        assert!(
+            matches!(answers[..], [Err(ErrorCode::ConnectionLimitReached)]),
+            "{answers:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_send_all_call_sends_at_most_its_cap() {
         let hooks = EgressHooks {
             policy: Arc::new(EgressPolicy {
@@ -1108,6 +1167,7 @@ mod tests {
                 max_response_bytes: 1024,
                 max_call_bytes: 1 << 20,
                 tape: None,
+                share: plugin_share(),
             }),
             client: client(Duration::from_secs(1)),
             event_id: None,

@@ -26,7 +26,7 @@ const STDERR_TAIL: usize = 400;
 /// store may hold at once. Host memory a guest makes the host allocate is
 /// not counted by the store's memory limit: this, [`MAX_HTTP_FIELDS_BYTES`]
 /// and the outgoing-body chunk size (`egress.rs`) bound it (1,024 header
-/// maps of 32 KiB, or some 340 request bodies of 64 KiB buffered).
+/// maps of 32 KiB, or some 340 request bodies of two 64 KiB writes each).
 const MAX_RESOURCES: usize = 1024;
 /// Bytes of names and values one `wasi:http` `fields` (a header map) may
 /// hold.

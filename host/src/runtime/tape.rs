@@ -15,7 +15,10 @@
 //!  "response":{"status":200,"headers":{"content-type":"application/json"},"body":"{\"tier\":\"gold\"}"}}
 //! ```
 //!
-//! Bodies that are not UTF-8 are stored as `body_base64` instead. On replay a
+//! Bodies that are not UTF-8 are stored as `body_base64` instead. A response
+//! longer than the plugin's `max_response_bytes` is recorded cut, with
+//! `"body_truncated": true`, and replayed cut, as the live answer reaches the
+//! plugin. On replay a
 //! request is answered by the first unused exchange with the same method, URL
 //! and body (the last such exchange again once all are used); a request with
 //! no recorded exchange fails as if the connection had been refused, with a
@@ -65,6 +68,9 @@ struct Exchange {
     status: u16,
     headers: Vec<(String, String)>,
     body: Bytes,
+    /// The live body was longer than the plugin's `max_response_bytes`:
+    /// `body` is its start (`"body_truncated": true` in the fixture).
+    truncated: bool,
 }
 
 /// What the tape does with a plugin's requests.
@@ -157,6 +163,10 @@ fn exchange_from_json(v: &Value) -> Result<Exchange, String> {
         method: text(request, "method")?.to_ascii_uppercase(),
         url: text(request, "url")?,
         request_body: body_from_json(request)?,
+        truncated: response
+            .get("body_truncated")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         status,
         headers,
         body: body_from_json(response)?,
@@ -178,6 +188,43 @@ where
         }
         Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
     }
+}
+
+/// Reads a response body up to `limit` bytes: the bytes, and whether the
+/// body went on past them (the rest is not read), as a live answer is cut.
+async fn read_up_to<B>(body: B, limit: u64) -> Result<(Bytes, bool), HttpError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = std::pin::pin!(body);
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| HttpError::InternalError(Some(e.into().to_string())))?;
+        if let Some(data) = frame.data_ref() {
+            let room = limit - bytes.len();
+            if data.len() > room {
+                bytes.extend_from_slice(&data[..room]);
+                return Ok((bytes.into(), true));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok((bytes.into(), false))
+}
+
+/// A response body for the plugin: `bytes`, then, if the answer was cut,
+/// the same size error a live body past the limit ends with.
+fn cut_body(bytes: Bytes, truncated: bool) -> WasiBody {
+    if !truncated {
+        return full(bytes);
+    }
+    let frames = vec![
+        Ok(http_body::Frame::data(bytes)),
+        Err(HttpError::HttpResponseBodySize(None)),
+    ];
+    http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
 }
 
 fn full(bytes: Bytes) -> WasiBody {
@@ -278,7 +325,7 @@ impl Tape {
     }
 
     /// Answers a captured request from the recorded exchanges; a recorded
-    /// body over `limit` bytes fails as the live one would.
+    /// body over `limit` bytes (or recorded cut) is cut as a live one is.
     pub fn answer(
         &self,
         request: &Captured,
@@ -308,17 +355,16 @@ impl Tape {
         };
         exchanges[index].1 = true;
         let exchange = &exchanges[index].0;
-        if exchange.body.len() as u64 > limit {
-            return Err(HttpError::HttpResponseBodySize(Some(
-                exchange.body.len() as u64
-            )));
-        }
+        let keep = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(exchange.body.len());
+        let truncated = exchange.truncated || keep < exchange.body.len();
         let mut response = http::Response::builder().status(exchange.status);
         for (k, v) in &exchange.headers {
             response = response.header(k, v);
         }
         response
-            .body(full(exchange.body.clone()))
+            .body(cut_body(exchange.body.slice(..keep), truncated))
             .map_err(|e| HttpError::InternalError(Some(e.to_string())))
     }
 
@@ -335,7 +381,7 @@ impl Tape {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = response.into_parts();
-        let body = collect(body, limit).await?;
+        let (body, truncated) = read_up_to(body, limit).await?;
         if let Mode::Record(file) = &self.mode {
             let mut req = Map::new();
             req.insert("method".into(), json!(request.method));
@@ -357,6 +403,9 @@ impl Tape {
             resp.insert("status".into(), json!(parts.status.as_u16()));
             resp.insert("headers".into(), headers_json(&headers));
             body_json(&mut resp, &body);
+            if truncated {
+                resp.insert("body_truncated".into(), json!(true));
+            }
             let line = json!({ "request": req, "response": resp });
             let written = file
                 .lock()
@@ -366,7 +415,7 @@ impl Tape {
                 eprintln!("record: cannot write the fixture: {e}");
             }
         }
-        Ok(http::Response::from_parts(parts, full(body)))
+        Ok(http::Response::from_parts(parts, cut_body(body, truncated)))
     }
 }
 
@@ -406,8 +455,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn replay_refuses_a_recorded_body_over_the_limit() {
+    #[tokio::test]
+    async fn a_response_body_is_read_up_to_the_limit_and_said_cut() {
+        let (bytes, cut) = read_up_to(Endless, 3000).await.unwrap();
+        assert_eq!((bytes.len(), cut), (3000, true));
+        let whole = Full::new(Bytes::from_static(b"hello"));
+        assert_eq!(
+            read_up_to(whole, 5).await.unwrap(),
+            (Bytes::from_static(b"hello"), false)
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_cuts_a_recorded_body_over_the_limit_as_a_live_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tape.jsonl");
         let line = json!({
@@ -422,10 +482,23 @@ mod tests {
             headers: Vec::new(),
             body: Bytes::new(),
         };
+        // Over the limit: the status, the first 9 bytes, then the size error.
+        let answer = tape.answer(&request, 9).unwrap();
+        assert_eq!(answer.status(), 200);
+        let mut body = answer.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().unwrap().as_ref(), b"012345678");
         assert!(matches!(
-            tape.answer(&request, 9),
-            Err(HttpError::HttpResponseBodySize(Some(10)))
+            body.frame().await,
+            Some(Err(HttpError::HttpResponseBodySize(_)))
         ));
-        assert_eq!(tape.answer(&request, 10).unwrap().status(), 200);
+        // Within it: whole.
+        let whole = tape
+            .answer(&request, 10)
+            .unwrap()
+            .into_body()
+            .collect()
+            .await;
+        assert_eq!(whole.unwrap().to_bytes().as_ref(), b"0123456789");
     }
 }

@@ -248,6 +248,19 @@ const NO_URL: &str = "http-post: config `url` is not set";
 /// Headers the plugin sets itself, which `headers` may not add to.
 const OWN_HEADERS: [&str; 4] = ["content-type", "idempotency-key", "content-length", "host"];
 
+/// The CloudEvents attributes binary mode sends as headers (extensions go
+/// as `ce-<name>` too, but a fixed extension header is a fair thing to
+/// configure).
+const CE_ATTRIBUTES: [&str; 7] = [
+    "ce-specversion",
+    "ce-id",
+    "ce-source",
+    "ce-type",
+    "ce-subject",
+    "ce-time",
+    "ce-datacontenttype",
+];
+
 /// What is wrong with the config, if anything (checked when the plugin is
 /// loaded, so that a mistake stops the load instead of failing or quietly
 /// changing every delivery).
@@ -261,6 +274,13 @@ fn config_problem() -> Result<(), String> {
         .ok_or_else(|| format!("url = \"{url}\": must start with http:// or https://"))?;
     if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
         return Err(format!("url = \"{url}\": has no host"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "url: credentials in the URL are refused by the host; send them as a header through the host's [[inject]]"
+                .to_string(),
+        );
     }
     if let Some(mode) = config::get("mode") {
         if mode != "binary" && mode != "structured" {
@@ -282,10 +302,14 @@ fn config_problem() -> Result<(), String> {
         };
         for (name, value) in map {
             let lower = name.to_ascii_lowercase();
-            if OWN_HEADERS.contains(&lower.as_str()) || lower.starts_with("ce-") {
+            if OWN_HEADERS.contains(&lower.as_str()) || CE_ATTRIBUTES.contains(&lower.as_str()) {
                 return Err(format!(
                     "headers.{name}: set by the plugin itself, it cannot be configured"
                 ));
+            }
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(format!("headers.{name}: not a valid header name"));
             }
             let Some(text) = value.as_str() else {
                 return Err(format!("headers.{name}: must be text, not {value}"));

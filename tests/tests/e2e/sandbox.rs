@@ -528,13 +528,15 @@ async fn a_long_answer_reaches_the_plugin_cut_at_its_limit_with_its_status() {
         ("egress-wasi", "/long", "HTTP 200, 4096 bytes, cut"),
         ("egress", "/short", "HTTP 200, 4 bytes"),
         ("egress-wasi", "/short", "HTTP 200, 4 bytes"),
+        // A request body of many writes goes out whole over wasi:http too.
+        ("egress-wasi-post", "/short", "HTTP 200, 4 bytes"),
     ] {
         let id = format!("{mode}{path}").replace('/', "-");
-        let event = serde_json::json!({ "id": id, "chaos": mode, "url": format!("{}{path}", api.origin()) });
+        let event = serde_json::json!({ "id": id, "chaos": mode, "url": format!("{}{path}", api.origin()), "bytes": 100_000 });
         assert_eq!(post_json(&host.hook("in"), &event.to_string()).await.0, 202);
         expected.push((id, format!("egress reached the host: {answer}")));
     }
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 4).await);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 5).await);
     let (_, letters) = host.admin_get("/api/dead-letters").await;
     for (id, error) in expected {
         let letter = letters["dead_letters"]
@@ -545,5 +547,12 @@ async fn a_long_answer_reaches_the_plugin_cut_at_its_limit_with_its_status() {
             .unwrap_or_else(|| panic!("no dead letter for {id}: {letters}"));
         assert_eq!(letter["error"], error.as_str(), "{id}");
     }
+    let posted: Vec<usize> = api
+        .requests()
+        .iter()
+        .filter(|r| !r.body.is_empty())
+        .map(|r| r.body.len())
+        .collect();
+    assert_eq!(posted, [100_000]);
     host.stop().await;
 }

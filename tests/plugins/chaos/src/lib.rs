@@ -3,7 +3,8 @@
 //! The event's JSON field `chaos` selects the misbehaviour:
 //! `trap` panics, `loop` spins forever, `alloc` allocates without bound,
 //! `egress` tries to reach `url` without a grant (through the host's
-//! `outbound` interface; `egress-wasi` the same over `wasi:http`), `secret` asks for a secret it
+//! `outbound` interface; `egress-wasi` the same over `wasi:http`;
+//! `egress-wasi-post` POSTs `bytes` bytes over `wasi:http`), `secret` asks for a secret it
 //! was not granted, `spam` writes 1,000 warning lines of 16 KiB each,
 //! `flood` returns `count` copies of the event (ids suffixed `-0`, `-1`...),
 //! `flaky` fails retryably the first `fail` times it sees an event id
@@ -33,13 +34,18 @@ impl Transform for Chaos {
                     std::hint::black_box(&hoard);
                 }
             }
-            Some(mode @ ("egress" | "egress-wasi")) => {
+            Some(mode @ ("egress" | "egress-wasi" | "egress-wasi-post")) => {
                 let url = data["url"].as_str().unwrap_or("http://127.0.0.1:9/");
-                let request = http::Request::get(url);
-                let sent = if mode == "egress" {
-                    request.send()
-                } else {
-                    request.send_over_wasi_http()
+                let sent = match mode {
+                    "egress" => http::Request::get(url).send(),
+                    "egress-wasi" => http::Request::get(url).send_over_wasi_http(),
+                    // A body of `bytes` bytes.
+                    _ => {
+                        let size = data["bytes"].as_u64().unwrap_or(0) as usize;
+                        http::Request::post(url)
+                            .body(vec![b'x'; size])
+                            .send_over_wasi_http()
+                    }
                 };
                 match sent {
                     Ok(r) => Err(TransformError::Permanent(format!(
