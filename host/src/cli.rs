@@ -13,8 +13,10 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Log filter (overridden by RUST_LOG), e.g. `info` or `weft=debug`.
-    #[arg(long, default_value = "info", global = true)]
-    pub log_level: String,
+    /// Default: `info` for `serve` and `demo`, `warn` for the one-shot
+    /// commands (`validate`, `plugin ...`), whose output is their answer.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -119,8 +121,12 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 fn init_logging(cli: &Cli) {
+    let level = cli.log_level.as_deref().unwrap_or(match cli.command {
+        Command::Serve { .. } | Command::Demo { .. } => "info",
+        _ => "warn",
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colours only on a terminal: a log file or a journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

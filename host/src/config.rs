@@ -257,6 +257,73 @@ impl Locator {
         }
         best
     }
+
+    /// The dotted name of the setting written at byte `offset` (the
+    /// deepest key whose key or value covers it, or the table whose header
+    /// does), for parse errors that name no field: `retry.initial_ms`,
+    /// `routes[0].sinks`.
+    fn path_at(&self, offset: usize) -> Option<String> {
+        let doc = self.doc.as_ref()?;
+        let mut path = Vec::new();
+        if !find_in_table(doc.as_table(), offset, &mut path) {
+            return None;
+        }
+        let mut name = String::new();
+        for segment in path {
+            if !name.is_empty() && !segment.starts_with('[') {
+                name.push('.');
+            }
+            name.push_str(&segment);
+        }
+        Some(name)
+    }
+}
+
+fn covers(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.contains(&offset))
+}
+
+/// Whether a setting in `table` covers `offset`; its path is left in `path`.
+fn find_in_table(table: &dyn toml_edit::TableLike, offset: usize, path: &mut Vec<String>) -> bool {
+    for (name, item) in table.iter() {
+        let key_span = table.get_key_value(name).and_then(|(k, _)| k.span());
+        path.push(name.to_string());
+        let found = match item {
+            toml_edit::Item::Table(t) => find_in_table(t, offset, path) || covers(t.span(), offset),
+            toml_edit::Item::ArrayOfTables(entries) => entries.iter().enumerate().any(|(i, t)| {
+                path.push(format!("[{i}]"));
+                let found = find_in_table(t, offset, path) || covers(t.span(), offset);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            toml_edit::Item::Value(v) => find_in_value(v, offset, path),
+            toml_edit::Item::None => false,
+        } || covers(key_span, offset);
+        if found {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+/// Whether `value` (or something inside it) covers `offset`.
+fn find_in_value(value: &toml_edit::Value, offset: usize, path: &mut Vec<String>) -> bool {
+    let inside = match value {
+        toml_edit::Value::InlineTable(t) => find_in_table(t, offset, path),
+        toml_edit::Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+            path.push(format!("[{i}]"));
+            let found = find_in_value(v, offset, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => false,
+    };
+    inside || covers(value.span(), offset)
 }
 
 /// The longest retry delay (`retry.initial_ms`, `retry.max_delay_ms`)
@@ -538,7 +605,17 @@ impl Config {
         };
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
-            invalid(offset, e.message().trim().to_string())
+            // The parser's own words, with the setting they are about (it
+            // names no field for a wrong type or an unknown key's table).
+            let message = e.message().trim().replace(
+                "expected struct SecretRef",
+                "expected { env = \"NAME\" } or { file = \"PATH\" }",
+            );
+            let message = match Locator::new(text).path_at(offset) {
+                Some(path) => format!("{path}: {message}"),
+                None => message,
+            };
+            invalid(offset, message)
         })?;
         config.base_dir = base_dir.to_path_buf();
         config.validate(text, &invalid)?;
@@ -977,7 +1054,33 @@ mod tests {
     fn wrong_type_is_reported_with_position() {
         let err = parse("[retry]\nmax_attempts = \"many\"\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("weft.toml:2:16:"), "{msg}");
+        assert!(
+            msg.starts_with("weft.toml:2:16: retry.max_attempts: invalid type"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_setting_they_are_about() {
+        let cases = [
+            ("[server]\nmax_body = 5\n", "weft.toml:2:1: server.max_body: unknown field `max_body`"),
+            (
+                "[plugins.a]\nbuiltin = \"json-map\"\nlimits = { memory_mib = \"lots\" }\n",
+                "weft.toml:3:25: plugins.a.limits.memory_mib: invalid type: string \"lots\"",
+            ),
+            (
+                "[plugins.a]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"a\", 3]\n",
+                "routes[0].sinks[1]: invalid type: integer `3`",
+            ),
+            (
+                "[server]\nadmin_token = \"a-literal-token-value\"\n",
+                "server.admin_token: invalid type: string \"a-literal-token-value\", expected { env = \"NAME\" } or { file = \"PATH\" }",
+            ),
+        ];
+        for (text, expected) in cases {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.contains(expected), "{text}\n{msg}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::rate::RateLimit;
 use crate::router::{IngestError, Router};
 use crate::runtime::bindings::wit;
 use crate::runtime::Plugin;
-use crate::server::{error, json, Reply};
+use crate::server::{json, Reply};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
@@ -38,6 +38,26 @@ pub struct Ingress {
     /// Request slots per client address (`server.max_requests_per_client`);
     /// over it, 429.
     pub per_client: Arc<ClientSlots>,
+}
+
+/// The webhook listener's own refusals (before or around the source
+/// plugin): the same `{"error", "kind"}` body as a plugin's rejections,
+/// the kind named after the status.
+fn refusal(status: u16, message: impl Into<String>) -> Reply {
+    let kind = match status {
+        400 => "bad-request",
+        404 => "not-found",
+        405 => "method-not-allowed",
+        408 => "request-timeout",
+        413 => "payload-too-large",
+        429 => "too-many-requests",
+        503 => "unavailable",
+        _ => "error",
+    };
+    json(
+        status,
+        &serde_json::json!({ "error": message.into(), "kind": kind }),
+    )
 }
 
 /// The HTTP status of a rejection kind.
@@ -109,17 +129,17 @@ impl Ingress {
             .strip_prefix("/hooks/")
             .filter(|n| !n.is_empty() && !n.contains('/'))
         else {
-            return error(
+            return refusal(
                 404,
                 format!("no such endpoint {path}; webhooks are POST /hooks/{{source}}"),
             );
         };
         let name = name.to_string();
         let Some(source) = self.sources.get(&name).cloned() else {
-            return error(404, format!("no source named \"{name}\""));
+            return refusal(404, format!("no source named \"{name}\""));
         };
         if !self.router.has_source(&name) {
-            return error(404, format!("no route starts at source \"{name}\""));
+            return refusal(404, format!("no route starts at source \"{name}\""));
         }
         let rate = self.rates.get(&name);
         // Over the limit: refused before the body is read. The token itself
@@ -152,7 +172,7 @@ impl Ingress {
             None => None,
         };
         let Ok(_slot) = self.slots.try_acquire() else {
-            let mut r = error(503, "too many concurrent webhook requests; retry shortly");
+            let mut r = refusal(503, "too many concurrent webhook requests; retry shortly");
             r.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),
@@ -167,7 +187,7 @@ impl Ingress {
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             inc(&self.metrics.webhooks_rejected);
-            return error(
+            return refusal(
                 413,
                 format!("body larger than {} bytes", self.max_body_bytes),
             );
@@ -181,19 +201,19 @@ impl Ingress {
         {
             Err(_) => {
                 inc(&self.metrics.webhooks_rejected);
-                return error(408, "timed out reading the request body");
+                return refusal(408, "timed out reading the request body");
             }
             Ok(Err(e)) => {
                 inc(&self.metrics.webhooks_rejected);
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
-                    return error(
+                    return refusal(
                         413,
                         format!("body larger than {} bytes", self.max_body_bytes),
                     );
                 }
-                return error(400, format!("could not read the request body: {e}"));
+                return refusal(400, format!("could not read the request body: {e}"));
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
@@ -251,7 +271,7 @@ impl Ingress {
             Err(e) => {
                 inc(&self.metrics.plugin_failures);
                 tracing::error!(source = %name, error = %e, "source plugin failed; nothing was accepted");
-                return error(
+                return refusal(
                     500,
                     "the source plugin failed; nothing was accepted, please retry",
                 );
@@ -284,11 +304,11 @@ impl Ingress {
                 )
             }
             Err(IngestError::ShuttingDown) => {
-                error(503, "shutting down; nothing was accepted, please retry")
+                refusal(503, "shutting down; nothing was accepted, please retry")
             }
             Err(e) => {
                 tracing::error!(source = %name, error = %e, "could not store events; nothing was accepted");
-                error(
+                refusal(
                     503,
                     "could not store the events; nothing was accepted, please retry",
                 )

@@ -114,15 +114,21 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     assert_eq!(status, 422);
 
     let big = format!("{{\"order_id\":\"X\",\"pad\":\"{}\"}}", "x".repeat(8000));
-    let (status, _) = post_json(&hook, &big).await;
+    let (status, body) = post_json(&hook, &big).await;
     assert_eq!(status, 413);
+    // The listener's own refusals have the plugins' body shape.
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "payload-too-large", "{body}");
 
-    let (status, _) = post_json(
+    let (status, body) = post_json(
         &format!("http://{}/hooks/nope", host.running.webhook_addr),
         "{}",
     )
     .await;
     assert_eq!(status, 404);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "not-found", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
 
     let (status, _) = send("GET", &hook, "", &[]).await;
     assert_eq!(status, 400);
