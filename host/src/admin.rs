@@ -8,6 +8,10 @@
 //!   their attempt history, oldest first (page with `after`: the last `id`
 //!   seen), optionally of one route.
 //! * `POST /api/dead-letters/{id}/replay`: puts a dead letter back in the queue.
+//! * `DELETE /api/dead-letters/{id}`: deletes one dead letter for good;
+//!   `DELETE /api/dead-letters?route=R&limit=N` the oldest ones (a scope
+//!   is required; a route no longer configured is fine: its letters can
+//!   only be deleted).
 //! * `POST /api/dead-letters/replay?route=R&limit=N`: replays the oldest
 //!   dead letters (of one route, if given, which must be configured: 404
 //!   otherwise; at most `limit`, default 1000).
@@ -247,6 +251,40 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
+            (&Method::DELETE, "/api/dead-letters") => {
+                // Deleting in bulk needs a scope: a bare DELETE removing
+                // every dead letter is too easy a mistake.
+                if req.uri().query().is_none_or(str::is_empty) {
+                    return error(
+                        400,
+                        "say which dead letters to delete: route=R and/or limit=N (the oldest first)",
+                    );
+                }
+                let query = match dead_letter_query(req.uri().query(), 1000, None) {
+                    Ok(q) => q,
+                    Err(problem) => return error(400, problem),
+                };
+                match self.router.discard_matching(query).await {
+                    Ok(discarded) => json(
+                        200,
+                        &serde_json::json!({ "discarded": discarded.len(), "ids": discarded }),
+                    ),
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
+            (&Method::DELETE, p) if p.starts_with("/api/dead-letters/") => {
+                let id = p.trim_start_matches("/api/dead-letters/");
+                let Ok(id) = id.parse::<u64>() else {
+                    return error(400, format!("bad dead-letter id \"{id}\""));
+                };
+                match self.router.discard(id).await {
+                    Ok(()) => json(200, &serde_json::json!({ "discarded": id })),
+                    Err(crate::queue::QueueError::NotFound(_)) => {
+                        error(404, format!("no dead letter with id {id}"))
+                    }
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
             (&Method::POST, p) if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
                 let id = p
                     .trim_start_matches("/api/dead-letters/")
@@ -266,22 +304,20 @@ impl Admin {
                 }
             }
             _ => {
-                let known = matches!(
-                    path.as_str(),
-                    "/healthz"
-                        | "/"
-                        | "/metrics"
-                        | "/api/status"
-                        | "/api/dead-letters"
-                        | "/api/dead-letters/replay"
-                ) || (path.starts_with("/api/dead-letters/")
-                    && path.ends_with("/replay"));
-                if known {
-                    let allow = if path.ends_with("/replay") {
-                        "POST"
-                    } else {
-                        "GET"
-                    };
+                let one_letter = path
+                    .strip_prefix("/api/dead-letters/")
+                    .is_some_and(|id| id.parse::<u64>().is_ok());
+                let allow = match path.as_str() {
+                    "/healthz" | "/" | "/metrics" | "/api/status" => Some("GET"),
+                    "/api/dead-letters" => Some("GET, DELETE"),
+                    "/api/dead-letters/replay" => Some("POST"),
+                    p if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
+                        Some("POST")
+                    }
+                    _ if one_letter => Some("DELETE"),
+                    _ => None,
+                };
+                if let Some(allow) = allow {
                     let mut r = error(405, format!("{method} is not allowed on {path}"));
                     r.headers_mut()
                         .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));

@@ -782,13 +782,32 @@ impl Router {
     /// someone else meanwhile is skipped.
     pub async fn replay_matching(
         self: &Arc<Self>,
-        mut query: crate::queue::DeadLetterQuery,
+        query: crate::queue::DeadLetterQuery,
     ) -> Result<Vec<u64>, QueueError> {
-        let mut replayed = Vec::new();
-        // Page by page (a page is bounded in bytes too), up to the limit.
-        while replayed.len() < query.limit {
+        self.each_dead_letter(query, DeadLetterAction::Replay).await
+    }
+
+    /// Deletes every dead letter `query` lists; returns the record ids
+    /// deleted. One replayed or deleted by someone else meanwhile is skipped.
+    pub async fn discard_matching(
+        self: &Arc<Self>,
+        query: crate::queue::DeadLetterQuery,
+    ) -> Result<Vec<u64>, QueueError> {
+        self.each_dead_letter(query, DeadLetterAction::Discard)
+            .await
+    }
+
+    /// Applies `action` to every dead letter `query` lists, page by page (a
+    /// page is bounded in bytes too), up to its limit, 256 at a time.
+    async fn each_dead_letter(
+        self: &Arc<Self>,
+        mut query: crate::queue::DeadLetterQuery,
+        action: DeadLetterAction,
+    ) -> Result<Vec<u64>, QueueError> {
+        let mut done = Vec::new();
+        while done.len() < query.limit {
             let page = crate::queue::DeadLetterQuery {
-                limit: query.limit - replayed.len(),
+                limit: query.limit - done.len(),
                 ..query.clone()
             };
             let ids: Vec<u64> = self
@@ -800,11 +819,16 @@ impl Router {
                 .collect();
             let Some(&last) = ids.last() else { break };
             for chunk in ids.chunks(256) {
-                let results =
-                    futures::future::join_all(chunk.iter().map(|id| self.replay(*id))).await;
+                let results = futures::future::join_all(chunk.iter().map(|id| async move {
+                    match action {
+                        DeadLetterAction::Replay => self.replay(*id).await.map(|_| ()),
+                        DeadLetterAction::Discard => self.discard(*id).await,
+                    }
+                }))
+                .await;
                 for (id, result) in chunk.iter().zip(results) {
                     match result {
-                        Ok(_) => replayed.push(*id),
+                        Ok(()) => done.push(*id),
                         Err(QueueError::NotFound(_)) => {}
                         Err(e) => return Err(e),
                     }
@@ -812,7 +836,21 @@ impl Router {
             }
             query.after = Some(last);
         }
-        Ok(replayed)
+        Ok(done)
+    }
+
+    /// Deletes a dead letter for good.
+    pub async fn discard(self: &Arc<Self>, id: u64) -> Result<(), QueueError> {
+        match self.queue.discard(id).await {
+            Ok(()) => {
+                tracing::info!(record = id, "dead letter discarded");
+                Ok(())
+            }
+            Err(e) => {
+                self.check_queue(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Moves a dead letter back into the queue and runs it now.
@@ -846,6 +884,15 @@ impl Router {
             .await
             .unwrap_or_else(|e| Err(QueueError::Storage(format!("replay did not finish: {e}"))))
     }
+}
+
+/// What a bulk dead-letter request does with each letter it lists.
+#[derive(Debug, Clone, Copy)]
+enum DeadLetterAction {
+    /// Back into the queue, with a fresh attempt budget.
+    Replay,
+    /// Deleted for good.
+    Discard,
 }
 
 /// Longest attempt detail kept, in bytes: plugins choose their reasons, and

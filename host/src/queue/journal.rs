@@ -68,7 +68,8 @@ pub(super) enum Entry {
     Remove(u64),
     /// A pending record became a dead letter: its id and encoded dead letter.
     Dead(u64, Vec<u8>),
-    /// A dead letter was moved back to pending (its `Put` precedes this).
+    /// A dead letter left the dead-letter store: moved back to pending
+    /// (its `Put` precedes this) or discarded.
     Revive(u64),
 }
 

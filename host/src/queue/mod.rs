@@ -294,6 +294,10 @@ pub trait Queue: Send + Sync + 'static {
     /// returns the record to run.
     fn replay(&self, id: u64) -> BoxFuture<'_, Result<Record, QueueError>>;
 
+    /// Deletes a dead letter for good (an operator gave up on it, or its
+    /// data must go); resolves once the deletion is durable.
+    fn discard(&self, id: u64) -> BoxFuture<'_, Result<(), QueueError>>;
+
     /// Counts.
     fn stats(&self) -> QueueStats;
 

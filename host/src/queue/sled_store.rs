@@ -96,6 +96,7 @@ enum Command {
     Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
+    Discard(u64, oneshot::Sender<Result<(), QueueError>>),
     PendingTimes(oneshot::Sender<Result<Vec<(u64, u64)>, QueueError>>),
     Load(Vec<u64>, oneshot::Sender<Result<Vec<Record>, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
@@ -519,6 +520,24 @@ impl Writer {
         Ok(record)
     }
 
+    /// Deletes dead letter `id`: journaled as leaving the dead-letter store
+    /// (so a crash cannot bring it back from an older journal entry), and
+    /// gone from sled once that frame is synced, as a replay.
+    fn discard(&mut self, id: u64) -> Result<(), QueueError> {
+        if self.revived.contains(&id)
+            || !self
+                .shared
+                .tree
+                .contains_key(key(DEAD, id))
+                .map_err(storage)?
+        {
+            return Err(QueueError::NotFound(id));
+        }
+        self.journal.add(&Entry::Revive(id)).map_err(storage)?;
+        self.revived.push(id);
+        Ok(())
+    }
+
     /// The journal frames reviving dead letters are synced: the dead letters
     /// leave sled.
     fn finish_revives(&mut self) -> Result<(), QueueError> {
@@ -714,6 +733,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         }
         let mut appended = Vec::new();
         let mut replayed = Vec::new();
+        let mut discarded = Vec::new();
         let mut closing = None;
         let mut failure: Option<String> = None;
         for cmd in group.drain(..) {
@@ -753,6 +773,16 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                     let result = writer.replay(id);
                     replayed.push((reply, result));
                 }
+                Command::Discard(id, reply) => {
+                    if writer.epoch_in_doubt {
+                        let _ = reply.send(Err(QueueError::Storage(
+                            "queue storage failing (journal epoch in doubt); not discarded".into(),
+                        )));
+                        continue;
+                    }
+                    let result = writer.discard(id);
+                    discarded.push((reply, result));
+                }
                 Command::PendingTimes(reply) => {
                     let _ = reply.send(writer.pending_times());
                 }
@@ -763,7 +793,10 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
             }
         }
         // Revivals still waiting (an earlier write failed) need a sync too.
-        let must_sync = !appended.is_empty() || !replayed.is_empty() || !writer.revived.is_empty();
+        let must_sync = !appended.is_empty()
+            || !replayed.is_empty()
+            || !discarded.is_empty()
+            || !writer.revived.is_empty();
         let written = writer.write(must_sync);
         if must_sync && written.is_ok() {
             if let Err(e) = writer.finish_revives() {
@@ -783,6 +816,9 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 Ok(record) => settle(Ok(())).map(|()| record),
                 Err(e) => Err(e),
             });
+        }
+        for (reply, result) in discarded {
+            let _ = reply.send(settle(result));
         }
         if let Err(e) = &written {
             tracing::error!(error = %e, "queue journal write failed");
@@ -884,6 +920,15 @@ impl Queue for SledQueue {
     fn replay(&self, id: u64) -> BoxFuture<'_, Result<Record, QueueError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Command::Replay(id, tx));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| QueueError::Closed)?
+        })
+    }
+
+    fn discard(&self, id: u64) -> BoxFuture<'_, Result<(), QueueError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Discard(id, tx));
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| QueueError::Closed)?
@@ -1258,6 +1303,69 @@ mod tests {
         let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![kept]);
         assert_eq!(q.stats().dead, 1);
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_discarded_dead_letter_is_gone_and_stays_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let letter = |r: &Record| DeadLetter {
+            record: r.clone(),
+            error: "no".into(),
+            dead_at_ms: 2,
+        };
+        let (kept, gone) = {
+            let q = open_when_free(dir.path()).unwrap();
+            let kept = record(&q, "kept");
+            let gone = record(&q, "gone");
+            let pending = record(&q, "pending");
+            q.append(vec![kept.clone(), gone.clone(), pending.clone()])
+                .await
+                .unwrap();
+            q.apply(vec![Op::Dead(letter(&kept)), Op::Dead(letter(&gone))])
+                .unwrap();
+            q.discard(gone.id).await.unwrap();
+            assert_eq!(
+                q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
+                vec![letter(&kept)]
+            );
+            assert_eq!(q.stats().dead, 1);
+            // Not a dead letter (any more): nothing to discard.
+            for id in [gone.id, pending.id] {
+                assert!(matches!(q.discard(id).await, Err(QueueError::NotFound(_))));
+            }
+            assert_eq!(q.stats().pending, 1, "a pending record is not touched");
+            q.close().await.unwrap();
+            (kept, gone)
+        };
+        let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(
+            q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
+            vec![letter(&kept)]
+        );
+        let epoch = {
+            q.close().await.unwrap();
+            drop(q);
+            let db = sled::open(dir.path().join("queue")).unwrap();
+            let v = db.get(EPOCH_KEY).unwrap().unwrap();
+            u64::from_be_bytes(v.as_ref().try_into().unwrap())
+        };
+        // After a crash, the journal's dead letter and its discard are
+        // redone in order: it does not come back.
+        {
+            let (mut j, _) = Journal::open(&dir.path().join("journal"), epoch).unwrap();
+            j.add(&Entry::Put(gone.id, encode(&gone).unwrap())).unwrap();
+            j.add(&Entry::Dead(gone.id, encode(&letter(&gone)).unwrap()))
+                .unwrap();
+            j.add(&Entry::Revive(gone.id)).unwrap();
+            j.write(true).unwrap();
+        }
+        let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(
+            q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
+            vec![letter(&kept)]
+        );
+        assert_eq!(q.load(vec![gone.id]).await.unwrap(), vec![]);
         q.close().await.unwrap();
     }
 

@@ -1,7 +1,7 @@
 //! Retries, backoff, Retry-After, dead letters and replay.
 
 use std::time::Duration;
-use weft_tests::{eventually, post_json, send, FakeApi, TestHost};
+use weft_tests::{eventually, post_json, send, send_full, FakeApi, TestHost};
 
 /// One route `relay`: `in` (webhook-json) → `out`, a sink POSTing to `api`.
 /// `split` makes the source split a JSON array into events; `sink` is the
@@ -628,6 +628,72 @@ async fn a_response_over_max_response_bytes_is_cut_off_and_its_status_decides() 
     // reason is the status with the body's start.
     let origin = raw_api(answer("503 Service Unavailable"), false).await;
     two_failed_attempts(&origin, "max_response_bytes = 4096", &["http 503: xxxx"]).await;
+}
+
+/// Dead letters an operator gives up on are deleted, one or in bulk (a
+/// bulk delete needs a scope), and stay deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_deleted_one_or_in_bulk() {
+    let api = FakeApi::start().await;
+    api.set_default(503);
+    let host = TestHost::start(&relay_config(&api, "max_attempts = 1")).await;
+    for i in 0..4 {
+        let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"bin-{i}\"}}")).await;
+        assert_eq!(status, 202);
+    }
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 4).await);
+    let (_, listed) = host.admin_get("/api/dead-letters").await;
+    let ids: Vec<u64> = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+
+    let (status, body) = host
+        .admin_call("DELETE", &format!("/api/dead-letters/{}", ids[0]))
+        .await;
+    assert_eq!(
+        (status, &body["discarded"]),
+        (200, &serde_json::json!(ids[0])),
+        "{body}"
+    );
+    for (method, path) in [
+        ("DELETE", format!("/api/dead-letters/{}", ids[0])),
+        ("POST", format!("/api/dead-letters/{}/replay", ids[0])),
+    ] {
+        let (status, body) = host.admin_call(method, &path).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    // No scope, no bulk delete.
+    let (status, _) = host.admin_call("DELETE", "/api/dead-letters").await;
+    assert_eq!(status, 400);
+    assert_eq!(host.stats().dead, 3);
+    let (status, body) = host.admin_call("DELETE", "/api/dead-letters?limit=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["ids"],
+        serde_json::json!(ids[1..3]),
+        "the oldest first"
+    );
+    assert_eq!(host.stats().dead, 1);
+    let (_, listed) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(listed["dead_letters"][0]["id"], ids[3]);
+    // A method the path does not take: 405 with what it does take.
+    let auth = format!("Bearer {}", host.running.admin_token);
+    let (status, headers, _) = send_full(
+        "PUT",
+        &format!("{}/api/dead-letters", host.admin()),
+        "",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET, DELETE");
+    // Nothing deleted was delivered.
+    api.set_default(200);
+    assert!(api.delivered().is_empty());
+    host.stop().await;
 }
 
 /// After an outage, dead letters are paged through and replayed in bulk.
