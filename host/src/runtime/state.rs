@@ -61,6 +61,18 @@ impl std::fmt::Debug for PluginState {
     }
 }
 
+/// What one entry costs against the quota: its key and value, plus what
+/// the store spends on any entry (index, headers). Without that, a quota of
+/// 64 MiB would allow some 16 million tiny entries, which take gigabytes
+/// on disk and a long scan at every start.
+const ENTRY_OVERHEAD: u64 = 64;
+
+fn charge(key: usize, value: usize) -> u64 {
+    (key as u64)
+        .saturating_add(value as u64)
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
 fn storage(e: sled::Error) -> StateError {
     StateError::Storage(e.to_string())
 }
@@ -72,7 +84,7 @@ impl PluginState {
         let mut used = 0u64;
         for item in tree.iter() {
             let (k, v) = item.map_err(storage)?;
-            used = used.saturating_add((k.len() + v.len()) as u64);
+            used = used.saturating_add(charge(k.len(), v.len()));
         }
         Ok(PluginState {
             tree,
@@ -85,7 +97,8 @@ impl PluginState {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bytes of keys and values stored.
+    /// Bytes charged for what is stored: keys, values and a fixed overhead
+    /// per entry.
     pub fn used(&self) -> u64 {
         *self.lock()
     }
@@ -112,8 +125,8 @@ impl PluginState {
             .tree
             .get(key.as_bytes())
             .map_err(storage)?
-            .map_or(0, |v| (key.len() + v.len()) as u64);
-        let new = (key.len() + value.len()) as u64;
+            .map_or(0, |v| charge(key.len(), v.len()));
+        let new = charge(key.len(), value.len());
         let after = used.saturating_sub(old).saturating_add(new);
         if new > old && after > self.quota {
             return Err(StateError::Quota {
@@ -131,7 +144,7 @@ impl PluginState {
     pub fn delete(&self, key: &str) -> Result<(), StateError> {
         let mut used = self.lock();
         if let Some(old) = self.tree.remove(key.as_bytes()).map_err(storage)? {
-            *used = used.saturating_sub((key.len() + old.len()) as u64);
+            *used = used.saturating_sub(charge(key.len(), old.len()));
         }
         Ok(())
     }
@@ -151,18 +164,19 @@ mod tests {
     }
 
     #[test]
-    fn the_quota_counts_keys_and_values_and_frees_what_is_replaced_or_deleted() {
-        let state = PluginState::open(tree(), 100).unwrap();
-        state.set("a", vec![0; 49]).unwrap(); // 50
-        state.set("b", vec![0; 49]).unwrap(); // 100: exactly the quota
+    fn the_quota_counts_entries_and_frees_what_is_replaced_or_deleted() {
+        // Each entry costs its key, its value and ENTRY_OVERHEAD (64).
+        let state = PluginState::open(tree(), 300).unwrap();
+        state.set("a", vec![0; 85]).unwrap(); // 150
+        state.set("b", vec![0; 85]).unwrap(); // 300: exactly the quota
         let refused = state.set("c", vec![0; 1]).unwrap_err();
         assert!(
             matches!(
                 refused,
                 StateError::Quota {
-                    used: 100,
-                    quota: 100,
-                    needed: 2
+                    used: 300,
+                    quota: 300,
+                    needed: 66
                 }
             ),
             "{refused}"
@@ -174,15 +188,19 @@ mod tests {
         );
         // Replacing a value by a smaller one, or deleting it, frees room.
         state.set("a", vec![0; 9]).unwrap();
-        assert_eq!(state.used(), 60);
+        assert_eq!(state.used(), 74 + 150);
         state.set("c", vec![1; 9]).unwrap();
         state.delete("b").unwrap();
         state.delete("b").unwrap();
-        assert_eq!(state.used(), 20);
+        assert_eq!(state.used(), 2 * 74);
         assert_eq!(state.get("c").unwrap(), Some(vec![1; 9]));
         // A reopened state counts what is stored.
-        let reopened = PluginState::open(state.tree.clone(), 100).unwrap();
-        assert_eq!(reopened.used(), 20);
+        let reopened = PluginState::open(state.tree.clone(), 300).unwrap();
+        assert_eq!(reopened.used(), 2 * 74);
+        // Many tiny entries run out: the overhead is charged.
+        let tiny = PluginState::open(tree(), 64 * 100).unwrap();
+        let stored = (0..1000).take_while(|i| tiny.set(&i.to_string(), vec![]).is_ok());
+        assert!(stored.count() < 100);
     }
 
     #[test]
