@@ -254,7 +254,9 @@ impl Admin {
             (&Method::DELETE, "/api/dead-letters") => {
                 // Deleting in bulk needs a scope: a bare DELETE removing
                 // every dead letter is too easy a mistake.
-                if req.uri().query().is_none_or(str::is_empty) {
+                let scoped = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                    .any(|(name, _)| name == "route" || name == "limit");
+                if !scoped {
                     return error(
                         400,
                         "say which dead letters to delete: route=R and/or limit=N (the oldest first)",
@@ -272,13 +274,22 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
-            (&Method::DELETE, p) if p.starts_with("/api/dead-letters/") => {
-                let id = p.trim_start_matches("/api/dead-letters/");
-                let Ok(id) = id.parse::<u64>() else {
-                    return error(400, format!("bad dead-letter id \"{id}\""));
-                };
+            (&Method::DELETE, p)
+                if p.strip_prefix("/api/dead-letters/")
+                    .is_some_and(|id| id.parse::<u64>().is_ok()) =>
+            {
+                let id = p
+                    .trim_start_matches("/api/dead-letters/")
+                    .parse::<u64>()
+                    .unwrap_or_default();
                 match self.router.discard(id).await {
                     Ok(()) => json(200, &serde_json::json!({ "discarded": id })),
+                    // Made, not yet known durable: it goes with the next
+                    // write (see `QueueError::Unsynced`).
+                    Err(crate::queue::QueueError::Unsynced(e)) => json(
+                        202,
+                        &serde_json::json!({ "discarding": id, "note": format!("the deletion is made but not yet durable: {e}") }),
+                    ),
                     Err(crate::queue::QueueError::NotFound(_)) => {
                         error(404, format!("no dead letter with id {id}"))
                     }

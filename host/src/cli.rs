@@ -226,7 +226,11 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting tokio")?;
-    runtime.block_on(run(cli))
+    let outcome = runtime.block_on(run(cli));
+    // Work still running on the blocking pool (a compile a signal cut short
+    // during start-up) is not waited for: dropping the runtime would.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

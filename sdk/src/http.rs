@@ -255,19 +255,28 @@ impl Request {
         // host buffers only a write or two of a body nobody sends yet, so
         // writing a longer body before `handle` would wait for ever.
         let future = outgoing_handler::handle(request, options).map_err(|e| failure(&e))?;
-        {
-            let stream = body
-                .write()
-                .map_err(|_| HttpError::Transport("request body stream".into()))?;
-            // `blocking-write-and-flush` takes at most 4096 bytes a call.
-            for chunk in self.body.chunks(4096) {
-                stream.blocking_write_and_flush(chunk).map_err(|e| {
-                    HttpError::Transport(format!("writing body: {}", stream_error(e)))
-                })?;
+        let stream = body
+            .write()
+            .map_err(|_| HttpError::Transport("request body stream".into()))?;
+        // `blocking-write-and-flush` takes at most 4096 bytes a call. A write
+        // fails when the host gave up on the request (refused it, found no
+        // place for it, or the server answered early): the answer then
+        // says why, so the body is abandoned and `wait` reads the answer.
+        let mut written = Ok(());
+        for chunk in self.body.chunks(4096) {
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                written = Err(stream_error(e));
+                break;
             }
         }
-        OutgoingBody::finish(body, None).map_err(|e| failure(&e))?;
-        Ok(InFlight { future })
+        drop(stream);
+        if written.is_ok() {
+            OutgoingBody::finish(body, None).map_err(|e| failure(&e))?;
+        }
+        Ok(InFlight {
+            future,
+            unsent: written.err(),
+        })
     }
 }
 
@@ -282,6 +291,9 @@ fn has_body(method: &str) -> bool {
 /// A request that has been sent and whose response has not been read yet.
 pub struct InFlight {
     future: outgoing_handler::FutureIncomingResponse,
+    /// Why the body could not be written in full, if it could not: the
+    /// error when the answer does not say more.
+    unsent: Option<String>,
 }
 
 impl InFlight {
@@ -297,6 +309,14 @@ impl InFlight {
                 return Err(HttpError::Transport("response already taken".into()))
             }
         };
+        if let Some(unsent) = self.unsent {
+            // An answer to a request whose body did not all go out: the
+            // server answered early (a 413, a 401). Its status stands, but
+            // a success cannot be trusted to have seen the whole body.
+            if (200..300).contains(&incoming.status()) {
+                return Err(HttpError::Transport(format!("writing body: {unsent}")));
+            }
+        }
         let status = incoming.status();
         let headers = incoming.headers().entries();
         let body = incoming

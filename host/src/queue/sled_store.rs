@@ -9,7 +9,8 @@
 //! All writes go through one writer thread. It takes every command waiting
 //! in its channel, applies them, and writes the same changes, in the same
 //! order, as one frame of the journal; if any of them was an
-//! [`Queue::append`] (or a replay), it `fdatasync`s the journal before
+//! [`Queue::append`] (or a dead letter's replay or deletion), it
+//! `fdatasync`s the journal before
 //! answering: one sync covers every webhook that arrived meanwhile (group
 //! commit). Changes without an append (deliveries, retries, dead letters) are
 //! written to the journal without a sync: a process crash does not lose them.
@@ -352,8 +353,8 @@ struct Writer {
     /// sled's own flush make the removal durable while its replacement
     /// lives only in an unsynced journal frame: a power loss would lose both.
     removed: HashSet<u64>,
-    /// Dead letters replayed in the group being written: their removal from
-    /// sled waits until the journal frame reviving them is synced.
+    /// Dead letters replayed or deleted in the group being written: their
+    /// removal from sled waits until the journal frame saying so is synced.
     revived: Vec<u64>,
     /// A checkpoint stored the next epoch in sled but could not make it
     /// durable, nor the current one again: which epoch sled holds after a

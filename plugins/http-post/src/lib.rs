@@ -226,8 +226,15 @@ fn request(settings: &Settings, url: &str, event: Event) -> Result<http::Request
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if valid && !RESERVED.contains(&name.as_str()) && name != "specversion" {
-            r = r.header(&format!("ce-{name}"), &header_value(value));
+        let header = format!("ce-{name}");
+        // A header the config fixes wins over the event's extension (one
+        // header, not two the receiver would join).
+        let configured = settings
+            .headers
+            .iter()
+            .any(|(h, _)| h.eq_ignore_ascii_case(&header));
+        if valid && !configured && !RESERVED.contains(&name.as_str()) && name != "specversion" {
+            r = r.header(&header, &header_value(value));
         }
     }
     Ok(r.body(event.data))

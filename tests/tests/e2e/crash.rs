@@ -103,6 +103,37 @@ impl Rig {
         .await
     }
 
+    /// The admin token the first start generated into the data dir.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("data").join("admin-token"))
+            .expect("admin token kept in the data dir")
+            .trim()
+            .to_string()
+    }
+
+    /// Calls the admin API; status and JSON.
+    async fn admin(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.admin_token());
+        let (status, _, body) = try_send(
+            method,
+            &format!("http://{}{path}", self.admin),
+            "",
+            &[("authorization", &auth)],
+        )
+        .await
+        .expect("admin API reachable");
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
+    /// The ids of the dead letters listed, oldest first.
+    async fn dead_letter_ids(&self) -> Vec<u64> {
+        let (_, body) = self.admin("GET", "/api/dead-letters?data=false").await;
+        body["dead_letters"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|d| d["id"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
     /// The ids the sink has received (each once).
     fn delivered_ids(&self) -> HashSet<String> {
         self.api.delivered_ids().into_iter().collect()
@@ -245,4 +276,50 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_event() {
         deliveries.saturating_sub(rig.delivered_ids().len())
     );
     assert!(weft.terminate(), "weft exits cleanly on SIGTERM");
+}
+
+/// A dead letter deleted through the admin API stays deleted when the
+/// process is SIGKILLed right after the answer: the deletion is journaled
+/// before it is answered, so redoing the journal cannot bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dead_letter_stays_deleted_after_sigkill() {
+    let api = FakeApi::start().await;
+    // Refused for good: every event is dead-lettered at its first attempt.
+    api.set_default(400);
+    let rig = Rig::new(api).await;
+    let weft = rig.spawn().await;
+    let webhook = rig.webhook;
+    for i in 0..4 {
+        let (status, _) = post_json(
+            &format!("http://{webhook}/hooks/in"),
+            &format!("{{\"id\":\"refused-{i}\",\"n\":{i}}}"),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..600 {
+        ids = rig.dead_letter_ids().await;
+        if ids.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids.len(), 4, "every event dead-lettered");
+    let (status, _) = rig
+        .admin("DELETE", &format!("/api/dead-letters/{}", ids[0]))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = rig.admin("DELETE", "/api/dead-letters?limit=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ids"], serde_json::json!(ids[1..3]));
+    weft.kill9();
+
+    let weft = rig.spawn().await;
+    assert_eq!(
+        rig.dead_letter_ids().await,
+        ids[3..],
+        "the deleted stay deleted"
+    );
+    assert!(weft.terminate());
 }

@@ -536,7 +536,15 @@ async fn a_long_answer_reaches_the_plugin_cut_at_its_limit_with_its_status() {
         assert_eq!(post_json(&host.hook("in"), &event.to_string()).await.0, 202);
         expected.push((id, format!("egress reached the host: {answer}")));
     }
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 5).await);
+    // The same body to a host not granted: the refusal itself, not the
+    // body write it cut short.
+    let event = serde_json::json!({ "id": "denied-post", "chaos": "egress-wasi-post", "url": format!("{}/x", out.origin()), "bytes": 100_000 });
+    assert_eq!(post_json(&host.hook("in"), &event.to_string()).await.0, 202);
+    expected.push((
+        "denied-post".into(),
+        "egress failed: request refused by the host: ErrorCode::HttpRequestDenied".into(),
+    ));
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 6).await);
     let (_, letters) = host.admin_get("/api/dead-letters").await;
     for (id, error) in expected {
         let letter = letters["dead_letters"]
