@@ -17,6 +17,17 @@ fn main() {
         .to_path_buf();
     let out = weft_build::build_plugins(&root, &root.join("plugins"));
     println!("cargo:rustc-env=WEFT_BUILTIN_PLUGIN_DIR={}", out.display());
+    // The plugins this build ships: the test fixtures the test build puts in
+    // the same directory are not built-ins.
+    let mut shipped: Vec<String> = std::fs::read_dir(root.join("plugins"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    shipped.sort();
+    println!("cargo:rustc-env=WEFT_SHIPPED_PLUGINS={}", shipped.join(","));
     // The root manifest holds the `plugin` profile the components are built with.
     for dir in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

@@ -176,7 +176,7 @@ fn load_plugin(
         (Some(p), _) => (config.resolve(p), "path"),
         (None, Some(b)) => {
             let path = builtin_path(b);
-            if !path.is_file() {
+            if !path.is_file() || !crate::runtime::is_builtin(b) {
                 return Err(setting(
                     "builtin",
                     format!(

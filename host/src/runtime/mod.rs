@@ -863,9 +863,19 @@ pub fn builtin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(BUILTIN_PLUGIN_DIR))
 }
 
-/// The built-in plugins there are (the components in [`builtin_dir`]), by
-/// name.
+/// The plugins this build ships (the crates in `plugins/`), by name.
+const SHIPPED_PLUGINS: &str = env!("WEFT_SHIPPED_PLUGINS");
+
+/// Whether `name` is a built-in plugin: one this build ships, or, with
+/// `$WEFT_PLUGIN_DIR` set, any component there. (The test build puts its
+/// misbehaving fixtures beside the shipped plugins; they are not built-ins.)
+pub fn is_builtin(name: &str) -> bool {
+    builtin_names().iter().any(|n| n == name)
+}
+
+/// The built-in plugins there are (see [`is_builtin`]), by name.
 pub fn builtin_names() -> Vec<String> {
+    let shipped_only = std::env::var_os("WEFT_PLUGIN_DIR").is_none();
     let mut names: Vec<String> = std::fs::read_dir(builtin_dir())
         .into_iter()
         .flatten()
@@ -876,6 +886,7 @@ pub fn builtin_names() -> Vec<String> {
                 .and_then(|f| f.strip_suffix(".wasm"))
                 .map(|n| n.replace('_', "-"))
         })
+        .filter(|n| !shipped_only || SHIPPED_PLUGINS.split(',').any(|s| s == n))
         .collect();
     names.sort();
     names

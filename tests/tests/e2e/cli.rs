@@ -70,6 +70,11 @@ fn bad_config_errors_name_file_line_and_field() {
             "[plugins.x]\nbuiltin = \"../x\"\n",
             "bad.toml:2:1: plugins.x.builtin: \"../x\" is not a built-in plugin name",
         ),
+        // A test fixture built beside the built-ins is not one.
+        (
+            "[plugins.x]\nbuiltin = \"chaos\"\n",
+            "bad.toml:2:1: plugins.x.builtin: no built-in plugin named \"chaos\"",
+        ),
         (
             "[plugins.x]\nbuiltin = \"http-pots\"\n",
             "bad.toml:2:1: plugins.x.builtin: no built-in plugin named \"http-pots\"",
