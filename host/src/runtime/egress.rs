@@ -1078,25 +1078,42 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn echoing_methods_and_urls_with_credentials_are_never_sent() {
-        let hooks = EgressHooks {
+    /// The hooks of a plugin granted `allowed`, with a `timeout` per
+    /// request and its outbound `share`.
+    fn test_hooks(
+        allowed: &[&str],
+        timeout: Duration,
+        share: Arc<tokio::sync::Semaphore>,
+    ) -> EgressHooks {
+        EgressHooks {
             policy: Arc::new(EgressPolicy {
                 plugin: "p".into(),
-                // Granted, and nothing listens there: a request that went
-                // out would fail to connect instead.
-                allowed: vec![HostPattern::parse("http://127.0.0.1:9").unwrap()],
+                allowed: allowed
+                    .iter()
+                    .map(|h| HostPattern::parse(h).unwrap())
+                    .collect(),
                 inject: vec![],
-                timeout: Duration::from_secs(5),
+                timeout,
                 max_response_bytes: 1024,
                 max_call_bytes: 1 << 20,
                 tape: None,
-                share: plugin_share(),
+                share,
             }),
             client: client(Duration::from_secs(1)),
             event_id: None,
             log_budget: Default::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn echoing_methods_and_urls_with_credentials_are_never_sent() {
+        // Granted, and nothing listens there: a request that went out
+        // would fail to connect instead.
+        let hooks = test_hooks(
+            &["http://127.0.0.1:9"],
+            Duration::from_secs(5),
+            plugin_share(),
+        );
         let answers = hooks
             .send_all(vec![
                 whole("TRACE", "http://127.0.0.1:9/", &[]),
@@ -1132,21 +1149,11 @@ mod tests {
         // No place left in the plugin's share: the request waits for one
         // until its deadline, then fails as never sent (not as a timeout of
         // the server's).
-        let hooks = EgressHooks {
-            policy: Arc::new(EgressPolicy {
-                plugin: "p".into(),
-                allowed: vec![HostPattern::parse("http://127.0.0.1:9").unwrap()],
-                inject: vec![],
-                timeout: Duration::from_millis(100),
-                max_response_bytes: 1024,
-                max_call_bytes: 1 << 20,
-                tape: None,
-                share: Arc::new(tokio::sync::Semaphore::new(0)),
-            }),
-            client: client(Duration::from_secs(1)),
-            event_id: None,
-            log_budget: Default::default(),
-        };
+        let hooks = test_hooks(
+            &["http://127.0.0.1:9"],
+            Duration::from_millis(100),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
         let answers = hooks
             .send_all(vec![whole("GET", "http://127.0.0.1:9/", &[])])
             .await;
@@ -1158,21 +1165,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_all_call_sends_at_most_its_cap() {
-        let hooks = EgressHooks {
-            policy: Arc::new(EgressPolicy {
-                plugin: "p".into(),
-                allowed: vec![],
-                inject: vec![],
-                timeout: Duration::from_secs(5),
-                max_response_bytes: 1024,
-                max_call_bytes: 1 << 20,
-                tape: None,
-                share: plugin_share(),
-            }),
-            client: client(Duration::from_secs(1)),
-            event_id: None,
-            log_budget: Default::default(),
-        };
+        let hooks = test_hooks(&[], Duration::from_secs(5), plugin_share());
         let requests = (0..SEND_ALL_MAX + 3)
             .map(|_| whole("GET", "http://127.0.0.1:9/", &[]))
             .collect();
