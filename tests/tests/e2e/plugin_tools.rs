@@ -194,18 +194,24 @@ fn the_harness_runs_a_transform_and_diffs_expectations() {
     .unwrap();
     let mapping = "mapping=[{\"op\":\"sum\",\"from\":\"/items\",\"field\":\"/p\",\"times\":\"/q\",\"to\":\"/total\",\"required\":true},{\"op\":\"drop\",\"path\":\"/items\"}]";
     let wasm = builtin("json-map");
-    let out = weft(
-        &[
+    // `weft plugin test` of json-map on the input, with `config` and,
+    // if given, `--expect FILE`.
+    let run = |config: &str, expect: Option<&std::path::Path>| {
+        let mut args = vec![
             "plugin",
             "test",
             wasm.to_str().unwrap(),
             "--input",
             input.to_str().unwrap(),
             "--config",
-            mapping,
-        ],
-        &[],
-    );
+            config,
+        ];
+        if let Some(expect) = expect {
+            args.extend(["--expect", expect.to_str().unwrap()]);
+        }
+        weft(&args, &[])
+    };
+    let out = run(mapping, None);
     assert!(
         out.status.success(),
         "{}",
@@ -226,57 +232,19 @@ fn the_harness_runs_a_transform_and_diffs_expectations() {
     // The same outputs as expectations pass; a changed one fails with a diff.
     let expect = dir.path().join("expect.jsonl");
     std::fs::write(&expect, String::from_utf8_lossy(&out.stdout).as_ref()).unwrap();
-    let ok = weft(
-        &[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--config",
-            mapping,
-            "--expect",
-            expect.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(ok.status.success());
+    assert!(run(mapping, Some(&expect)).status.success());
     std::fs::write(
         &expect,
         String::from_utf8_lossy(&out.stdout).replace("\"total\":7", "\"total\":8"),
     )
     .unwrap();
-    let bad = weft(
-        &[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--config",
-            mapping,
-            "--expect",
-            expect.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let bad = run(mapping, Some(&expect));
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("MISMATCH input line 1"), "{err}");
 
     // A config the plugin refuses stops the run before any input.
-    let refused = weft(
-        &[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--config",
-            "mapping=[{\"op\":\"drop\",\"path\":\"items\"}]",
-        ],
-        &[],
-    );
+    let refused = run("mapping=[{\"op\":\"drop\",\"path\":\"items\"}]", None);
     assert!(!refused.status.success());
     assert!(stdout_lines(&refused).is_empty());
     let err = String::from_utf8_lossy(&refused.stderr);
