@@ -278,6 +278,28 @@ pub fn resolve_routes(
     config: &Config,
     plugins: &HashMap<String, Arc<Plugin>>,
 ) -> Result<Vec<Route>, StartError> {
+    // Not errors (a config being built up, a plugin kept for later), but
+    // nothing a user means to run that way.
+    if config.routes.is_empty() {
+        tracing::warn!("the config has no routes: every webhook gets 404 and nothing is delivered");
+    }
+    let mut unused: Vec<&String> = config
+        .plugins
+        .keys()
+        .filter(|name| {
+            !config.routes.iter().any(|r| {
+                r.source.get_ref() == *name
+                    || r.transforms
+                        .iter()
+                        .chain(&r.sinks)
+                        .any(|p| p.get_ref() == *name)
+            })
+        })
+        .collect();
+    unused.sort();
+    for name in unused {
+        tracing::warn!(plugin = %name, "plugin {name} is on no route: it is loaded but never called");
+    }
     let mut routes = Vec::new();
     for rc in &config.routes {
         let route_name = rc.name.get_ref().clone();

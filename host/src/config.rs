@@ -762,10 +762,26 @@ impl Config {
                         format!("plugins.{name}.inject: unknown secret \"{}\" (declare it under plugins.{name}.secrets)", inject.secret),
                     ));
                 }
-                if let Err(e) = crate::runtime::egress::HostPattern::parse(&inject.host) {
+                let host = match crate::runtime::egress::HostPattern::parse(&inject.host) {
+                    Ok(host) => host,
+                    Err(e) => {
+                        return Err(invalid(
+                            at_inject("host"),
+                            format!("plugins.{name}.inject.host: {e}"),
+                        ))
+                    }
+                };
+                let granted = plugin.allowed_hosts.iter().any(|allowed| {
+                    crate::runtime::egress::HostPattern::parse(allowed)
+                        .is_ok_and(|allowed| allowed.covers(&host))
+                });
+                if !granted {
                     return Err(invalid(
                         at_inject("host"),
-                        format!("plugins.{name}.inject.host: {e}"),
+                        format!(
+                            "plugins.{name}.inject.host: \"{}\" is not covered by this plugin's allowed_hosts: the header would never be sent",
+                            inject.host
+                        ),
                     ));
                 }
                 if http::HeaderName::from_bytes(inject.header.as_bytes()).is_err() {
@@ -1178,9 +1194,15 @@ mod tests {
             ),
             // The wrong entry of an array of tables, at its field.
             (
-                "[plugins.x]\nbuiltin = \"http-post\"\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://a.example\"\nheader = \"x-key\"\nsecret = \"k\"\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"bad header\"\nsecret = \"k\"\n",
-                "weft.toml:10:1",
+                "[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"https://*.example\"]\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://a.example\"\nheader = \"x-key\"\nsecret = \"k\"\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"bad header\"\nsecret = \"k\"\n",
+                "weft.toml:11:1",
                 "plugins.x.inject.header: invalid header name",
+            ),
+            // An injected header for a host the plugin may not reach.
+            (
+                "[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"https://a.example\"]\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"x-key\"\nsecret = \"k\"\n",
+                "weft.toml:6:1",
+                "plugins.x.inject.host: \"https://b.example\" is not covered by this plugin's allowed_hosts",
             ),
             // The admin token names exactly one source.
             (

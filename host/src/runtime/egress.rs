@@ -99,6 +99,21 @@ impl HostPattern {
         Ok(HostPattern { scheme, host, port })
     }
 
+    /// Whether every request `other` matches, this matches too (an
+    /// `[[inject]]` entry's host must be granted, or its header would never
+    /// be sent).
+    pub fn covers(&self, other: &HostPattern) -> bool {
+        if self.scheme != other.scheme || self.port != other.port {
+            return false;
+        }
+        match (&self.host, &other.host) {
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b == a || b.ends_with(&format!(".{a}")),
+            (HostMatch::Suffix(a), HostMatch::Exact(b)) => b.ends_with(&format!(".{a}")),
+            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+        }
+    }
+
     /// Whether a request to `uri` matches this grant.
     pub fn matches(&self, uri: &Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
@@ -1199,6 +1214,18 @@ mod tests {
             error_code(HttpError::ConnectionReadTimeout),
             ErrorCode::ConnectionReadTimeout
         ));
+    }
+
+    #[test]
+    fn a_grant_covers_the_patterns_whose_requests_it_matches() {
+        let p = |t: &str| HostPattern::parse(t).unwrap();
+        assert!(p("https://api.example.com").covers(&p("https://api.example.com:443")));
+        assert!(p("https://*.example.com").covers(&p("https://api.example.com")));
+        assert!(p("https://*.example.com").covers(&p("https://*.eu.example.com")));
+        assert!(!p("https://*.example.com").covers(&p("https://example.com")));
+        assert!(!p("https://api.example.com").covers(&p("https://*.example.com")));
+        assert!(!p("https://api.example.com").covers(&p("http://api.example.com")));
+        assert!(!p("https://api.example.com").covers(&p("https://api.example.com:8443")));
     }
 
     #[test]

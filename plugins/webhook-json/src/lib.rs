@@ -111,7 +111,13 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
         let Some(encoded) = candidate.strip_prefix("v1,") else {
             return false;
         };
-        match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        // Padding optional: some senders leave it off.
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        match lenient.decode(encoded) {
             Ok(sig) => same(&sig, &expected),
             Err(_) => false,
         }
@@ -144,8 +150,12 @@ fn make_event(
         None => config::get_or("type", "webhook.received"),
     };
     let id = match config::get("id_pointer") {
-        Some(p) => text(at(&p)?, &p)?
-            .ok_or_else(|| reject(RejectionKind::Unprocessable, format!("no event id at {p}")))?,
+        Some(p) => text(at(&p)?, &p)?.ok_or_else(|| {
+            reject(
+                RejectionKind::Unprocessable,
+                format!("no event id at {p} (a string or a number is needed)"),
+            )
+        })?,
         None => {
             let base = match request.header("webhook-id") {
                 Some(id) => id.to_string(),

@@ -230,3 +230,19 @@ async fn the_data_directory_is_readable_by_its_user_only() {
     assert_eq!(mode, 0o700, "{mode:o}");
     running.shutdown().await;
 }
+
+/// What is valid but surely not meant is said, not refused: a config
+/// without routes, a plugin on no route.
+#[test]
+fn validate_warns_of_unused_plugins_and_a_config_without_routes() {
+    let (ok, out) = validate("[plugins.spare]\nbuiltin = \"json-map\"\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("the config has no routes"), "{out}");
+    assert!(out.contains("plugin spare is on no route"), "{out}");
+    let (ok, out) = validate("[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n");
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("on no route") && !out.contains("no routes"),
+        "{out}"
+    );
+}
