@@ -227,6 +227,20 @@ const _: () =
 /// Linear memory kept resident (and reset by memset) per pooled slot.
 const KEEP_RESIDENT: usize = 2 << 20;
 
+/// The call permits one call of a component takes: one for an instance
+/// within the pool's averages (two memories, four tables per instance),
+/// more for one above them, so that a plugin whose instances take many
+/// memories or tables cannot exhaust the pool for the others at full
+/// concurrency: the permits bound what all running calls take together.
+/// (Core instances are bounded per component, not weighed: wasmtime does
+/// not report a component's count.)
+fn call_weight(memories: u32, tables: u32) -> u32 {
+    memories
+        .div_ceil(2)
+        .max(tables.div_ceil(4))
+        .clamp(1, limits::MAX_MEMORIES as u32)
+}
+
 /// Pooling-allocator settings that fit Rust, C, JS and Python guests.
 fn pooling() -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
@@ -373,6 +387,9 @@ impl Runtime {
                     plugin: name.clone(),
                     detail: format!("{e:#}"),
                 })?;
+        let weight = component
+            .resources_required()
+            .map_or(1, |needs| call_weight(needs.num_memories, needs.num_tables));
         // The optional `config-check` export (see the WIT), found once.
         let config_check = component
             .get_export_index(None, CONFIG_CHECK)
@@ -391,6 +408,7 @@ impl Runtime {
             ctx: Arc::new(ctx),
             pre,
             config_check,
+            weight,
             limits,
             warm: std::sync::Mutex::new(Vec::new()),
             digest,
@@ -510,7 +528,11 @@ macro_rules! call_instance {
     ($plugin:expr, $pre:expr, $role:ident, $event_id:expr, $started:expr, |$instance:ident, $store:ident| $call:expr) => {{
         let plugin = $plugin;
         // Held until the call ends (see `Runtime::calls`).
-        let _running = plugin.runtime.permits(plugin.role()).acquire().await;
+        let _running = plugin
+            .runtime
+            .permits(plugin.role())
+            .acquire_many(plugin.weight)
+            .await;
         $started;
         let (mut store, kept, calls) = match plugin.take_warm() {
             Some(Warm {
@@ -566,6 +588,8 @@ pub struct Plugin {
     pre: Pre,
     /// Its `check-config` export, if it has one.
     config_check: Option<(InstancePre<StoreState>, ComponentExportIndex)>,
+    /// Call permits one call takes ([`call_weight`]).
+    weight: u32,
     limits: Limits,
     /// Instances kept for reuse when `limits.instance_reuse > 1`, each
     /// counted in `Runtime::idle` while it waits here.
@@ -900,6 +924,18 @@ pub fn builtin_path(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_weigh_by_what_their_instance_takes_from_the_pool() {
+        // Within the averages: one permit.
+        assert_eq!(call_weight(1, 2), 1);
+        assert_eq!(call_weight(2, 4), 1);
+        assert_eq!(call_weight(0, 0), 1);
+        // Above them: in proportion to the larger share.
+        assert_eq!(call_weight(3, 1), 2);
+        assert_eq!(call_weight(16, 2), 8);
+        assert_eq!(call_weight(1, 64), 16);
+    }
 
     #[test]
     fn idle_instances_expire_oldest_first() {
