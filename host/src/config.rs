@@ -773,13 +773,13 @@ impl Config {
                 };
                 let granted = plugin.allowed_hosts.iter().any(|allowed| {
                     crate::runtime::egress::HostPattern::parse(allowed)
-                        .is_ok_and(|allowed| allowed.covers(&host))
+                        .is_ok_and(|allowed| allowed.overlaps(&host))
                 });
                 if !granted {
                     return Err(invalid(
                         at_inject("host"),
                         format!(
-                            "plugins.{name}.inject.host: \"{}\" is not covered by this plugin's allowed_hosts: the header would never be sent",
+                            "plugins.{name}.inject.host: \"{}\" matches none of this plugin's allowed_hosts: the header would never be sent",
                             inject.host
                         ),
                     ));
@@ -1077,6 +1077,12 @@ mod tests {
     }
 
     #[test]
+    fn an_inject_host_broader_than_the_grants_is_fine() {
+        // Sent to both granted hosts; only a host no grant reaches is refused.
+        parse("[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"https://api.example.com\", \"https://files.example.com\"]\nsecrets = { k = { env = \"K\" } }\ninject = [{ host = \"https://*.example.com\", header = \"x-key\", secret = \"k\" }]\n").unwrap();
+    }
+
+    #[test]
     fn parse_errors_name_the_setting_they_are_about() {
         let cases = [
             ("[server]\nmax_body = 5\n", "weft.toml:2:1: server.max_body: unknown field `max_body`"),
@@ -1202,7 +1208,7 @@ mod tests {
             (
                 "[plugins.x]\nbuiltin = \"http-post\"\nallowed_hosts = [\"https://a.example\"]\nsecrets = { k = { env = \"K\" } }\n[[plugins.x.inject]]\nhost = \"https://b.example\"\nheader = \"x-key\"\nsecret = \"k\"\n",
                 "weft.toml:6:1",
-                "plugins.x.inject.host: \"https://b.example\" is not covered by this plugin's allowed_hosts",
+                "plugins.x.inject.host: \"https://b.example\" matches none of this plugin's allowed_hosts",
             ),
             // The admin token names exactly one source.
             (

@@ -828,7 +828,9 @@ impl Router {
                 .await;
                 for (id, result) in chunk.iter().zip(results) {
                     match result {
-                        Ok(()) => done.push(*id),
+                        // Made; a write that failed after it leaves it to
+                        // the next commit (see `QueueError::Unsynced`).
+                        Ok(()) | Err(QueueError::Unsynced(_)) => done.push(*id),
                         Err(QueueError::NotFound(_)) => {}
                         Err(e) => return Err(e),
                     }

@@ -99,18 +99,19 @@ impl HostPattern {
         Ok(HostPattern { scheme, host, port })
     }
 
-    /// Whether every request `other` matches, this matches too (an
-    /// `[[inject]]` entry's host must be granted, or its header would never
-    /// be sent).
-    pub fn covers(&self, other: &HostPattern) -> bool {
+    /// Whether some request matches both this and `other` (an `[[inject]]`
+    /// entry's host must share a host with a grant, or its header would
+    /// never be sent).
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
         if self.scheme != other.scheme || self.port != other.port {
             return false;
         }
+        let under = |host: &str, suffix: &str| host.ends_with(&format!(".{suffix}"));
         match (&self.host, &other.host) {
             (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
-            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => b == a || b.ends_with(&format!(".{a}")),
-            (HostMatch::Suffix(a), HostMatch::Exact(b)) => b.ends_with(&format!(".{a}")),
-            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+            (HostMatch::Suffix(a), HostMatch::Suffix(b)) => a == b || under(a, b) || under(b, a),
+            (HostMatch::Suffix(s), HostMatch::Exact(h))
+            | (HostMatch::Exact(h), HostMatch::Suffix(s)) => under(h, s),
         }
     }
 
@@ -1217,15 +1218,27 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_covers_the_patterns_whose_requests_it_matches() {
+    fn patterns_overlap_when_some_request_matches_both() {
         let p = |t: &str| HostPattern::parse(t).unwrap();
-        assert!(p("https://api.example.com").covers(&p("https://api.example.com:443")));
-        assert!(p("https://*.example.com").covers(&p("https://api.example.com")));
-        assert!(p("https://*.example.com").covers(&p("https://*.eu.example.com")));
-        assert!(!p("https://*.example.com").covers(&p("https://example.com")));
-        assert!(!p("https://api.example.com").covers(&p("https://*.example.com")));
-        assert!(!p("https://api.example.com").covers(&p("http://api.example.com")));
-        assert!(!p("https://api.example.com").covers(&p("https://api.example.com:8443")));
+        let both = |a: &str, b: &str| {
+            let (a, b) = (p(a), p(b));
+            assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
+            a.overlaps(&b)
+        };
+        assert!(both(
+            "https://api.example.com",
+            "https://api.example.com:443"
+        ));
+        assert!(both("https://*.example.com", "https://api.example.com"));
+        assert!(both("https://*.example.com", "https://*.eu.example.com"));
+        assert!(!both("https://*.example.com", "https://example.com"));
+        assert!(!both("https://*.example.com", "https://api.other.com"));
+        assert!(!both("https://api.example.com", "http://api.example.com"));
+        assert!(!both(
+            "https://api.example.com",
+            "https://api.example.com:8443"
+        ));
+        assert!(!both("https://a.example.com", "https://b.example.com"));
     }
 
     #[test]

@@ -227,11 +227,13 @@ const _: () =
 /// Linear memory kept resident (and reset by memset) per pooled slot.
 const KEEP_RESIDENT: usize = 2 << 20;
 
-/// The call permits one call of a component takes: one for an instance
-/// within the pool's averages (two memories, four tables per instance),
-/// more for one above them, so that a plugin whose instances take many
-/// memories or tables cannot exhaust the pool for the others at full
-/// concurrency: the permits bound what all running calls take together.
+/// The call permits one call of a component takes (and the idle places
+/// one of its kept instances takes): one for an instance within the pool's
+/// averages (two memories, four tables per instance), more for one above
+/// them, so that a plugin whose instances take many memories or tables
+/// cannot exhaust the pool for the others: the permits and idle places
+/// bound what all running and kept instances take together
+/// ((512 + 192 + 256) × 2 memories and × 4 tables, within the pool).
 /// (Core instances are bounded per component, not weighed: wasmtime does
 /// not report a component's count.)
 fn call_weight(memories: u32, tables: u32) -> u32 {
@@ -485,24 +487,25 @@ fn budget_spent(ticks: u64, host_time: Duration, budget: u64) -> bool {
     ticks.saturating_add(host_ticks) > budget
 }
 
-/// One of the runtime's [`MAX_IDLE_TOTAL`] places for an idle instance,
-/// given back when dropped (the instance is taken for a call, or its plugin
-/// is unloaded).
-struct IdleSlot(Arc<AtomicUsize>);
+/// `weight` of the runtime's [`MAX_IDLE_TOTAL`] places for an idle
+/// instance (weighed as its calls are: [`call_weight`]), given back when
+/// dropped (the instance is taken for a call, or its plugin is unloaded).
+struct IdleSlot(Arc<AtomicUsize>, usize);
 
 impl IdleSlot {
-    fn take(idle: &Arc<AtomicUsize>) -> Option<IdleSlot> {
+    fn take(idle: &Arc<AtomicUsize>, weight: u32) -> Option<IdleSlot> {
+        let weight = weight as usize;
         idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < MAX_IDLE_TOTAL).then_some(n + 1)
+            (n + weight <= MAX_IDLE_TOTAL).then_some(n + weight)
         })
         .ok()
-        .map(|_| IdleSlot(idle.clone()))
+        .map(|_| IdleSlot(idle.clone(), weight))
     }
 }
 
 impl Drop for IdleSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 
@@ -815,7 +818,7 @@ impl Plugin {
             // At most as many idle instances as calls ran at once, and
             // within the runtime's total.
             if pool.len() < MAX_IDLE_INSTANCES {
-                if let Some(slot) = IdleSlot::take(&self.runtime.idle) {
+                if let Some(slot) = IdleSlot::take(&self.runtime.idle, self.weight) {
                     pool.push((warm, slot));
                 }
             }
