@@ -303,14 +303,19 @@ pub fn resolve_routes(
     let mut routes = Vec::new();
     for rc in &config.routes {
         let route_name = rc.name.get_ref().clone();
-        let get = |name: &Spanned<String>, expected: Role| -> Result<Arc<Plugin>, StartError> {
-            let (at, name) = (config.place_at(name.span().start), name.get_ref());
+        let get = |spanned: &Spanned<String>, expected: Role| -> Result<Arc<Plugin>, StartError> {
+            // Located only for an error (it walks the config text).
+            let at = || config.place_at(spanned.span().start);
+            let name = spanned.get_ref();
             let plugin = plugins.get(name).cloned().ok_or_else(|| {
-                StartError::Io(format!("{at}: route {route_name}: unknown plugin {name}"))
+                StartError::Io(format!(
+                    "{}: route {route_name}: unknown plugin {name}",
+                    at()
+                ))
             })?;
             if plugin.role() != expected {
                 return Err(StartError::Role {
-                    at,
+                    at: at(),
                     route: route_name.clone(),
                     plugin: name.into(),
                     actual: plugin.role(),

@@ -157,6 +157,14 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// The refusal of a change that must be synced while the journal epoch is
+/// in doubt (see `Writer::epoch_in_doubt`): `what` it would have been.
+fn in_doubt(what: &str) -> QueueError {
+    QueueError::Storage(format!(
+        "queue storage failing (journal epoch in doubt); not {what}"
+    ))
+}
+
 /// Applies journal entries to the tree, in order.
 fn redo(tree: &sled::Db, entries: Vec<Entry>) -> Result<(), QueueError> {
     for entry in entries {
@@ -741,9 +749,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
             match cmd {
                 Command::Append(records, reply) => {
                     if writer.epoch_in_doubt {
-                        let _ = reply.send(Err(QueueError::Storage(
-                            "queue storage failing (journal epoch in doubt); not accepted".into(),
-                        )));
+                        let _ = reply.send(Err(in_doubt("accepted")));
                         continue;
                     }
                     let result = records.iter().try_for_each(|r| writer.put(r, true));
@@ -766,9 +772,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 }
                 Command::Replay(id, reply) => {
                     if writer.epoch_in_doubt {
-                        let _ = reply.send(Err(QueueError::Storage(
-                            "queue storage failing (journal epoch in doubt); not replayed".into(),
-                        )));
+                        let _ = reply.send(Err(in_doubt("replayed")));
                         continue;
                     }
                     let result = writer.replay(id);
@@ -776,9 +780,7 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
                 }
                 Command::Discard(id, reply) => {
                     if writer.epoch_in_doubt {
-                        let _ = reply.send(Err(QueueError::Storage(
-                            "queue storage failing (journal epoch in doubt); not discarded".into(),
-                        )));
+                        let _ = reply.send(Err(in_doubt("discarded")));
                         continue;
                     }
                     let result = writer.discard(id);

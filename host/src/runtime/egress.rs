@@ -475,10 +475,14 @@ fn refused_shape(method: &http::Method, uri: &Uri) -> Option<(HttpError, &'stati
             "credentials in the URL are not allowed (use a header or [[inject]])",
         ));
     }
-    let why = match method.as_str().to_ascii_uppercase().as_str() {
-        "TRACE" | "TRACK" => "TRACE and TRACK would echo the request's headers",
-        "CONNECT" => "CONNECT tunnels are not allowed",
-        _ => return None,
+    // Any letter case, without an allocation per request.
+    let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
+    let why = if is("TRACE") || is("TRACK") {
+        "TRACE and TRACK would echo the request's headers"
+    } else if is("CONNECT") {
+        "CONNECT tunnels are not allowed"
+    } else {
+        return None;
     };
     Some((HttpError::HttpRequestMethodInvalid, why))
 }

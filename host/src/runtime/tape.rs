@@ -180,13 +180,9 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(HttpError::HttpResponseBodySize(None))
-        }
-        Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
+    match read_up_to(body, limit).await? {
+        (_, true) => Err(HttpError::HttpResponseBodySize(None)),
+        (bytes, false) => Ok(bytes),
     }
 }
 

@@ -56,6 +56,13 @@ fn text(value: Option<Value>, pointer: &str) -> Result<Option<String>, Rejection
     })
 }
 
+/// Signatures' base64: padding optional (some senders leave it off).
+const SIGNATURE_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 /// Constant-time byte comparison.
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -111,13 +118,7 @@ fn verify_signature(request: &WebhookRequest, secret: &str) -> Result<(), Reject
         let Some(encoded) = candidate.strip_prefix("v1,") else {
             return false;
         };
-        // Padding optional: some senders leave it off.
-        let lenient = base64::engine::GeneralPurpose::new(
-            &base64::alphabet::STANDARD,
-            base64::engine::GeneralPurposeConfig::new()
-                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-        );
-        match lenient.decode(encoded) {
+        match SIGNATURE_BASE64.decode(encoded) {
             Ok(sig) => same(&sig, &expected),
             Err(_) => false,
         }

@@ -197,15 +197,28 @@ sinks = ["out"]
         .unwrap()
         .as_secs() as i64;
 
-    let good = sign(secret, "msg_1", now, body);
-    let ts = now.to_string();
-    let headers = [
-        ("content-type", "application/json"),
-        ("webhook-id", "msg_1"),
-        ("webhook-timestamp", ts.as_str()),
-        ("webhook-signature", good.as_str()),
-    ];
-    let (status, resp) = send("POST", &hook, body, &headers).await;
+    // The headers of a webhook `id` sent at `ts` with `signature`.
+    let signed = |id: &'static str, ts: i64, signature: String| {
+        [
+            ("content-type".to_string(), "application/json".to_string()),
+            ("webhook-id".to_string(), id.to_string()),
+            ("webhook-timestamp".to_string(), ts.to_string()),
+            ("webhook-signature".to_string(), signature),
+        ]
+    };
+    let send_signed = |body: &'static str, headers: [(String, String); 4]| {
+        let hook = hook.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            send("POST", &hook, body, &headers).await
+        }
+    };
+
+    let good = signed("msg_1", now, sign(secret, "msg_1", now, body));
+    let (status, resp) = send_signed(body, good.clone()).await;
     assert_eq!(status, 202, "{resp}");
     assert!(
         resp.contains("msg_1"),
@@ -213,29 +226,16 @@ sinks = ["out"]
     );
 
     // Tampered body.
-    let (status, _) = send("POST", &hook, "{\"hello\":\"evil\"}", &headers).await;
+    let (status, _) = send_signed("{\"hello\":\"evil\"}", good).await;
     assert_eq!(status, 401);
     // Wrong key.
     let bad = sign("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "msg_1", now, body);
-    let headers_bad = [
-        ("content-type", "application/json"),
-        ("webhook-id", "msg_1"),
-        ("webhook-timestamp", ts.as_str()),
-        ("webhook-signature", bad.as_str()),
-    ];
-    let (status, _) = send("POST", &hook, body, &headers_bad).await;
+    let (status, _) = send_signed(body, signed("msg_1", now, bad)).await;
     assert_eq!(status, 401);
     // Stale timestamp, correctly signed.
     let old = now - 3600;
-    let stale = sign(secret, "msg_1", old, body);
-    let old_ts = old.to_string();
-    let headers_old = [
-        ("content-type", "application/json"),
-        ("webhook-id", "msg_1"),
-        ("webhook-timestamp", old_ts.as_str()),
-        ("webhook-signature", stale.as_str()),
-    ];
-    let (status, _) = send("POST", &hook, body, &headers_old).await;
+    let stale = signed("msg_1", old, sign(secret, "msg_1", old, body));
+    let (status, _) = send_signed(body, stale).await;
     assert_eq!(status, 401);
     // Unsigned.
     let (status, _) = post_json(&hook, body).await;
@@ -246,13 +246,7 @@ sinks = ["out"]
         .trim_end_matches('=')
         .to_string();
     let several = format!("v1a,whatever v1,AAAA {unpadded}");
-    let headers_two = [
-        ("content-type", "application/json"),
-        ("webhook-id", "msg_2"),
-        ("webhook-timestamp", ts.as_str()),
-        ("webhook-signature", several.as_str()),
-    ];
-    let (status, resp) = send("POST", &hook, body, &headers_two).await;
+    let (status, resp) = send_signed(body, signed("msg_2", now, several)).await;
     assert_eq!(status, 202, "{resp}");
 
     assert!(eventually(Duration::from_secs(30), || api.delivered().len() == 2).await);
