@@ -369,6 +369,13 @@ pub const DEFAULT_MAX_EVENTS: u32 = 10_000;
 /// The largest `limits.max_events` accepted.
 pub const MAX_MAX_EVENTS: u32 = 1_000_000;
 
+/// Default for `limits.max_output_bytes`.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
+
+/// The largest `limits.max_output_bytes` accepted (what a call makes is in
+/// its memory first, which is at most 1 GiB).
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 30;
+
 /// Sandbox limits of a plugin call.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -406,6 +413,13 @@ pub struct Limits {
     /// output of its step) fails that event permanently (dead letter). It
     /// bounds what one request can make the queue hold.
     pub max_events: u32,
+    /// Sources and transforms: the most bytes of events (data, attributes
+    /// and extensions, [`Event::size`](crate::event::Event::size)) one call
+    /// may produce. Like `max_events`: a webhook over it is answered 413 and
+    /// nothing is stored; a transform over it (from one event) fails that
+    /// event permanently. It bounds what one request can make the queue and
+    /// its journal hold, whatever a plugin's memory allows.
+    pub max_output_bytes: u64,
     /// Bytes of keys and values the plugin may keep in its state
     /// (`weft:connector/state`), in MiB; a write beyond it fails.
     pub state_mib: u64,
@@ -422,6 +436,7 @@ impl Default for Limits {
             max_batch: 1,
             requests_per_s: DEFAULT_REQUESTS_PER_S,
             max_events: DEFAULT_MAX_EVENTS,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             state_mib: 64,
         }
     }
@@ -439,6 +454,7 @@ pub struct LimitOverrides {
     max_batch: Option<u32>,
     requests_per_s: Option<u32>,
     max_events: Option<u32>,
+    max_output_bytes: Option<u64>,
     state_mib: Option<u64>,
 }
 
@@ -519,6 +535,10 @@ impl PluginConfig {
                 .requests_per_s
                 .unwrap_or(defaults.requests_per_s),
             max_events: self.limits.max_events.unwrap_or(defaults.max_events),
+            max_output_bytes: self
+                .limits
+                .max_output_bytes
+                .unwrap_or(defaults.max_output_bytes),
             state_mib: self.limits.state_mib.unwrap_or(defaults.state_mib),
         }
     }
@@ -679,6 +699,11 @@ impl Config {
                     "max_events",
                     u64::from(limits.max_events),
                     u64::from(MAX_MAX_EVENTS),
+                ),
+                (
+                    "max_output_bytes",
+                    limits.max_output_bytes,
+                    MAX_OUTPUT_BYTES,
                 ),
                 ("state_mib", limits.state_mib, MAX_STATE_MIB),
             ]

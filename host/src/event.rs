@@ -42,6 +42,24 @@ mod serde_bytes_compat {
 }
 
 impl Event {
+    /// Bytes the event holds: its data, attributes and extensions (what
+    /// `limits.max_output_bytes` counts).
+    pub fn size(&self) -> usize {
+        let optional = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        self.id.len()
+            + self.source.len()
+            + self.ty.len()
+            + optional(&self.subject)
+            + optional(&self.time)
+            + optional(&self.datacontenttype)
+            + self.data.len()
+            + self
+                .extensions
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     /// The data as text, for display (lossy).
     pub fn data_text(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()

@@ -3,6 +3,7 @@
 //! with their ids. Rejections get the plugin's 4xx and are never stored.
 
 use crate::clients::ClientSlots;
+use crate::event::Event;
 use crate::metrics::{add_elapsed, inc, Metrics};
 use crate::queue::Arrival;
 use crate::rate::RateLimit;
@@ -287,6 +288,21 @@ impl Ingress {
                         "this request makes {} events; source \"{name}\" accepts at most {} per request (limits.max_events)",
                         events.len(),
                         source.max_events()
+                    ),
+                    "kind": "payload-too-large",
+                }),
+            );
+        }
+        let bytes: usize = events.iter().map(Event::size).sum();
+        if bytes > source.max_output_bytes() {
+            inc(&self.metrics.webhooks_rejected);
+            tracing::info!(source = %name, bytes, limit = source.max_output_bytes(), "webhook rejected: more bytes of events than limits.max_output_bytes");
+            return json(
+                413,
+                &serde_json::json!({
+                    "error": format!(
+                        "this request makes {bytes} bytes of events; source \"{name}\" makes at most {} per request (limits.max_output_bytes)",
+                        source.max_output_bytes()
                     ),
                     "kind": "payload-too-large",
                 }),

@@ -573,22 +573,38 @@ impl Router {
         let mut events = vec![event];
         for transform in &route.transforms {
             let mut next = Vec::with_capacity(events.len());
+            // Bytes of events this step made (its limit counts every output
+            // of the step, like its event count).
+            let mut made = 0usize;
             for event in events {
                 let started = Instant::now();
                 let result = transform.transform(event).await;
                 add_elapsed(&self.metrics.transform_ns, started);
                 let (detail, permanent) = match result {
-                    Ok(Ok(out)) if next.len() + out.len() > transform.max_events() => (
-                        format!(
-                            "transform {} made more than {} events from one event (limits.max_events)",
-                            transform.name(),
-                            transform.max_events()
-                        ),
-                        true,
-                    ),
                     Ok(Ok(out)) => {
-                        next.extend(out);
-                        continue;
+                        made += out.iter().map(Event::size).sum::<usize>();
+                        if next.len() + out.len() > transform.max_events() {
+                            (
+                                format!(
+                                    "transform {} made more than {} events from one event (limits.max_events)",
+                                    transform.name(),
+                                    transform.max_events()
+                                ),
+                                true,
+                            )
+                        } else if made > transform.max_output_bytes() {
+                            (
+                                format!(
+                                    "transform {} made more than {} bytes of events from one event (limits.max_output_bytes)",
+                                    transform.name(),
+                                    transform.max_output_bytes()
+                                ),
+                                true,
+                            )
+                        } else {
+                            next.extend(out);
+                            continue;
+                        }
                     }
                     Ok(Err(wit::TransformError::Retryable(msg))) => (msg, false),
                     Ok(Err(wit::TransformError::Permanent(msg))) => (msg, true),

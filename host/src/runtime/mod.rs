@@ -795,6 +795,12 @@ impl Plugin {
         self.limits.max_events.max(1) as usize
     }
 
+    /// The most bytes of events one source or transform call may produce
+    /// (`limits.max_output_bytes`).
+    pub fn max_output_bytes(&self) -> usize {
+        usize::try_from(self.limits.max_output_bytes).unwrap_or(usize::MAX)
+    }
+
     /// A kept instance for the next call, if reuse is on and one is idle.
     fn take_warm(&self) -> Option<Warm> {
         if self.limits.instance_reuse <= 1 {

@@ -411,6 +411,61 @@ async fn event_floods_are_capped_by_max_events() {
     host.stop().await;
 }
 
+/// `limits.max_output_bytes` bounds the bytes one request can make the queue
+/// hold, whatever a plugin's memory allows: a source making more gets 413
+/// and nothing is stored; a transform making more from one event fails it
+/// permanently, and nothing of it goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_bytes_are_capped_by_max_output_bytes() {
+    let out = FakeApi::start().await;
+    let config = chaos_route(
+        &out,
+        "",
+        "max_output_bytes = 4096",
+        "max_output_bytes = 20000",
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
+    let padded = |id: &str, count: u32, pad: usize| {
+        serde_json::json!({ "id": id, "chaos": "flood", "count": count, "pad": "x".repeat(pad) })
+            .to_string()
+    };
+
+    // A 5 KB webhook is within the body limit but over the source's output.
+    let (status, body) = post_json(&hook, &padded("big", 1, 5000)).await;
+    assert_eq!(status, 413, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "payload-too-large");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_output_bytes"),
+        "{body}"
+    );
+    assert_eq!(
+        host.counter("weft_events_accepted_total"),
+        0,
+        "nothing stored"
+    );
+    assert_eq!(host.stats().pending, 0);
+
+    // Five copies of a ~3 KB event fit the transform's 20,000 bytes...
+    let (status, body) = post_json(&hook, &padded("five", 5, 3000)).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 5).await);
+    // ... seven do not: dead-lettered whole, none of the seven delivered.
+    let (status, body) = post_json(&hook, &padded("seven", 7, 3000)).await;
+    assert_eq!(status, 202, "{body}");
+    let error = the_dead_letters_error(&host).await;
+    assert!(error.contains("limits.max_output_bytes"), "{error}");
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    assert_eq!(letters["dead_letters"][0]["event"]["id"], "seven");
+    assert_eq!(
+        out.delivered().len(),
+        5,
+        "nothing of the seven was delivered"
+    );
+    host.stop().await;
+}
+
 /// Secret headers (`inject`) reach only the host their entry names, over both
 /// outbound paths (`outbound.send-all` from `http-post`, `wasi:http` from the
 /// chaos transform), and the secret's value shows up in nothing an operator
