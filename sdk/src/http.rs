@@ -152,6 +152,12 @@ impl Request {
         self
     }
 
+    /// The headers as added, in order (for a plugin's own tests: what
+    /// would be sent).
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
     /// Sends the request and reads the whole response (one host call).
     pub fn send(self) -> Result<Response, HttpError> {
         send_all(vec![self])

@@ -400,6 +400,55 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_ce_header_replaces_the_events_extension() {
+        let settings = Settings {
+            url: Some("http://sink/".into()),
+            timeout_ms: None,
+            structured: false,
+            headers: vec![("CE-Tenant".into(), "fixed".into())],
+        };
+        let event = Event {
+            id: "e1".into(),
+            source: "s".into(),
+            type_: "t".into(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            data: b"{}".to_vec(),
+            extensions: vec![
+                ("tenant".into(), "from-the-event".into()),
+                ("region".into(), "eu".into()),
+                ("id".into(), "forged".into()),
+                ("Not-Valid".into(), "x".into()),
+            ],
+        };
+        let request = request(&settings, "http://sink/", event).unwrap();
+        let values = |name: &str| -> Vec<&str> {
+            request
+                .headers()
+                .iter()
+                .filter(|(h, _)| h.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(
+            values("ce-tenant"),
+            ["fixed"],
+            "one header, the configured one"
+        );
+        assert_eq!(values("ce-region"), ["eu"], "other extensions still travel");
+        assert_eq!(
+            values("ce-id"),
+            ["e1"],
+            "an extension cannot replace a core attribute"
+        );
+        assert!(
+            values("ce-not-valid").is_empty(),
+            "not a valid attribute name"
+        );
+    }
+
+    #[test]
     fn structured_mode_keeps_data_by_its_content_type() {
         let mut event = Event {
             id: "e1".into(),
