@@ -1270,7 +1270,7 @@ mod tests {
             r
         };
         let epoch = {
-            let db = sled::open(dir.path().join("queue")).unwrap();
+            let db = sled_when_free(&dir.path().join("queue"));
             let v = db.get(EPOCH_KEY).unwrap().unwrap();
             u64::from_be_bytes(v.as_ref().try_into().unwrap())
         };
@@ -1349,7 +1349,7 @@ mod tests {
         let epoch = {
             q.close().await.unwrap();
             drop(q);
-            let db = sled::open(dir.path().join("queue")).unwrap();
+            let db = sled_when_free(&dir.path().join("queue"));
             let v = db.get(EPOCH_KEY).unwrap().unwrap();
             u64::from_be_bytes(v.as_ref().try_into().unwrap())
         };
@@ -1395,13 +1395,27 @@ mod tests {
         SledQueue::open(dir)
     }
 
+    /// `sled::open` of a store a queue closed just before, once its file
+    /// lock is free (see [`open_when_free`]).
+    fn sled_when_free(path: &Path) -> sled::Db {
+        for _ in 0..500 {
+            match sled::open(path) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        sled::open(path).unwrap()
+    }
+
     #[tokio::test]
     async fn a_format_1_store_is_upgraded() {
         let dir = store_of_format(b"1");
         let q = open_when_free(dir.path()).unwrap();
         q.close().await.unwrap();
         drop(q);
-        let db = sled::open(dir.path().join("queue")).unwrap();
+        let db = sled_when_free(&dir.path().join("queue"));
         assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"2");
     }
 

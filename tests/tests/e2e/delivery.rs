@@ -45,7 +45,7 @@ fn relay_config(api: &FakeApi, retry: &str) -> String {
         retry,
         false,
         "builtin = \"http-post\"",
-        ", timeout_ms = 2000",
+        ", timeout_ms = 10000",
         "",
     )
 }
@@ -209,8 +209,12 @@ async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_a
     .await;
     let (status, _) = post_json(&host.hook("in"), "{\"id\":\"doomed\"}").await;
     assert_eq!(status, 202);
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
-    assert_eq!(host.stats().pending, 0);
+    // The dead count rises just before the pending count falls: wait for both.
+    assert!(
+        eventually(Duration::from_secs(30), || host.stats().dead == 1
+            && host.stats().pending == 0)
+        .await
+    );
     assert_eq!(api.requests().len(), 3);
 
     let (status, body) = host.admin_get("/api/dead-letters").await;

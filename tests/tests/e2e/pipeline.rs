@@ -281,7 +281,7 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) 
 async fn clients_that_stall_are_cut_off_and_nothing_is_stored() {
     use tokio::io::AsyncWriteExt;
     let (host, inventory, _accounting) =
-        shop("header_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n").await;
+        shop("header_read_timeout_ms = 2000\nbody_read_timeout_ms = 2000\n").await;
     let addr = host.running.webhook_addr;
 
     // Headers that never finish (slowloris): the connection is closed.
@@ -619,7 +619,8 @@ async fn a_queue_that_stops_working_while_idle_is_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_give_their_slot_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (host, inventory, _accounting) = shop("max_connections = 1\nidle_timeout_ms = 300\n").await;
+    let (host, inventory, _accounting) =
+        shop("max_connections = 1\nidle_timeout_ms = 1000\n").await;
     let addr = host.running.webhook_addr;
     let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
     first
@@ -651,7 +652,7 @@ async fn idle_connections_are_closed_and_give_their_slot_back() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&order.as_bytes()[..10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     slow.write_all(&order.as_bytes()[10..]).await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf))
         .await
