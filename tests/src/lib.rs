@@ -454,12 +454,13 @@ impl WeftProcess {
         admin: SocketAddr,
         log: &Path,
     ) -> WeftProcess {
+        let log_path = log;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
+            .open(log_path)
             .expect("log file");
-        let child = std::process::Command::new(binary)
+        let mut child = std::process::Command::new(binary)
             .args(["serve", "--config"])
             .arg(config)
             .stdout(log.try_clone().expect("log"))
@@ -467,6 +468,12 @@ impl WeftProcess {
             .spawn()
             .expect("spawn weft");
         let healthy = eventually(Duration::from_secs(120), || {
+            // A child that exited (e.g. its port was taken meanwhile) fails
+            // the test now, with its log, not after the whole wait.
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                panic!("weft exited before it came up ({status}):\n{log}");
+            }
             std::net::TcpStream::connect(admin).is_ok()
         })
         .await;
