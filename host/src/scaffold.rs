@@ -140,6 +140,18 @@ use weft_sdk::{{config, http, DeliveryOutcome, Event, Sink}};
 pub struct Plugin;
 
 impl Sink for Plugin {{
+    /// Runs when the plugin is loaded (`weft validate`, `weft serve`,
+    /// `weft plugin test`): a config mistake stops the load instead of
+    /// failing every delivery.
+    fn check_config() -> Result<(), String> {{
+        config::check_keys(&["url"])?;
+        match config::get("url") {{
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(()),
+            Some(url) => Err(format!("url = \"{{url}}\": must start with http:// or https://")),
+            None => Err("set `url`: where to POST the events".into()),
+        }}
+    }}
+
     fn deliver(event: Event) -> DeliveryOutcome {{
         let Some(url) = config::get("url") else {{
             return DeliveryOutcome::rejected("{name}: config `url` is not set");
@@ -223,8 +235,27 @@ export function receive(request) {{
             r#"// `{name}`: a Weft sink in JavaScript (componentize-js). POSTs each
 // event's data to the configured `url` with the standard `fetch`; the host
 // only lets it reach hosts granted in the plugin's `allowed_hosts`.
-// The contract is wit/connector.wit, world `sink`.
-import {{ get }} from 'weft:connector/config@0.2.0';
+// The contract is wit/connector.wit, world `checked-sink` (a sink that
+// also checks its config when loaded).
+import {{ get, entries }} from 'weft:connector/config@0.2.0';
+
+// Runs when the plugin is loaded (`weft validate`, `weft serve`, `weft
+// plugin test`): throw a message and the load stops with it, instead of
+// every delivery failing.
+export function checkConfig() {{
+  for (const [key] of entries()) {{
+    if (key !== 'url') {{
+      throw `unknown config key \`${{key}}\` (this plugin reads \`url\`)`;
+    }}
+  }}
+  const url = get('url');
+  if (url == null) {{
+    throw 'set `url`: where to POST the events';
+  }}
+  if (!/^https?:\/\//.test(url)) {{
+    throw `url = "${{url}}": must start with http:// or https://`;
+  }}
+}}
 
 // Outcomes: {{ tag: 'delivered' }}, {{ tag: 'retry', val: {{ reason, afterMs }} }}
 // (afterMs optional) or {{ tag: 'rejected', val: reason }}.
@@ -353,11 +384,13 @@ class WitWorld(wit_world.WitWorld):
 data to the configured `url` with `weft_http` (a small client over wasi:http);
 the host only lets it reach hosts granted in the plugin's `allowed_hosts`.
 
-The contract is wit/connector.wit, world `sink`.
+The contract is wit/connector.wit, world `checked-sink` (a sink that also
+checks its config when loaded).
 """
 
 import weft_http
 import wit_world
+from componentize_py_types import Err
 from wit_world.imports import config
 from wit_world.imports.weft_connector_types import (
     DeliveryOutcome,
@@ -370,6 +403,19 @@ from wit_world.imports.weft_connector_types import (
 
 
 class WitWorld(wit_world.WitWorld):
+    def check_config(self) -> None:
+        """Runs when the plugin is loaded (`weft validate`, `weft serve`,
+        `weft plugin test`): raise Err(message) and the load stops with it,
+        instead of every delivery failing."""
+        for key, _ in config.entries():
+            if key != "url":
+                raise Err(f"unknown config key `{{key}}` (this plugin reads `url`)")
+        url = config.get("url")
+        if url is None:
+            raise Err("set `url`: where to POST the events")
+        if not url.startswith(("http://", "https://")):
+            raise Err(f'url = "{{url}}": must start with http:// or https://')
+
     def deliver(self, event: Event) -> DeliveryOutcome:
         url = config.get("url")
         if url is None:
@@ -563,6 +609,11 @@ pub fn new_plugin(
     }
     let language = Language::parse(lang)
         .ok_or_else(|| ScaffoldError::Usage(format!("--lang {lang}: use rust, js or python")))?;
+    // The sample sink reads config, and checks it when loaded.
+    let world = match role {
+        "sink" => "checked-sink",
+        other => other,
+    };
     let mut files: Vec<(String, String)> = match language {
         Language::Rust => vec![
             ("Cargo.toml".into(), cargo_toml(name)),
@@ -574,7 +625,7 @@ pub fn new_plugin(
             (
                 "package.json".into(),
                 format!(
-                    "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"main\": \"app.js\",\n  \"weft\": {{ \"world\": \"{role}\" }}\n}}\n"
+                    "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"main\": \"app.js\",\n  \"weft\": {{ \"world\": \"{world}\" }}\n}}\n"
                 ),
             ),
             (".gitignore".into(), "target/\nnode_modules/\n".into()),
@@ -585,7 +636,7 @@ pub fn new_plugin(
             (
                 "pyproject.toml".into(),
                 format!(
-                    "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\n\n# Which Weft world this plugin implements.\n[tool.weft]\nworld = \"{role}\"\n"
+                    "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\n\n# Which Weft world this plugin implements.\n[tool.weft]\nworld = \"{world}\"\n"
                 ),
             ),
             (".gitignore".into(), "target/\n__pycache__/\n".into()),

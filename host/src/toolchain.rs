@@ -117,6 +117,17 @@ pub fn ensure_wasm_target_in(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// The worlds a JavaScript or Python plugin may declare: a role, or the
+/// role's `checked-` world (it also exports `check-config`).
+pub const WORLDS: [&str; 6] = [
+    "source",
+    "transform",
+    "sink",
+    "checked-source",
+    "checked-transform",
+    "checked-sink",
+];
+
 /// The world a JavaScript or Python plugin declares: `"weft": {"world": ...}`
 /// in `package.json`, or `world = "..."` under `[tool.weft]` in
 /// `pyproject.toml`.
@@ -137,10 +148,10 @@ pub fn declared_world(dir: &Path, language: Language) -> Result<String, String> 
             _ => line.trim().strip_prefix(key),
         })
         .filter_map(|rest| rest.split('"').nth(1))
-        .find(|w| ["source", "transform", "sink"].contains(w))
+        .find(|w| WORLDS.contains(w))
         .ok_or_else(|| {
             format!(
-                "{}: no world declared (source, transform or sink); expected {}",
+                "{}: no world declared (source, transform or sink, or checked-source, checked-transform or checked-sink to check the config at load); expected {}",
                 path.display(),
                 match language {
                     Language::JavaScript => "\"weft\": { \"world\": \"transform\" }",

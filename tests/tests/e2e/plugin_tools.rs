@@ -89,6 +89,35 @@ fn scaffold_build_and_test(lang: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("outputs as expected"));
+        if role == "sink" {
+            // The sample sink checks its config when loaded: without `url`,
+            // or with a misspelt key, the load stops with the plugin's words.
+            for (config, expected) in [
+                (None, "set `url`"),
+                (Some("urll=http://x/"), "urll"),
+                (Some("url=ftp://x/"), "must start with http"),
+            ] {
+                let mut args = vec![
+                    "plugin",
+                    "test",
+                    wasm.as_str(),
+                    "--input",
+                    "test/input.jsonl",
+                ];
+                if let Some(config) = config {
+                    args.extend(["--config", config]);
+                }
+                let out = Command::new(BINARY)
+                    .current_dir(&plugin_dir)
+                    .args(["--log-level", "warn"])
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(!out.status.success(), "{lang} {config:?}: {err}");
+                assert!(err.contains(expected), "{lang} {config:?}: {err}");
+            }
+        }
     }
 }
 
