@@ -301,6 +301,8 @@ pub fn resolve_routes(
         tracing::warn!(plugin = %name, "plugin {name} is on no route: it is loaded but never called");
     }
     let mut routes = Vec::new();
+    // Sources already warned about (one may start several routes).
+    let mut short_sources = std::collections::HashSet::new();
     for rc in &config.routes {
         let route_name = rc.name.get_ref().clone();
         let get = |spanned: &Spanned<String>, expected: Role| -> Result<Arc<Plugin>, StartError> {
@@ -324,7 +326,19 @@ pub fn resolve_routes(
             }
             Ok(plugin)
         };
-        get(&rc.source, Role::Source)?;
+        let source = get(&rc.source, Role::Source)?;
+        if source.max_output_bytes() < config.server.max_body_bytes
+            && !short_sources.contains(rc.source.get_ref())
+        {
+            short_sources.insert(rc.source.get_ref().clone());
+            tracing::warn!(
+                plugin = %rc.source.get_ref(),
+                "source {}: limits.max_output_bytes ({}) is below server.max_body_bytes ({}): a webhook between the two is refused with 413",
+                rc.source.get_ref(),
+                source.max_output_bytes(),
+                config.server.max_body_bytes
+            );
+        }
         let transforms = rc
             .transforms
             .iter()

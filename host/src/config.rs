@@ -414,11 +414,14 @@ pub struct Limits {
     /// bounds what one request can make the queue hold.
     pub max_events: u32,
     /// Sources and transforms: the most bytes of events (data, attributes
-    /// and extensions, [`Event::size`](crate::event::Event::size)) one call
-    /// may produce. Like `max_events`: a webhook over it is answered 413 and
-    /// nothing is stored; a transform over it (from one event) fails that
-    /// event permanently. It bounds what one request can make the queue and
-    /// its journal hold, whatever a plugin's memory allows.
+    /// and extensions, [`Event::size`](crate::event::Event::size)) a source
+    /// may make from one webhook, or a transform step from one queued event
+    /// (over all its calls, events passed through unchanged included). Like
+    /// `max_events`: a webhook over it is answered 413 and nothing is
+    /// stored; a transform step over it fails that event permanently. It
+    /// bounds what one request can make the queue and its journal hold,
+    /// whatever a plugin's memory allows. A source's should be at least
+    /// `server.max_body_bytes` (`weft validate` warns otherwise).
     pub max_output_bytes: u64,
     /// Bytes of keys and values the plugin may keep in its state
     /// (`weft:connector/state`), in MiB; a write beyond it fails.

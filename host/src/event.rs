@@ -73,3 +73,28 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_counts_data_every_attribute_and_extension() {
+        let mut event = Event {
+            id: "1".into(),
+            source: "22".into(),
+            ty: "333".into(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            data: vec![0; 10],
+            extensions: vec![],
+        };
+        assert_eq!(event.size(), 1 + 2 + 3 + 10);
+        event.subject = Some("4444".into());
+        event.time = Some("55555".into());
+        event.datacontenttype = Some("666666".into());
+        event.extensions = vec![("k".into(), "vv".into()), ("kk".into(), "v".into())];
+        assert_eq!(event.size(), 1 + 2 + 3 + 10 + 4 + 5 + 6 + 3 + 3);
+    }
+}

@@ -236,22 +236,40 @@ fn request_from_json(v: &Value) -> wit::WebhookRequest {
     }
 }
 
-/// Runs one input through the plugin and describes what happened.
+/// What `serve` would refuse of a source's or transform's output: the
+/// words for an error when the events break `limits.max_events` or
+/// `limits.max_output_bytes`.
+fn over_limits(plugin: &Plugin, events: &[Event]) -> Option<String> {
+    let bytes = events.iter().map(Event::size).sum();
+    plugin.output_over_limits(events.len(), bytes)
+}
+
+/// Runs one input through the plugin and describes what happened, with the
+/// host's limits on what it makes applied as `serve` applies them.
 pub async fn run_one(plugin: &Plugin, input: &Value) -> Result<Value, String> {
     Ok(match plugin.role() {
         Role::Source => match plugin.receive(request_from_json(input)).await {
-            Ok(Ok(events)) => {
-                json!({ "events": events.iter().map(event_to_json).collect::<Vec<_>>() })
-            }
+            Ok(Ok(events)) => match over_limits(plugin, &events) {
+                Some(over) => json!({ "rejected": {
+                    "status": 413,
+                    "kind": "payload-too-large",
+                    "reason": format!("the source made {over}; serve stores nothing of it"),
+                } }),
+                None => json!({ "events": events.iter().map(event_to_json).collect::<Vec<_>>() }),
+            },
             Ok(Err(r)) => {
                 json!({ "rejected": { "status": rejection_status(r.kind), "kind": rejection_kind_name(r.kind), "reason": r.reason } })
             }
             Err(e) => json!({ "failure": e.to_string() }),
         },
         Role::Transform => match plugin.transform(event_from_json(input)?).await {
-            Ok(Ok(events)) => {
-                json!({ "events": events.iter().map(event_to_json).collect::<Vec<_>>() })
-            }
+            Ok(Ok(events)) => match over_limits(plugin, &events) {
+                Some(over) => json!({ "error": {
+                    "retryable": false,
+                    "reason": format!("the transform made {over} from one event"),
+                } }),
+                None => json!({ "events": events.iter().map(event_to_json).collect::<Vec<_>>() }),
+            },
             Ok(Err(wit::TransformError::Retryable(r))) => {
                 json!({ "error": { "retryable": true, "reason": r } })
             }

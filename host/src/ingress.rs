@@ -278,32 +278,14 @@ impl Ingress {
                 );
             }
         };
-        if events.len() > source.max_events() {
-            inc(&self.metrics.webhooks_rejected);
-            tracing::info!(source = %name, events = events.len(), limit = source.max_events(), "webhook rejected: more events than limits.max_events");
-            return json(
-                413,
-                &serde_json::json!({
-                    "error": format!(
-                        "this request makes {} events; source \"{name}\" accepts at most {} per request (limits.max_events)",
-                        events.len(),
-                        source.max_events()
-                    ),
-                    "kind": "payload-too-large",
-                }),
-            );
-        }
         let bytes: usize = events.iter().map(Event::size).sum();
-        if bytes > source.max_output_bytes() {
+        if let Some(over) = source.output_over_limits(events.len(), bytes) {
             inc(&self.metrics.webhooks_rejected);
-            tracing::info!(source = %name, bytes, limit = source.max_output_bytes(), "webhook rejected: more bytes of events than limits.max_output_bytes");
+            tracing::info!(source = %name, over = %over, "webhook rejected: its events are over the source's limits");
             return json(
                 413,
                 &serde_json::json!({
-                    "error": format!(
-                        "this request makes {bytes} bytes of events; source \"{name}\" makes at most {} per request (limits.max_output_bytes)",
-                        source.max_output_bytes()
-                    ),
+                    "error": format!("source \"{name}\" made {over} from this request; nothing was stored"),
                     "kind": "payload-too-large",
                 }),
             );

@@ -573,8 +573,9 @@ impl Router {
         let mut events = vec![event];
         for transform in &route.transforms {
             let mut next = Vec::with_capacity(events.len());
-            // Bytes of events this step made (its limit counts every output
-            // of the step, like its event count).
+            // Bytes of events this step made from the route's one event,
+            // over all its calls: both caps count the whole step's output
+            // (events passed through unchanged too), not one call's.
             let mut made = 0usize;
             for event in events {
                 let started = Instant::now();
@@ -583,27 +584,18 @@ impl Router {
                 let (detail, permanent) = match result {
                     Ok(Ok(out)) => {
                         made += out.iter().map(Event::size).sum::<usize>();
-                        if next.len() + out.len() > transform.max_events() {
-                            (
+                        match transform.output_over_limits(next.len() + out.len(), made) {
+                            Some(over) => (
                                 format!(
-                                    "transform {} made more than {} events from one event (limits.max_events)",
-                                    transform.name(),
-                                    transform.max_events()
+                                    "transform {} made {over} from one event",
+                                    transform.name()
                                 ),
                                 true,
-                            )
-                        } else if made > transform.max_output_bytes() {
-                            (
-                                format!(
-                                    "transform {} made more than {} bytes of events from one event (limits.max_output_bytes)",
-                                    transform.name(),
-                                    transform.max_output_bytes()
-                                ),
-                                true,
-                            )
-                        } else {
-                            next.extend(out);
-                            continue;
+                            ),
+                            None => {
+                                next.extend(out);
+                                continue;
+                            }
                         }
                     }
                     Ok(Err(wit::TransformError::Retryable(msg))) => (msg, false),

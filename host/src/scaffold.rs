@@ -240,12 +240,12 @@ export function receive(request) {{
 import {{ get, entries }} from 'weft:connector/config@0.2.0';
 
 // Runs when the plugin is loaded (`weft validate`, `weft serve`, `weft
-// plugin test`): throw a message and the load stops with it, instead of
-// every delivery failing.
+// plugin test`): throw a message (the string itself: it is the `err` value)
+// and the load stops with it, instead of every delivery failing.
 export function checkConfig() {{
   for (const [key] of entries()) {{
     if (key !== 'url') {{
-      throw `unknown config key \`${{key}}\` (this plugin reads \`url\`)`;
+      throw `unknown key "${{key}}" (did you mean "url"?)`;
     }}
   }}
   const url = get('url');
@@ -409,7 +409,7 @@ class WitWorld(wit_world.WitWorld):
         instead of every delivery failing."""
         for key, _ in config.entries():
             if key != "url":
-                raise Err(f"unknown config key `{{key}}` (this plugin reads `url`)")
+                raise Err(f'unknown key "{{key}}" (did you mean "url"?)')
         url = config.get("url")
         if url is None:
             raise Err("set `url`: where to POST the events")
@@ -672,10 +672,17 @@ pub fn new_plugin(
         Language::JavaScript => "\nThe first build installs componentize-js (pinned) under `$WEFT_TOOLCHAIN_DIR`, else `$XDG_CACHE_HOME/weft/toolchains`, else `~/.cache/weft/toolchains`; it needs Node.js and npm.\n",
         Language::Python => "\nThe first build installs componentize-py (pinned) under `$WEFT_TOOLCHAIN_DIR`, else `$XDG_CACHE_HOME/weft/toolchains`, else `~/.cache/weft/toolchains`; it needs Python 3.11+ with venv.\n",
     };
+    // The sample sink refuses to load without its `url`, and reaches only
+    // the host granted.
+    let sink_settings = if role == "sink" {
+        format!("config = {{ url = \"{SAMPLE_SINK_URL}\" }}\nallowed_hosts = [\"{SAMPLE_SINK_HOST}\"]\n")
+    } else {
+        String::new()
+    };
     files.push((
         "README.md".into(),
         format!(
-            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} {test_args}\n```\n{toolchain_note}\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{config_path}\"\n```\n"
+            "# {name}\n\nA Weft {role} plugin.\n\n```sh\nweft plugin build --dir .\nweft plugin test {wasm} {test_args}\n```\n{toolchain_note}\nThen use it in a Weft config:\n\n```toml\n[plugins.{name}]\npath = \"{config_path}\"\n{sink_settings}```\n"
         ),
     ));
     let dir = parent.join(name);

@@ -801,6 +801,26 @@ impl Plugin {
         usize::try_from(self.limits.max_output_bytes).unwrap_or(usize::MAX)
     }
 
+    /// Which output cap `count` events of `bytes` bytes in all break
+    /// (`limits.max_events`, then `limits.max_output_bytes`), in words for
+    /// an error message; `None` when they break neither. The same check
+    /// for a webhook, a transform step and `weft plugin test`.
+    pub fn output_over_limits(&self, count: usize, bytes: usize) -> Option<String> {
+        if count > self.max_events() {
+            Some(format!(
+                "{count} events, more than limits.max_events ({})",
+                self.max_events()
+            ))
+        } else if bytes > self.max_output_bytes() {
+            Some(format!(
+                "{bytes} bytes of events, more than limits.max_output_bytes ({})",
+                self.max_output_bytes()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// A kept instance for the next call, if reuse is on and one is idle.
     fn take_warm(&self) -> Option<Warm> {
         if self.limits.instance_reuse <= 1 {

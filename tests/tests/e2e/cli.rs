@@ -255,4 +255,20 @@ fn validate_warns_of_unused_plugins_and_a_config_without_routes() {
         !out.contains("on no route") && !out.contains("no routes"),
         "{out}"
     );
+    assert!(!out.contains("max_output_bytes"), "{out}");
+    // A source that may make fewer bytes than a webhook may hold.
+    let (ok, out) = validate(
+        "[server]\nmax_body_bytes = 2000000\n\
+         [plugins.in]\nbuiltin = \"webhook-json\"\nlimits = { max_output_bytes = 1000000 }\n\
+         [plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n\
+         [[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n\
+         [[routes]]\nname = \"r2\"\nsource = \"in\"\nsinks = [\"out\"]\n",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.matches("limits.max_output_bytes (1000000) is below server.max_body_bytes (2000000)")
+            .count(),
+        1,
+        "once per source: {out}"
+    );
 }

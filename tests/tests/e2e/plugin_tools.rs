@@ -94,7 +94,10 @@ fn scaffold_build_and_test(lang: &str) {
             // or with a misspelt key, the load stops with the plugin's words.
             for (config, expected) in [
                 (None, "set `url`"),
-                (Some("urll=http://x/"), "urll"),
+                (
+                    Some("urll=http://x/"),
+                    "unknown key \"urll\" (did you mean \"url\"?)",
+                ),
                 (Some("url=ftp://x/"), "must start with http"),
             ] {
                 let mut args = vec![
@@ -115,7 +118,11 @@ fn scaffold_build_and_test(lang: &str) {
                     .unwrap();
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(!out.status.success(), "{lang} {config:?}: {err}");
-                assert!(err.contains(expected), "{lang} {config:?}: {err}");
+                // A refusal (`err`), not a trap whose output says the same.
+                assert!(
+                    err.contains("the plugin refuses it") && err.contains(expected),
+                    "{lang} {config:?}: {err}"
+                );
             }
         }
     }
@@ -354,4 +361,44 @@ async fn the_harness_classifies_sink_outcomes_against_a_live_api() {
         "{lines:?}"
     );
     assert_eq!(api.requests().len(), 3);
+}
+
+/// `weft plugin test` applies the host's caps on what a plugin makes as
+/// `serve` does: a transform turning one event into more than
+/// `limits.max_events` (default 10,000) reports the permanent error the
+/// route would dead-letter, not the events.
+#[test]
+fn plugin_test_applies_the_output_caps_of_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"ok\",\"type\":\"t\",\"data\":{\"chaos\":\"flood\",\"count\":10000}}\n\
+         {\"id\":\"over\",\"type\":\"t\",\"data\":{\"chaos\":\"flood\",\"count\":10001}}\n",
+    )
+    .unwrap();
+    let chaos = weft_tests::test_plugin("chaos");
+    let out = weft(
+        &[
+            "plugin",
+            "test",
+            chaos.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["events"].as_array().map(Vec::len), Some(10_000));
+    assert_eq!(lines[1]["error"]["retryable"], false, "{}", lines[1]);
+    assert_eq!(
+        lines[1]["error"]["reason"],
+        "the transform made 10001 events, more than limits.max_events (10000) from one event"
+    );
 }

@@ -424,18 +424,24 @@ async fn event_floods_are_capped_by_max_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_bytes_are_capped_by_max_output_bytes() {
     let out = FakeApi::start().await;
-    let config = chaos_route(
-        &out,
-        "",
-        "max_output_bytes = 4096",
-        "max_output_bytes = 20000",
-    );
-    let host = TestHost::start(&config).await;
-    let hook = host.hook("in");
     let padded = |id: &str, count: u32, pad: usize| {
         serde_json::json!({ "id": id, "chaos": "flood", "count": count, "pad": "x".repeat(pad) })
             .to_string()
     };
+    // What the transform makes of `body` (posted with id `edge`): two copies
+    // with ids `edge-0` and `edge-1`, each holding the body and webhook-json's
+    // attributes (`/hooks/webhook`, `webhook.received`, `application/json`).
+    let two_copies = |body: &str| 2 * ("edge-0".len() + 14 + 16 + 16 + body.len());
+    let at_limit = padded("edge", 2, 3000);
+    let limit = two_copies(&at_limit);
+    let config = chaos_route(
+        &out,
+        "",
+        "max_output_bytes = 4096",
+        &format!("max_output_bytes = {limit}"),
+    );
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("in");
 
     // A 5 KB webhook is within the body limit but over the source's output.
     let (status, body) = post_json(&hook, &padded("big", 1, 5000)).await;
@@ -453,21 +459,22 @@ async fn event_bytes_are_capped_by_max_output_bytes() {
     );
     assert_eq!(host.stats().pending, 0);
 
-    // Five copies of a ~3 KB event fit the transform's 20,000 bytes...
-    let (status, body) = post_json(&hook, &padded("five", 5, 3000)).await;
+    // Exactly at the transform's limit: both copies delivered...
+    let (status, body) = post_json(&hook, &at_limit).await;
     assert_eq!(status, 202, "{body}");
-    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 5).await);
-    // ... seven do not: dead-lettered whole, none of the seven delivered.
-    let (status, body) = post_json(&hook, &padded("seven", 7, 3000)).await;
+    assert!(eventually(Duration::from_secs(30), || out.delivered().len() == 2).await);
+    // ... one byte more: dead-lettered whole, neither copy delivered.
+    let over = padded("edge", 2, 3001);
+    assert_eq!(two_copies(&over), limit + 2);
+    let (status, body) = post_json(&hook, &over).await;
     assert_eq!(status, 202, "{body}");
     let error = the_dead_letters_error(&host).await;
     assert!(error.contains("limits.max_output_bytes"), "{error}");
-    let (_, letters) = host.admin_get("/api/dead-letters").await;
-    assert_eq!(letters["dead_letters"][0]["event"]["id"], "seven");
+    assert!(error.contains(&format!("{} bytes", limit + 2)), "{error}");
     assert_eq!(
         out.delivered().len(),
-        5,
-        "nothing of the seven was delivered"
+        2,
+        "nothing of the second was delivered"
     );
     host.stop().await;
 }
