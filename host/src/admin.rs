@@ -38,6 +38,8 @@ pub struct Admin {
     pub plugins: HashMap<String, Arc<Plugin>>,
     /// The bearer token.
     pub token: String,
+    /// The queue's room for more webhooks.
+    pub headroom: Arc<crate::headroom::Headroom>,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -100,10 +102,18 @@ impl Admin {
             })
             .collect();
         let (answered, latency_ns) = self.metrics.webhook_latency.totals();
+        let room = self.headroom.check(stats.pending);
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
             "queue": { "pending": stats.pending, "waiting": self.router.waiting(), "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
+            "storage": {
+                "accepting": room.is_ok(),
+                "refusing_because": room.err().map(|full| full.to_string()),
+                "max_pending": self.headroom.max_pending(),
+                "free_bytes": self.headroom.free_bytes(),
+                "min_free_bytes": self.headroom.min_free_bytes(),
+            },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
         })
@@ -180,6 +190,16 @@ impl Admin {
                             "weft_queue_dead",
                             "Records in the dead-letter store",
                             stats.dead,
+                        ),
+                        (
+                            "weft_storage_free_bytes",
+                            "Free bytes on the data dir's file system at the last look (each second)",
+                            self.headroom.free_bytes().unwrap_or(0),
+                        ),
+                        (
+                            "weft_storage_accepting",
+                            "1 while the queue takes webhooks, 0 while it refuses them for want of room",
+                            u64::from(self.headroom.check(stats.pending).is_ok()),
                         ),
                     ],
                 );

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, PluginConfig};
+use crate::headroom::Headroom;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError, SledQueue};
@@ -547,6 +548,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let header_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(router.clone().start(workers, grace)));
+    let headroom = Arc::new(Headroom::new(
+        &data_dir,
+        config.storage.max_pending,
+        config.storage.min_free_mib,
+    ));
+    if let Err(full) = headroom.check(router.queue().stats().pending) {
+        tracing::warn!(reason = %full, "webhooks are refused (503) until deliveries make room");
+    }
+    tasks.push(tokio::spawn(headroom.clone().watch(shutdown_rx.clone())));
     tasks.push(tokio::spawn(crate::runtime::sweep_idle(
         plugins.values().cloned().collect(),
         shutdown_rx.clone(),
@@ -578,6 +588,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         slots: Semaphore::new(config.server.max_concurrent_requests),
         per_client: crate::clients::ClientSlots::new(config.server.max_requests_per_client),
         rates,
+        headroom: headroom.clone(),
+        full_logged: std::sync::Mutex::new(None),
     });
     let handler = Arc::new(move |req| ingress.clone().handle(req));
     let connections = crate::server::ConnectionLimits {
@@ -607,6 +619,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: metrics.clone(),
             plugins: plugins.clone(),
             token: token.clone(),
+            headroom: headroom.clone(),
         });
         let handler = Arc::new(move |req| admin.clone().handle(req));
         tasks.push(tokio::spawn(crate::server::serve(

@@ -149,7 +149,21 @@ pub struct StorageConfig {
     /// waits only while such webhooks exist: one arriving alone is never
     /// delayed. See docs/ARCHITECTURE.md.
     pub commit_delay_us: u64,
+    /// With this many records pending (waiting to run, or for a retry),
+    /// webhooks are answered `503` with `Retry-After` and nothing is stored
+    /// until deliveries make room (default 1,000,000; see
+    /// [`crate::headroom`]).
+    pub max_pending: u64,
+    /// With less than this many MiB free on the data dir's file system,
+    /// webhooks are answered `503` likewise (default 256; 0 = never).
+    pub min_free_mib: u64,
 }
+
+/// Default for `storage.max_pending`.
+pub const DEFAULT_MAX_PENDING: u64 = 1_000_000;
+
+/// Default for `storage.min_free_mib`.
+pub const DEFAULT_MIN_FREE_MIB: u64 = 256;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -157,6 +171,8 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("weft-data"),
             cache_dir: None,
             commit_delay_us: crate::queue::DEFAULT_COMMIT_DELAY.as_micros() as u64,
+            max_pending: DEFAULT_MAX_PENDING,
+            min_free_mib: DEFAULT_MIN_FREE_MIB,
         }
     }
 }
@@ -879,6 +895,18 @@ impl Config {
             return Err(invalid(
                 at(&["storage", "commit_delay_us"]),
                 "storage.commit_delay_us: must be 0..=10000".into(),
+            ));
+        }
+        if !(1..=1 << 40).contains(&self.storage.max_pending) {
+            return Err(invalid(
+                at(&["storage", "max_pending"]),
+                format!("storage.max_pending: must be 1..={}", 1u64 << 40),
+            ));
+        }
+        if self.storage.min_free_mib > 1 << 30 {
+            return Err(invalid(
+                at(&["storage", "min_free_mib"]),
+                format!("storage.min_free_mib: must be 0..={}", 1u64 << 30),
             ));
         }
         let server = &self.server;

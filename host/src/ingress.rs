@@ -4,6 +4,7 @@
 
 use crate::clients::ClientSlots;
 use crate::event::Event;
+use crate::headroom::{self, Headroom};
 use crate::metrics::{add_elapsed, inc, Metrics};
 use crate::queue::Arrival;
 use crate::rate::RateLimit;
@@ -39,7 +40,16 @@ pub struct Ingress {
     /// Request slots per client address (`server.max_requests_per_client`);
     /// over it, 429.
     pub per_client: Arc<ClientSlots>,
+    /// Whether the queue has room (`storage.max_pending`,
+    /// `storage.min_free_mib`); without, 503.
+    pub headroom: Arc<Headroom>,
+    /// When a refusal for want of room was last logged at `warn`.
+    pub full_logged: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often, at most, refusals for want of room are logged at `warn` (each
+/// is counted in `weft_webhooks_refused_full_total`).
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The webhook listener's own refusals (before or around the source
 /// plugin): the same `{"error", "kind"}` body as a plugin's rejections,
@@ -115,6 +125,37 @@ impl Ingress {
         r
     }
 
+    /// `503 Service Unavailable` with `Retry-After` when the queue has no
+    /// room (see [`crate::headroom`]): nothing is read or stored, and the
+    /// sender retries once deliveries have made room.
+    fn full(&self, name: &str, full: &headroom::Full) -> Reply {
+        inc(&self.metrics.webhooks_refused_full);
+        let log_now = match self.full_logged.lock() {
+            Ok(mut last) if !last.is_some_and(|at| at.elapsed() < FULL_LOG_EVERY) => {
+                *last = Some(Instant::now());
+                true
+            }
+            _ => false,
+        };
+        if log_now {
+            tracing::warn!(source = %name, reason = %full, "webhook refused (503): the queue has no room; further refusals for 10 s are only counted");
+        } else {
+            tracing::debug!(source = %name, reason = %full, "webhook refused (503): the queue has no room");
+        }
+        let mut r = json(
+            503,
+            &serde_json::json!({
+                "error": format!("the queue has no room ({full}); nothing was stored, retry later"),
+                "kind": "storage-full",
+            }),
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(headroom::RETRY_AFTER_SECS),
+        );
+        r
+    }
+
     /// Handles one request and records how long its sender waited.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let started = Instant::now();
@@ -181,6 +222,9 @@ impl Ingress {
             return r;
         };
         inc(&self.metrics.webhooks_received);
+        if let Err(full) = self.headroom.check(self.router.queue().stats().pending) {
+            return self.full(&name, &full);
+        }
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)

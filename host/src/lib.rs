@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod harness;
+pub mod headroom;
 pub mod ingress;
 pub mod metrics;
 pub mod queue;

@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Webhook requests refused with 429 because their source was over its
     /// rate limit.
     pub webhooks_throttled: AtomicU64,
+    /// Webhook requests refused with 503 because the queue had no room
+    /// (`storage.max_pending`, `storage.min_free_mib`).
+    pub webhooks_refused_full: AtomicU64,
     /// Connections closed at accept because their client address already
     /// held `server.max_connections_per_client` of them.
     pub connections_refused: AtomicU64,
@@ -134,6 +137,11 @@ impl Metrics {
                 "weft_webhooks_throttled_total",
                 "Webhook requests refused with 429: their source was over limits.requests_per_s",
                 g(&self.webhooks_throttled),
+            ),
+            (
+                "weft_webhooks_refused_full_total",
+                "Webhook requests refused with 503: the queue had no room (storage.max_pending, storage.min_free_mib)",
+                g(&self.webhooks_refused_full),
             ),
             (
                 "weft_connections_refused_total",

@@ -345,10 +345,23 @@ impl TestHost {
         Self::start_in(config, dir).await
     }
 
+    /// Starts Weft on `config` with more `[storage]` settings (`storage`:
+    /// lines such as `max_pending = 2`).
+    pub async fn start_with_storage(config: &str, storage: &str) -> TestHost {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = with_storage_and_defaults(config, dir.path(), storage);
+        Self::start_parsed(&text, dir).await
+    }
+
     /// Starts Weft with an existing data directory.
     pub async fn start_in(config: &str, dir: tempfile::TempDir) -> TestHost {
         let text = with_defaults(config, dir.path());
-        let config = weft::config::Config::parse(&text, "test.toml", dir.path())
+        Self::start_parsed(&text, dir).await
+    }
+
+    /// Starts Weft on a whole config text.
+    async fn start_parsed(text: &str, dir: tempfile::TempDir) -> TestHost {
+        let config = weft::config::Config::parse(text, "test.toml", dir.path())
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         let running = weft::app::start(config)
             .await
@@ -418,7 +431,17 @@ impl TestHost {
 
 /// Adds `[storage]` and loopback `[server]` defaults to a test config.
 pub fn with_defaults(config: &str, dir: &Path) -> String {
+    with_storage_and_defaults(config, dir, "")
+}
+
+/// [`with_defaults`] with more `[storage]` settings (`storage`: lines such
+/// as `max_pending = 2`).
+pub fn with_storage_and_defaults(config: &str, dir: &Path, storage: &str) -> String {
     let mut text = storage_section(dir);
+    if !storage.is_empty() {
+        text.push_str(storage);
+        text.push('\n');
+    }
     if !config.contains("[server]") {
         text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
     }

@@ -65,6 +65,18 @@ fn bad_config_errors_name_file_line_and_field() {
             "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { max_events = 0 }\n",
             "bad.toml:3:12: plugins.x.limits.max_events: must be 1..=1000000",
         ),
+        (
+            "[plugins.x]\nbuiltin = \"webhook-json\"\nlimits = { max_output_bytes = 0 }\n",
+            "bad.toml:3:12: plugins.x.limits.max_output_bytes: must be 1..=1073741824",
+        ),
+        (
+            "[storage]\nmax_pending = 0\n",
+            "bad.toml:2:1: storage.max_pending: must be 1..=1099511627776",
+        ),
+        (
+            "[storage]\nmin_free_mib = 2000000000\n",
+            "bad.toml:2:1: storage.min_free_mib: must be 0..=1073741824",
+        ),
         ("[plugins.x]\npath = \"nowhere.wasm\"\n", "plugin x: cannot read"),
         (
             "[plugins.x]\nbuiltin = \"../x\"\n",

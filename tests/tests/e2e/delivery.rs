@@ -900,3 +900,105 @@ async fn a_webhook_whose_client_gave_up_after_it_was_stored_is_still_delivered()
     assert!(delivered, "delivered: {:?}", api.delivered_ids());
     host.stop().await;
 }
+
+/// With `storage.max_pending` records pending (here: the sink is down and
+/// they wait for retries), the next webhook gets 503 with `Retry-After`
+/// before anything of it is stored; the status and metrics say why. Once
+/// the sink is back and deliveries make room, webhooks are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
+    let api = FakeApi::start().await;
+    api.set_default(503);
+    let config = relay_config(
+        &api,
+        "initial_ms = 100\nmax_delay_ms = 200\nmax_attempts = 1000\njitter = 0.0",
+    );
+    let host = TestHost::start_with_storage(&config, "max_pending = 2").await;
+    for i in 0..2 {
+        let (status, body) = post_json(&host.hook("in"), &format!("{{\"id\":\"room-{i}\"}}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let auth = format!("Bearer {}", host.running.admin_token);
+    let (status, headers, body) = send_full(
+        "POST",
+        &host.hook("in"),
+        "{\"id\":\"no-room\"}",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "30");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "storage-full");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("storage.max_pending is 2"),
+        "{body}"
+    );
+    assert_eq!(host.stats().pending, 2, "nothing of it was stored");
+    assert_eq!(host.counter("weft_webhooks_refused_full_total"), 1);
+    let (_, status_body) = host.admin_get("/api/status").await;
+    assert_eq!(status_body["storage"]["accepting"], false, "{status_body}");
+    assert_eq!(status_body["storage"]["max_pending"], 2);
+    let (_, _, metrics) = send_full(
+        "GET",
+        &format!("{}/metrics", host.admin()),
+        "",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert!(
+        metrics.contains("\nweft_storage_accepting 0\n"),
+        "{metrics}"
+    );
+
+    // The sink is back: the two are delivered, and the queue takes more.
+    api.set_default(200);
+    assert!(
+        eventually(Duration::from_secs(30), || host.stats().pending == 0).await,
+        "pending: {}",
+        host.stats().pending
+    );
+    let (status, body) = post_json(&host.hook("in"), "{\"id\":\"room-again\"}").await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await);
+    assert_eq!(api.delivered_ids(), ["room-0", "room-1", "room-again"]);
+    let (_, status_body) = host.admin_get("/api/status").await;
+    assert_eq!(status_body["storage"]["accepting"], true, "{status_body}");
+    host.stop().await;
+}
+
+/// With less free space on the data dir's file system than
+/// `storage.min_free_mib` (here: more than any disk has), webhooks get 503
+/// and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_refuses_webhooks() {
+    let api = FakeApi::start().await;
+    let config = relay_config(&api, "max_attempts = 1");
+    let host = TestHost::start_with_storage(&config, "min_free_mib = 1073741824").await;
+    let (status, body) = post_json(&host.hook("in"), "{\"id\":\"disk\"}").await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["kind"], "storage-full");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("storage.min_free_mib is 1073741824"),
+        "{body}"
+    );
+    assert_eq!(host.counter("weft_events_accepted_total"), 0);
+    let (_, status_body) = host.admin_get("/api/status").await;
+    assert!(
+        status_body["storage"]["free_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{status_body}"
+    );
+    assert!(status_body["storage"]["refusing_because"]
+        .as_str()
+        .is_some_and(|r| r.contains("min_free_mib")));
+    host.stop().await;
+}
