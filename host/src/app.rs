@@ -48,6 +48,9 @@ pub enum StartError {
         /// Role the route needs.
         expected: Role,
     },
+    /// The listeners' certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::LocatedTlsError),
     /// The admin token could not be read, or is too short.
     #[error("server.admin_token: {0}")]
     AdminToken(String),
@@ -522,6 +525,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(_) => admin_token(&config, &data_dir)?,
         None => String::new(),
     };
+    let tls = config.tls_acceptor()?;
     let listener = bind(config.server.listen).await?;
     let admin_listener = match config.server.admin_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -600,6 +604,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     tasks.push(tokio::spawn(crate::server::serve(
         listener,
+        tls.clone(),
         handler,
         connections,
         metrics.clone(),
@@ -624,6 +629,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let handler = Arc::new(move |req| admin.clone().handle(req));
         tasks.push(tokio::spawn(crate::server::serve(
             listener,
+            tls,
             handler,
             crate::server::ConnectionLimits {
                 max_connections: ADMIN_CONNECTIONS,

@@ -269,6 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::app::check_plugins(&config, &plugins).await?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
             crate::app::configured_admin_token(&config)?;
+            config.tls_acceptor()?;
             let count =
                 |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             println!(

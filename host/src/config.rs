@@ -114,6 +114,20 @@ pub struct ServerConfig {
     /// Time given to in-flight attempts on shutdown before they are abandoned
     /// (they stay queued and run again after a restart).
     pub shutdown_grace_ms: u64,
+    /// HTTPS for both listeners (see [`crate::tls`]); without it they speak
+    /// plain HTTP (fine on loopback or behind a TLS-terminating proxy).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key (paths relative to the
+/// config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +146,7 @@ impl Default for ServerConfig {
             max_connections_per_client: 512,
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -1029,6 +1044,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The listeners' TLS acceptor, if `server.tls` is set: its files read
+    /// and checked (at start, and by `weft validate`).
+    pub fn tls_acceptor(
+        &self,
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::tls::LocatedTlsError> {
+        use crate::tls::TlsError;
+        let Some(files) = &self.server.tls else {
+            return Ok(None);
+        };
+        crate::tls::acceptor(&self.resolve(&files.cert), &self.resolve(&files.key))
+            .map(Some)
+            .map_err(|error| {
+                let field = match error {
+                    TlsError::Cert { .. } => "cert",
+                    TlsError::Key { .. } => "key",
+                    TlsError::Pair(_) => "",
+                };
+                let mut path = vec!["server", "tls"];
+                path.extend((!field.is_empty()).then_some(field));
+                crate::tls::LocatedTlsError {
+                    at: self.place(&path),
+                    error,
+                }
+            })
     }
 
     /// Resolves a path from the config against the config file's directory.

@@ -23,6 +23,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod timers;
+pub mod tls;
 pub mod toolchain;
 
 /// The allocator the `weft` binaries install (`#[global_allocator]`):

@@ -196,6 +196,10 @@ impl tokio::io::AsyncWrite for Tracked {
     }
 }
 
+/// What a connection's HTTP runs over: its TCP stream, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Resolves once the connection has been idle for `timeout` (see
 /// [`ConnectionLimits::idle_timeout`]), looking a few times per timeout.
 async fn idle(activity: &Activity, timeout: Duration) {
@@ -216,9 +220,12 @@ async fn idle(activity: &Activity, timeout: Duration) {
 /// and a connection idle for `limits.idle_timeout` is closed, giving its
 /// slot back. One client address holds at most `limits.max_per_client` of
 /// them: past that its new connections are closed at once (counted in
-/// `metrics.connections_refused`).
+/// `metrics.connections_refused`). With `tls`, each connection first
+/// completes a TLS handshake within `limits.header_timeout` (see
+/// [`crate::tls`]).
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Arc<H>,
     limits: ConnectionLimits,
     metrics: Arc<crate::metrics::Metrics>,
@@ -286,10 +293,28 @@ pub async fn serve<H, F>(
             stream,
             activity: activity.clone(),
         };
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
-        let idle_timeout = limits.idle_timeout;
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.header_timeout);
         tokio::spawn(async move {
+            // The handshake in the connection's own task: a slow client
+            // holds its connection slot, not the accept loop.
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(io),
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             tokio::select! {
                 ended = conn => if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");

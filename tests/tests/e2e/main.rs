@@ -17,3 +17,4 @@ mod pipeline;
 mod plugin_tools;
 mod reuse;
 mod sandbox;
+mod tls;

@@ -1,0 +1,192 @@
+//! HTTPS on Weft's own listeners (`server.tls`): webhooks and the admin API
+//! over TLS with a certificate the test makes, plain HTTP refused on them,
+//! and unusable certificate files stopping the start with a located error.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use weft_tests::{eventually, try_send, FakeApi, TestHost};
+
+/// A self-signed certificate for `localhost`, written as `cert.pem` and
+/// `key.pem` in `dir`; returns the certificate (DER) to trust.
+fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), made.key_pair.serialize_pem()).unwrap();
+    made.cert.der().clone()
+}
+
+/// One HTTPS request to `addr` as `localhost`, trusting only `trusted`;
+/// returns the status and body.
+async fn https(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with Weft");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(
+            request
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn relay(api: &FakeApi, tls: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{tls}
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.out]
+builtin = "http-post"
+config = {{ url = "{origin}/deliver" }}
+allowed_hosts = ["{origin}"]
+
+[[routes]]
+name = "relay"
+source = "in"
+sinks = ["out"]
+"#,
+        origin = api.origin()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_listeners_speak_https_with_the_configured_certificate() {
+    let api = FakeApi::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let trusted = certificate(certs.path());
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        certs.path().join("cert.pem").display(),
+        certs.path().join("key.pem").display()
+    );
+    let host = TestHost::start(&relay(&api, &tls)).await;
+    let webhook = host.running.webhook_addr;
+    let admin = host.running.admin_addr.unwrap();
+
+    let (status, body) = https(
+        webhook,
+        &trusted,
+        "POST",
+        "/hooks/in",
+        &[("content-type", "application/json")],
+        "{\"id\":\"over-tls\"}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        eventually(Duration::from_secs(30), || api.delivered_ids()
+            == ["over-tls"])
+        .await
+    );
+
+    let auth = format!("Bearer {}", host.running.admin_token);
+    let (status, body) = https(
+        admin,
+        &trusted,
+        "GET",
+        "/api/status",
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"relay\""), "{body}");
+
+    // Plain HTTP on a TLS listener gets no answer, and nothing is stored.
+    for url in [
+        format!("http://{webhook}/hooks/in"),
+        format!("http://{admin}/api/status"),
+    ] {
+        let plain = try_send("POST", &url, "{\"id\":\"plain\"}", &[]).await;
+        assert!(plain.is_err(), "{url}: {plain:?}");
+    }
+    assert_eq!(host.counter("weft_events_accepted_total"), 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_certificate_files_stop_the_start_with_a_located_error() {
+    let api = FakeApi::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    certificate(certs.path());
+    let other = tempfile::tempdir().unwrap();
+    certificate(other.path());
+    let cert = certs.path().join("cert.pem");
+    let missing = certs.path().join("missing.pem");
+    let foreign_key = other.path().join("key.pem");
+    for (cert, key, expected) in [
+        (&missing, &foreign_key, "server.tls.cert: "),
+        (&cert, &cert, "server.tls.key: "),
+        (
+            &cert,
+            &foreign_key,
+            "server.tls: the certificate and key do not go together",
+        ),
+    ] {
+        let tls = format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = weft_tests::with_defaults(&relay(&api, &tls), dir.path());
+        let config = weft::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
+        let err = match weft::app::start(config).await {
+            Ok(running) => {
+                running.shutdown().await;
+                panic!("started with {cert:?} and {key:?}");
+            }
+            Err(e) => e.to_string(),
+        };
+        // Located at the `tls` line of the file (after the test's
+        // `[storage]` section).
+        assert!(err.starts_with("test.toml:8:"), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}
