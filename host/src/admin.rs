@@ -173,9 +173,7 @@ impl Admin {
                         stats.checkpoint_ns,
                     ),
                 ];
-                let mut body = self.metrics.render(
-                    &counters,
-                    &[
+                let mut gauges = vec![
                         (
                             "weft_queue_pending",
                             "Records waiting to be processed or retried",
@@ -192,17 +190,20 @@ impl Admin {
                             stats.dead,
                         ),
                         (
-                            "weft_storage_free_bytes",
-                            "Free bytes on the data dir's file system at the last look (each second)",
-                            self.headroom.free_bytes().unwrap_or(0),
-                        ),
-                        (
                             "weft_storage_accepting",
                             "1 while the queue takes webhooks, 0 while it refuses them for want of room",
                             u64::from(self.headroom.check(stats.pending).is_ok()),
                         ),
-                    ],
-                );
+                ];
+                // Left out, rather than 0, while it could never be read.
+                if let Some(free) = self.headroom.free_bytes() {
+                    gauges.push((
+                        "weft_storage_free_bytes",
+                        "Free bytes on the data dir's file system at the last good look (each second)",
+                        free,
+                    ));
+                }
+                let mut body = self.metrics.render(&counters, &gauges);
                 self.router.outcomes().render(&mut body);
                 text(200, "text/plain; version=0.0.4", body)
             }

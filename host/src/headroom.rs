@@ -3,21 +3,30 @@
 //! Why it exists: a sink that is down for hours makes the queue grow, and a
 //! queue that grows without bound ends in a full disk, where nothing works,
 //! not even the deliveries that would drain it (a checkpoint needs room to
-//! write). So Weft stops accepting first: with more than
+//! write). So Weft stops accepting first: with as many as
 //! `storage.max_pending` records pending, or less than
 //! `storage.min_free_mib` free on the data dir's file system, a webhook is
 //! answered `503` with `Retry-After` before its body is read, and nothing of
 //! it is stored. Webhook senders retry on a 5xx; deliveries go on meanwhile
-//! and make room, and webhooks are taken again as soon as there is.
+//! (only webhooks are refused: retries, fan-out and replays are not) and
+//! make room, and webhooks are taken again as soon as there is.
+//!
+//! Both are soft limits: webhooks already past the check when the limit is
+//! reached still store their events. And `max_pending` is one count for all
+//! routes: a sink that stays down, with a long retry budget, keeps its
+//! records pending until they are dead-lettered, and can make every source
+//! refused; size it, and the retry budget, for the longest outage a sink
+//! should survive.
 //!
 //! The free space is looked at once a second by a background task
 //! ([`Headroom::watch`]), so a webhook costs two atomic loads, not a
-//! `statvfs`.
+//! `statvfs`. A look that fails keeps the last good reading (and says so
+//! once, at `warn`).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,24 +61,52 @@ pub enum Full {
     },
 }
 
+impl Full {
+    /// The setting that refused, for the sender's answer (which does not
+    /// say how full the server is: that is for the logs, the status API and
+    /// the metrics).
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Full::Pending { .. } => "storage.max_pending",
+            Full::Disk { .. } => "storage.min_free_mib",
+        }
+    }
+}
+
 /// The limits and the last look at the free space.
 pub struct Headroom {
     dir: PathBuf,
     max_pending: u64,
     min_free_bytes: u64,
-    /// Free bytes (for unprivileged writers) at the last look; `u64::MAX`
-    /// when it could not be read (the queue's own writes then fail loudly).
+    /// Free bytes (for unprivileged writers) at the last good look;
+    /// `u64::MAX` while none has succeeded (the queue's own writes then
+    /// fail loudly).
     free_bytes: AtomicU64,
+    /// Whether the last look failed (to warn once per failing spell).
+    failing: AtomicBool,
+    /// How the free space is read (`statvfs`; another in tests).
+    reader: fn(&Path) -> std::io::Result<u64>,
 }
 
 impl Headroom {
     /// Headroom for a queue in `dir`, looking at its free space once now.
     pub fn new(dir: &Path, max_pending: u64, min_free_mib: u64) -> Headroom {
+        Headroom::with_reader(dir, max_pending, min_free_mib, free_bytes)
+    }
+
+    fn with_reader(
+        dir: &Path,
+        max_pending: u64,
+        min_free_mib: u64,
+        reader: fn(&Path) -> std::io::Result<u64>,
+    ) -> Headroom {
         let headroom = Headroom {
             dir: dir.to_path_buf(),
             max_pending,
             min_free_bytes: min_free_mib.saturating_mul(1 << 20),
             free_bytes: AtomicU64::new(u64::MAX),
+            failing: AtomicBool::new(false),
+            reader,
         };
         headroom.look();
         headroom
@@ -108,13 +145,20 @@ impl Headroom {
         self.min_free_bytes
     }
 
-    /// Reads the free space now (a blocking `statvfs`).
+    /// Reads the free space now (a blocking `statvfs`); a failed read
+    /// keeps the last good one.
     fn look(&self) {
-        match free_bytes(&self.dir) {
-            Ok(free) => self.free_bytes.store(free, Ordering::Relaxed),
+        match (self.reader)(&self.dir) {
+            Ok(free) => {
+                self.free_bytes.store(free, Ordering::Relaxed);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(dir = %self.dir.display(), "the data dir's free space can be read again");
+                }
+            }
             Err(e) => {
-                tracing::debug!(dir = %self.dir.display(), error = %e, "cannot read the data dir's free space");
-                self.free_bytes.store(u64::MAX, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the data dir's free space; storage.min_free_mib is checked against the last good reading");
+                }
             }
         }
     }
@@ -175,5 +219,41 @@ mod tests {
         let unreadable = Headroom::new(&dir.path().join("missing"), 10, 1 << 40);
         assert_eq!(unreadable.free_bytes(), None);
         assert_eq!(unreadable.check(0), Ok(()));
+    }
+
+    /// What the fake reader answers next (one test uses it).
+    static NEXT_FREE: AtomicU64 = AtomicU64::new(0);
+
+    fn fake_reader(_: &Path) -> std::io::Result<u64> {
+        match NEXT_FREE.load(Ordering::Relaxed) {
+            u64::MAX => Err(std::io::Error::other("unreadable")),
+            free => Ok(free),
+        }
+    }
+
+    #[test]
+    fn each_look_refuses_or_takes_webhooks_again_and_a_failed_look_keeps_the_last() {
+        NEXT_FREE.store(100 << 20, Ordering::Relaxed);
+        let headroom = Headroom::with_reader(Path::new("/data"), 10, 50, fake_reader);
+        assert_eq!(headroom.check(0), Ok(()));
+        // The disk fills up: the next look refuses.
+        NEXT_FREE.store(10 << 20, Ordering::Relaxed);
+        headroom.look();
+        assert_eq!(
+            headroom.check(0),
+            Err(Full::Disk {
+                free_mib: 10,
+                min_mib: 50
+            })
+        );
+        // A failed look keeps refusing on the last good reading.
+        NEXT_FREE.store(u64::MAX, Ordering::Relaxed);
+        headroom.look();
+        assert_eq!(headroom.free_bytes(), Some(10 << 20));
+        assert!(headroom.check(0).is_err());
+        // Room again: webhooks are taken again.
+        NEXT_FREE.store(60 << 20, Ordering::Relaxed);
+        headroom.look();
+        assert_eq!(headroom.check(0), Ok(()));
     }
 }

@@ -145,7 +145,7 @@ impl Ingress {
         let mut r = json(
             503,
             &serde_json::json!({
-                "error": format!("the queue has no room ({full}); nothing was stored, retry later"),
+                "error": format!("the queue has no room ({}); nothing was stored, retry later", full.setting()),
                 "kind": "storage-full",
             }),
         );
@@ -221,10 +221,10 @@ impl Ingress {
             );
             return r;
         };
-        inc(&self.metrics.webhooks_received);
         if let Err(full) = self.headroom.check(self.router.queue().stats().pending) {
             return self.full(&name, &full);
         }
+        inc(&self.metrics.webhooks_received);
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)

@@ -77,6 +77,8 @@ pub struct Metrics {
     /// Webhook requests refused with 503 because the queue had no room
     /// (`storage.max_pending`, `storage.min_free_mib`).
     pub webhooks_refused_full: AtomicU64,
+    /// TLS handshakes on the listeners that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
     /// Connections closed at accept because their client address already
     /// held `server.max_connections_per_client` of them.
     pub connections_refused: AtomicU64,
@@ -142,6 +144,11 @@ impl Metrics {
                 "weft_webhooks_refused_full_total",
                 "Webhook requests refused with 503: the queue had no room (storage.max_pending, storage.min_free_mib)",
                 g(&self.webhooks_refused_full),
+            ),
+            (
+                "weft_tls_handshake_failures_total",
+                "TLS handshakes on the listeners that failed or timed out (server.tls)",
+                g(&self.tls_handshake_failures),
             ),
             (
                 "weft_connections_refused_total",

@@ -59,7 +59,8 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Time a client has to send a request's headers.
+    /// Time a client has to send a request's headers (and, on a TLS
+    /// listener, as long again for the handshake before them).
     pub header_timeout: Duration,
     /// A connection with no request in progress and no bytes moving for
     /// this long is closed, so idle keep-alive connections do not hold
@@ -86,6 +87,29 @@ fn log_refusal(peer: std::net::SocketAddr, max: usize, last: &mut Option<Instant
     }
     *last = Some(Instant::now());
     tracing::warn!(%peer, limit = max, "connection refused: its address already holds server.max_connections_per_client connections (behind a reverse proxy, raise it); further refusals for 10 s are only counted");
+}
+
+/// Logs a failed TLS handshake at `warn` at most once per
+/// [`REFUSAL_LOG_EVERY`] (each is counted in
+/// `weft_tls_handshake_failures_total`): a certificate chain that senders
+/// cannot verify fails every handshake, and must not go unseen.
+fn log_handshake_failure(
+    peer: std::net::SocketAddr,
+    reason: &str,
+    last: &std::sync::Mutex<Option<Instant>>,
+) {
+    let now = match last.lock() {
+        Ok(mut last) if !last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_EVERY) => {
+            *last = Some(Instant::now());
+            true
+        }
+        _ => false,
+    };
+    if now {
+        tracing::warn!(%peer, reason, "TLS handshake failed (a client that does not trust server.tls.cert, plain HTTP on the HTTPS port, or a scan); further failures for 10 s are only counted");
+    } else {
+        tracing::debug!(%peer, reason, "TLS handshake failed");
+    }
 }
 
 /// A connection's stream that notes when bytes last moved (for the idle
@@ -244,6 +268,7 @@ pub async fn serve<H, F>(
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let per_client = crate::clients::ClientSlots::new(limits.max_per_client);
     let mut last_refusal_logged = None;
+    let tls_logged = Arc::new(std::sync::Mutex::new(None));
     loop {
         let slot = tokio::select! {
             slot = open.clone().acquire_owned() => match slot {
@@ -294,6 +319,7 @@ pub async fn serve<H, F>(
             activity: activity.clone(),
         };
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let (metrics, tls_logged) = (metrics.clone(), tls_logged.clone());
         let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.header_timeout);
         tokio::spawn(async move {
             // The handshake in the connection's own task: a slow client
@@ -301,14 +327,17 @@ pub async fn serve<H, F>(
             let io: Box<dyn Io> = match tls {
                 None => Box::new(io),
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
-                        Ok(Ok(stream)) => Box::new(stream),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
+                    let failure =
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                            Ok(Ok(stream)) => Ok(Box::new(stream)),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("timed out".to_string()),
+                        };
+                    match failure {
+                        Ok(stream) => stream,
+                        Err(reason) => {
+                            crate::metrics::inc(&metrics.tls_handshake_failures);
+                            log_handshake_failure(peer, &reason, &tls_logged);
                             return;
                         }
                     }

@@ -67,6 +67,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
             "no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)".into(),
         ));
     }
+    warn_if_readable_by_others(key);
     let key_error = |reason: String| TlsError::Key {
         path: key.display().to_string(),
         reason,
@@ -87,8 +88,20 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| TlsError::Pair(format!("the certificate and key do not go together: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Warns when the private key file may be read by others (not refused:
+/// mounted secrets and `ssl-cert` group setups are often 0640 or 0644).
+fn warn_if_readable_by_others(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(key = %key.display(), mode = format_args!("{mode:o}"), "the TLS private key can be read by other users; chmod 600 it");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -934,14 +934,31 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("storage.max_pending is 2"),
+            .contains("no room (storage.max_pending)"),
         "{body}"
     );
     assert_eq!(host.stats().pending, 2, "nothing of it was stored");
-    assert_eq!(host.counter("weft_webhooks_refused_full_total"), 1);
+    // Refused before the body is read: a body announced but never sent is
+    // answered 503 at once (not 413 for its size, nor 408 for its absence).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(host.running.webhook_addr)
+            .await
+            .unwrap();
+        raw.write_all(b"POST /hooks/in HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\ncontent-length: 999999999\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        raw.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 503");
+    }
+    assert_eq!(host.counter("weft_webhooks_refused_full_total"), 2);
     let (_, status_body) = host.admin_get("/api/status").await;
     assert_eq!(status_body["storage"]["accepting"], false, "{status_body}");
     assert_eq!(status_body["storage"]["max_pending"], 2);
+    assert!(status_body["storage"]["refusing_because"]
+        .as_str()
+        .is_some_and(|r| r.contains("storage.max_pending is 2")));
     let (_, _, metrics) = send_full(
         "GET",
         &format!("{}/metrics", host.admin()),
@@ -986,7 +1003,7 @@ async fn a_nearly_full_disk_refuses_webhooks() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("storage.min_free_mib is 1073741824"),
+            .contains("no room (storage.min_free_mib)"),
         "{body}"
     );
     assert_eq!(host.counter("weft_events_accepted_total"), 0);

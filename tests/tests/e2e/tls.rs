@@ -138,15 +138,38 @@ async fn both_listeners_speak_https_with_the_configured_certificate() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"relay\""), "{body}");
 
-    // Plain HTTP on a TLS listener gets no answer, and nothing is stored.
+    // Plain HTTP on a TLS listener fails at once (a TLS alert, not a wait
+    // for the handshake timeout), is counted, and nothing is stored.
     for url in [
         format!("http://{webhook}/hooks/in"),
         format!("http://{admin}/api/status"),
     ] {
-        let plain = try_send("POST", &url, "{\"id\":\"plain\"}", &[]).await;
+        let plain = tokio::time::timeout(
+            Duration::from_secs(3),
+            try_send("POST", &url, "{\"id\":\"plain\"}", &[]),
+        )
+        .await
+        .expect("refused before the 5 s handshake timeout");
         assert!(plain.is_err(), "{url}: {plain:?}");
     }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            host.counter("weft_tls_handshake_failures_total") == 2
+        })
+        .await
+    );
     assert_eq!(host.counter("weft_events_accepted_total"), 1);
+    // Still served over TLS afterwards.
+    let (status, body) = https(
+        webhook,
+        &trusted,
+        "POST",
+        "/hooks/in",
+        &[("content-type", "application/json")],
+        "{\"id\":\"after\"}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
     host.stop().await;
 }
 
