@@ -147,6 +147,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     queue: Arc<SledQueue>,
+    tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Loads every plugin of the config (compiling or reading the cache).
@@ -525,7 +526,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(_) => admin_token(&config, &data_dir)?,
         None => String::new(),
     };
-    let tls = config.tls_acceptor()?;
+    let tls = config.listener_tls()?.map(Arc::new);
     let listener = bind(config.server.listen).await?;
     let admin_listener = match config.server.admin_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -629,7 +630,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let handler = Arc::new(move |req| admin.clone().handle(req));
         tasks.push(tokio::spawn(crate::server::serve(
             listener,
-            tls,
+            tls.clone(),
             handler,
             crate::server::ConnectionLimits {
                 max_connections: ADMIN_CONNECTIONS,
@@ -651,10 +652,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: shutdown_tx,
         tasks,
         queue,
+        tls,
     })
 }
 
 impl Running {
+    /// The listeners' TLS, if `server.tls` is set (to reload it).
+    pub fn tls(&self) -> Option<Arc<crate::tls::ListenerTls>> {
+        self.tls.clone()
+    }
+
     /// Resolves with the reason if Weft can no longer work (its queue
     /// stopped): the caller should shut down and exit with an error, so
     /// that a supervisor restarts it.

@@ -4,6 +4,7 @@ use crate::config::Config;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 /// Weft: a WebAssembly plugin-hosted integration platform.
 #[derive(Debug, Parser)]
@@ -173,20 +174,26 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
     }
 }
 
-/// Resolves at SIGINT or SIGTERM; SIGHUP is logged and ignored.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// What `SIGHUP` reloads: the listeners' TLS certificate and key, once
+/// the instance that has them is running (empty before, and without
+/// `server.tls`).
+pub type HangupReload = Arc<OnceLock<Arc<crate::tls::ListenerTls>>>;
+
+/// Resolves at SIGINT or SIGTERM. SIGHUP reloads what `reload` holds by
+/// then (the TLS certificate and key), and nothing else: the config is not
+/// reloaded.
+pub fn shutdown_signal(reload: HangupReload) -> impl std::future::Future<Output = ()> {
     // Registered now, not at the first poll: a signal that arrives while
     // Weft is still starting must find its handler in place.
     #[cfg(unix)]
     let term = {
         use tokio::signal::unix::{signal, SignalKind};
         // SIGHUP (a closed terminal, a service manager's "reload") would
-        // otherwise kill the process on the spot. Weft has no reload: it
-        // says so and keeps running.
+        // otherwise kill the process on the spot.
         if let Ok(mut hangups) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    tracing::warn!("SIGHUP ignored: Weft does not reload its config; restart it to apply a changed one");
+                    on_hangup(reload.get());
                 }
             });
         }
@@ -205,6 +212,22 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One SIGHUP: reloads the TLS certificate and key if there are any.
+fn on_hangup(tls: Option<&Arc<crate::tls::ListenerTls>>) {
+    let Some(tls) = tls else {
+        tracing::warn!("SIGHUP: nothing to reload (no server.tls); Weft does not reload its config, restart it to apply a changed one");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => {
+            tracing::info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate and key reloaded; new connections use them (the config itself is not reloaded)")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the current one stays")
+        }
     }
 }
 
@@ -237,7 +260,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            let signalled = shutdown_signal();
+            let reload = HangupReload::default();
+            let signalled = shutdown_signal(reload.clone());
             tokio::pin!(signalled);
             // A signal during start-up (a long first compile, a large queue
             // to resume) stops it there.
@@ -248,6 +272,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             };
+            if let Some(tls) = running.tls() {
+                let _ = reload.set(tls);
+            }
             let failure = tokio::select! {
                 _ = signalled => None,
                 reason = running.failed() => Some(reason),
@@ -269,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::app::check_plugins(&config, &plugins).await?;
             let routes = crate::app::resolve_routes(&config, &plugins)?;
             crate::app::configured_admin_token(&config)?;
-            config.tls_acceptor()?;
+            config.listener_tls()?;
             let count =
                 |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
             println!(

@@ -1046,16 +1046,16 @@ impl Config {
         Ok(())
     }
 
-    /// The listeners' TLS acceptor, if `server.tls` is set: its files read
-    /// and checked (at start, and by `weft validate`).
-    pub fn tls_acceptor(
+    /// The listeners' TLS, if `server.tls` is set: its files read and
+    /// checked (at start, and by `weft validate`).
+    pub fn listener_tls(
         &self,
-    ) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::tls::LocatedTlsError> {
+    ) -> Result<Option<crate::tls::ListenerTls>, crate::tls::LocatedTlsError> {
         use crate::tls::TlsError;
         let Some(files) = &self.server.tls else {
             return Ok(None);
         };
-        crate::tls::acceptor(&self.resolve(&files.cert), &self.resolve(&files.key))
+        crate::tls::ListenerTls::load(&self.resolve(&files.cert), &self.resolve(&files.key))
             .map(Some)
             .map_err(|error| {
                 let field = match error {

@@ -249,7 +249,7 @@ async fn idle(activity: &Activity, timeout: Duration) {
 /// [`crate::tls`]).
 pub async fn serve<H, F>(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::ListenerTls>>,
     handler: Arc<H>,
     limits: ConnectionLimits,
     metrics: Arc<crate::metrics::Metrics>,
@@ -318,7 +318,10 @@ pub async fn serve<H, F>(
             stream,
             activity: activity.clone(),
         };
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        // The acceptor of the moment: a reloaded certificate serves new
+        // connections only.
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         let (metrics, tls_logged) = (metrics.clone(), tls_logged.clone());
         let (idle_timeout, handshake_timeout) = (limits.idle_timeout, limits.header_timeout);
         tokio::spawn(async move {

@@ -7,15 +7,15 @@
 //! chain and its private key, and both listeners speak HTTPS (TLS 1.2 and
 //! 1.3, HTTP/1.1 over ALPN, rustls with the ring provider, as for egress).
 //!
-//! The files are read once at start (and by `weft validate`): a renewed
-//! certificate takes effect at the next restart, which loses nothing
-//! (acknowledged events are stored; a webhook in flight is retried by its
-//! sender).
+//! The files are read at start (and by `weft validate`), and again on
+//! `SIGHUP` ([`ListenerTls::reload`]): a renewed certificate takes over for
+//! new connections without a restart; one that cannot be used is refused
+//! with an error in the log, and the current one stays.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// Why the listeners' TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,50 @@ pub enum TlsError {
     /// The certificate and key do not go together, or rustls refuses them.
     #[error("server.tls: {0}")]
     Pair(String),
+}
+
+/// The listeners' TLS: the acceptor new connections use, and the files to
+/// read it from again.
+pub struct ListenerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    acceptor: RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+impl ListenerTls {
+    /// Reads `cert` and `key` (see [`acceptor`]).
+    pub fn load(cert: &Path, key: &Path) -> Result<ListenerTls, TlsError> {
+        Ok(ListenerTls {
+            acceptor: RwLock::new(acceptor(cert, key)?),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        match self.acceptor.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the files again; on success new connections use them, on
+    /// failure the current certificate stays. Connections already open
+    /// keep theirs.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = acceptor(&self.cert, &self.key)?;
+        match self.acceptor.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The certificate file (for log lines).
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
 }
 
 /// A [`TlsError`] with the place of its setting in the config file.

@@ -213,3 +213,105 @@ async fn unusable_certificate_files_stop_the_start_with_a_located_error() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+/// `SIGHUP` to the real binary reloads the certificate and key (a renewed
+/// certificate takes over without a restart); files that cannot be used
+/// are refused and the current certificate stays; the process keeps
+/// serving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_unusable() {
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = certificate(dir.path());
+    let webhook: SocketAddr = format!("127.0.0.1:{}", weft_tests::free_port())
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", weft_tests::free_port())
+        .parse()
+        .unwrap();
+    let config = relay(&api, "tls = { cert = \"cert.pem\", key = \"key.pem\" }")
+        .replace(
+            "127.0.0.1:0\"\nadmin_listen",
+            &format!("{webhook}\"\nadmin_listen"),
+        )
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{admin}\""),
+        );
+    let text = weft_tests::with_defaults(&config, &dir.path().join("data"));
+    let path = dir.path().join("weft.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut weft = weft_tests::WeftProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_weft-under-test")),
+        &path,
+        webhook,
+        admin,
+        &dir.path().join("weft.log"),
+    )
+    .await;
+    let post = |trusted: rustls::pki_types::CertificateDer<'static>, id: &'static str| async move {
+        https(
+            webhook,
+            &trusted,
+            "POST",
+            "/hooks/in",
+            &[("content-type", "application/json")],
+            &format!("{{\"id\":\"{id}\"}}"),
+        )
+        .await
+    };
+    assert_eq!(post(first.clone(), "before").await.0, 202);
+
+    // A renewed certificate: served to new connections after SIGHUP.
+    let second = certificate(dir.path());
+    weft.hangup();
+    let renewed = |trusted: &rustls::pki_types::CertificateDer<'static>| {
+        let trusted = trusted.clone();
+        async move {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(trusted).unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .is_ok()
+        }
+    };
+    let mut served = false;
+    for _ in 0..100 {
+        if renewed(&second).await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the renewed certificate was never served");
+    assert!(
+        !renewed(&first).await,
+        "the old certificate is no longer served"
+    );
+    assert_eq!(post(second.clone(), "after").await.0, 202);
+
+    // A key that is not one: refused, the second certificate stays.
+    std::fs::write(dir.path().join("key.pem"), "not a key\n").unwrap();
+    weft.hangup();
+    let log = dir.path().join("weft.log");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("TLS certificate not reloaded"))
+        .await
+    );
+    assert!(weft.running());
+    assert_eq!(post(second, "still").await.0, 202);
+    assert!(eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await);
+    assert!(weft.terminate(), "clean exit");
+}
