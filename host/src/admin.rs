@@ -1,6 +1,9 @@
 //! The admin API, metrics and the dashboard page.
 //!
 //! * `GET /healthz`: liveness, no token.
+//! * `GET /readyz`: readiness, no token: `200` while webhooks are taken,
+//!   `503` with the reason while they are refused (the queue has no room,
+//!   or it stopped working), for a load balancer to route around.
 //! * `GET /`: the dashboard (a static page; it asks for the token and calls the API).
 //! * `GET /metrics`: Prometheus text. Token required.
 //! * `GET /api/status`: routes, plugins, queue counts, counters.
@@ -16,7 +19,7 @@
 //!   dead letters (of one route, if given, which must be configured: 404
 //!   otherwise; at most `limit`, default 1000).
 //!
-//! Every endpoint but `/healthz` and `/` needs `Authorization: Bearer <token>`.
+//! Every endpoint but `/healthz`, `/readyz` and `/` needs `Authorization: Bearer <token>`.
 
 use crate::metrics::Metrics;
 use crate::queue::DeadLetterQuery;
@@ -119,12 +122,34 @@ impl Admin {
         })
     }
 
+    /// `/readyz`: whether webhooks are taken now. The reason says how full
+    /// the queue is only in general terms: the endpoint needs no token.
+    fn readiness(&self) -> Reply {
+        let queue = self.router.queue();
+        let reason = if !queue.working() {
+            Some("the queue stopped working")
+        } else {
+            self.headroom
+                .check(queue.stats().pending)
+                .err()
+                .map(|full| full.setting())
+        };
+        match reason {
+            None => json(200, &serde_json::json!({ "status": "ready" })),
+            Some(reason) => json(
+                503,
+                &serde_json::json!({ "status": "not ready", "reason": reason }),
+            ),
+        }
+    }
+
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => return json(200, &serde_json::json!({ "status": "ok" })),
+            (&Method::GET, "/readyz") => return self.readiness(),
             (&Method::GET, "/") => {
                 // The page keeps the token in the browser: no other site
                 // may frame it (and trick a click on "replay all").
@@ -340,7 +365,7 @@ impl Admin {
                     .strip_prefix("/api/dead-letters/")
                     .is_some_and(|id| id.parse::<u64>().is_ok());
                 let allow = match path.as_str() {
-                    "/healthz" | "/" | "/metrics" | "/api/status" => Some("GET"),
+                    "/healthz" | "/readyz" | "/" | "/metrics" | "/api/status" => Some("GET"),
                     "/api/dead-letters" => Some("GET, DELETE"),
                     "/api/dead-letters/replay" => Some("POST"),
                     p if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {

@@ -970,6 +970,11 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
         metrics.contains("\nweft_storage_accepting 0\n"),
         "{metrics}"
     );
+    // Readiness, without a token, for a load balancer.
+    let readyz = format!("{}/readyz", host.admin());
+    let (status, _, ready) = send_full("GET", &readyz, "", &[]).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("storage.max_pending"), "{ready}");
 
     // The sink is back: the two are delivered, and the queue takes more.
     api.set_default(200);
@@ -984,6 +989,8 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     assert_eq!(api.delivered_ids(), ["room-0", "room-1", "room-again"]);
     let (_, status_body) = host.admin_get("/api/status").await;
     assert_eq!(status_body["storage"]["accepting"], true, "{status_body}");
+    let (status, _, ready) = send_full("GET", &readyz, "", &[]).await;
+    assert_eq!(status, 200, "{ready}");
     host.stop().await;
 }
 
