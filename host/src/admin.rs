@@ -105,7 +105,7 @@ impl Admin {
             })
             .collect();
         let (answered, latency_ns) = self.metrics.webhook_latency.totals();
-        let room = self.headroom.check(stats.pending);
+        let room = self.room();
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
@@ -114,12 +114,21 @@ impl Admin {
                 "accepting": room.is_ok(),
                 "refusing_because": room.err().map(|full| full.to_string()),
                 "max_pending": self.headroom.max_pending(),
+                "pending_by_route": self.router.queue().pending_by_route().into_iter().map(|(route, n)| (route, n.into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "free_bytes": self.headroom.free_bytes(),
                 "min_free_bytes": self.headroom.min_free_bytes(),
             },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
         })
+    }
+
+    /// Whether the queue takes webhooks for every route (the first reason
+    /// it does not, if any).
+    fn room(&self) -> Result<(), crate::headroom::Full> {
+        let queue = self.router.queue();
+        self.headroom
+            .check(self.router.routes().keys(), |route| queue.pending_on(route))
     }
 
     /// `/readyz`: whether webhooks are taken now. The reason says how full
@@ -129,10 +138,7 @@ impl Admin {
         let reason = if !queue.working() {
             Some("the queue stopped working")
         } else {
-            self.headroom
-                .check(queue.stats().pending)
-                .err()
-                .map(|full| full.setting())
+            self.room().err().map(|full| full.setting())
         };
         match reason {
             None => json(200, &serde_json::json!({ "status": "ready" })),
@@ -217,7 +223,7 @@ impl Admin {
                         (
                             "weft_storage_accepting",
                             "1 while the queue takes webhooks, 0 while it refuses them for want of room",
-                            u64::from(self.headroom.check(stats.pending).is_ok()),
+                            u64::from(self.room().is_ok()),
                         ),
                 ];
                 // Left out, rather than 0, while it could never be read.
@@ -230,6 +236,12 @@ impl Admin {
                 }
                 let mut body = self.metrics.render(&counters, &gauges);
                 self.router.outcomes().render(&mut body);
+                crate::metrics::render_route_gauge(
+                    &mut body,
+                    "weft_route_pending",
+                    "Records pending on each route (what storage.max_pending bounds)",
+                    &self.router.queue().pending_by_route(),
+                );
                 text(200, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/api/status") => json(200, &self.status()),

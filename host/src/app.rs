@@ -558,7 +558,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.storage.max_pending,
         config.storage.min_free_mib,
     ));
-    if let Err(full) = headroom.check(router.queue().stats().pending) {
+    if let Err(full) = headroom.check(router.routes().keys(), |route| {
+        router.queue().pending_on(route)
+    }) {
         tracing::warn!(reason = %full, "webhooks are refused (503) until deliveries make room");
     }
     tasks.push(tokio::spawn(headroom.clone().watch(shutdown_rx.clone())));

@@ -164,10 +164,10 @@ pub struct StorageConfig {
     /// waits only while such webhooks exist: one arriving alone is never
     /// delayed. See docs/ARCHITECTURE.md.
     pub commit_delay_us: u64,
-    /// With this many records pending (waiting to run, or for a retry),
-    /// webhooks are answered `503` with `Retry-After` and nothing is stored
-    /// until deliveries make room (default 1,000,000; see
-    /// [`crate::headroom`]).
+    /// With this many records pending on a route (waiting to run, or for a
+    /// retry), webhooks for that route are answered `503` with
+    /// `Retry-After` and nothing is stored until deliveries make room
+    /// (default 1,000,000; see [`crate::headroom`]).
     pub max_pending: u64,
     /// With less than this many MiB free on the data dir's file system,
     /// webhooks are answered `503` likewise (default 256; 0 = never).

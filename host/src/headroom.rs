@@ -4,19 +4,18 @@
 //! queue that grows without bound ends in a full disk, where nothing works,
 //! not even the deliveries that would drain it (a checkpoint needs room to
 //! write). So Weft stops accepting first: with as many as
-//! `storage.max_pending` records pending, or less than
-//! `storage.min_free_mib` free on the data dir's file system, a webhook is
-//! answered `503` with `Retry-After` before its body is read, and nothing of
-//! it is stored. Webhook senders retry on a 5xx; deliveries go on meanwhile
-//! (only webhooks are refused: retries, fan-out and replays are not) and
-//! make room, and webhooks are taken again as soon as there is.
+//! `storage.max_pending` records pending on one of the source's routes, or
+//! less than `storage.min_free_mib` free on the data dir's file system, a
+//! webhook is answered `503` with `Retry-After` before its body is read, and
+//! nothing of it is stored. Webhook senders retry on a 5xx; deliveries go on
+//! meanwhile (only webhooks are refused: retries, fan-out and replays are
+//! not) and make room, and webhooks are taken again as soon as there is.
 //!
-//! Both are soft limits: webhooks already past the check when the limit is
-//! reached still store their events. And `max_pending` is one count for all
-//! routes: a sink that stays down, with a long retry budget, keeps its
-//! records pending until they are dead-lettered, and can make every source
-//! refused; size it, and the retry budget, for the longest outage a sink
-//! should survive.
+//! The pending limit is per route: a sink that stays down fills its own
+//! route's share and refuses only the sources that feed that route; the
+//! other routes go on taking webhooks (the free-space floor guards the disk
+//! they all share). Both are soft limits: webhooks already past the check
+//! when a limit is reached still store their events.
 //!
 //! The free space is looked at once a second by a background task
 //! ([`Headroom::watch`]), so a webhook costs two atomic loads, not a
@@ -41,10 +40,12 @@ pub const RETRY_AFTER_SECS: u64 = 30;
 /// Why the queue takes no more webhooks right now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Full {
-    /// `storage.max_pending` records are pending.
-    #[error("{pending} records are pending, storage.max_pending is {max}")]
+    /// `storage.max_pending` records are pending on a route.
+    #[error("{pending} records are pending on route {route}, storage.max_pending is {max}")]
     Pending {
-        /// Records pending.
+        /// The route.
+        route: String,
+        /// Records pending on it.
         pending: u64,
         /// The limit.
         max: u64,
@@ -112,20 +113,29 @@ impl Headroom {
         headroom
     }
 
-    /// Whether a webhook may be taken with `pending` records pending.
-    pub fn check(&self, pending: u64) -> Result<(), Full> {
-        if pending >= self.max_pending {
-            return Err(Full::Pending {
-                pending,
-                max: self.max_pending,
-            });
-        }
+    /// Whether a webhook feeding `routes` may be taken, with
+    /// `pending_on(route)` records pending on each.
+    pub fn check<'a>(
+        &self,
+        routes: impl IntoIterator<Item = &'a String>,
+        pending_on: impl Fn(&str) -> u64,
+    ) -> Result<(), Full> {
         let free = self.free_bytes.load(Ordering::Relaxed);
         if free < self.min_free_bytes {
             return Err(Full::Disk {
                 free_mib: free >> 20,
                 min_mib: self.min_free_bytes >> 20,
             });
+        }
+        for route in routes {
+            let pending = pending_on(route);
+            if pending >= self.max_pending {
+                return Err(Full::Pending {
+                    route: route.clone(),
+                    pending,
+                    max: self.max_pending,
+                });
+            }
         }
         Ok(())
     }
@@ -204,21 +214,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let roomy = Headroom::new(dir.path(), 10, 0);
         assert!(roomy.free_bytes().is_some_and(|b| b > 0));
-        assert_eq!(roomy.check(9), Ok(()));
+        let routes = ["calm".to_string(), "stuck".to_string()];
+        let pending = |stuck: u64| move |route: &str| if route == "stuck" { stuck } else { 3 };
+        assert_eq!(roomy.check(&routes, pending(9)), Ok(()));
         assert_eq!(
-            roomy.check(10),
+            roomy.check(&routes, pending(10)),
             Err(Full::Pending {
+                route: "stuck".into(),
                 pending: 10,
                 max: 10
             })
         );
+        // The limit is per route: a source feeding only the calm one is taken.
+        assert_eq!(roomy.check(&routes[..1], pending(10)), Ok(()));
         // More free space asked for than any disk here has.
         let cramped = Headroom::new(dir.path(), 10, 1 << 40);
-        assert!(matches!(cramped.check(0), Err(Full::Disk { .. })));
+        assert!(matches!(
+            cramped.check(&routes, pending(0)),
+            Err(Full::Disk { .. })
+        ));
         // A path that cannot be read does not stop webhooks by itself.
         let unreadable = Headroom::new(&dir.path().join("missing"), 10, 1 << 40);
         assert_eq!(unreadable.free_bytes(), None);
-        assert_eq!(unreadable.check(0), Ok(()));
+        assert_eq!(unreadable.check(&routes, pending(0)), Ok(()));
     }
 
     /// What the fake reader answers next (one test uses it).
@@ -235,12 +253,12 @@ mod tests {
     fn each_look_refuses_or_takes_webhooks_again_and_a_failed_look_keeps_the_last() {
         NEXT_FREE.store(100 << 20, Ordering::Relaxed);
         let headroom = Headroom::with_reader(Path::new("/data"), 10, 50, fake_reader);
-        assert_eq!(headroom.check(0), Ok(()));
+        assert_eq!(headroom.check(std::iter::empty(), |_| 0), Ok(()));
         // The disk fills up: the next look refuses.
         NEXT_FREE.store(10 << 20, Ordering::Relaxed);
         headroom.look();
         assert_eq!(
-            headroom.check(0),
+            headroom.check(std::iter::empty(), |_| 0),
             Err(Full::Disk {
                 free_mib: 10,
                 min_mib: 50
@@ -250,10 +268,10 @@ mod tests {
         NEXT_FREE.store(u64::MAX, Ordering::Relaxed);
         headroom.look();
         assert_eq!(headroom.free_bytes(), Some(10 << 20));
-        assert!(headroom.check(0).is_err());
+        assert!(headroom.check(std::iter::empty(), |_| 0).is_err());
         // Room again: webhooks are taken again.
         NEXT_FREE.store(60 << 20, Ordering::Relaxed);
         headroom.look();
-        assert_eq!(headroom.check(0), Ok(()));
+        assert_eq!(headroom.check(std::iter::empty(), |_| 0), Ok(()));
     }
 }

@@ -221,7 +221,10 @@ impl Ingress {
             );
             return r;
         };
-        if let Err(full) = self.headroom.check(self.router.queue().stats().pending) {
+        let queue = self.router.queue();
+        if let Err(full) = self.headroom.check(self.router.routes_of(&name), |route| {
+            queue.pending_on(route)
+        }) {
             return self.full(&name, &full);
         }
         inc(&self.metrics.webhooks_received);

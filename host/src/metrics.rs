@@ -360,6 +360,14 @@ impl RouteOutcomes {
     }
 }
 
+/// Appends a gauge with one value per route (`{route="..."}`).
+pub fn render_route_gauge(out: &mut String, name: &str, help: &str, values: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (route, value) in values {
+        let _ = writeln!(out, "{name}{{route=\"{}\"}} {value}", label(route));
+    }
+}
+
 /// Which of an [`Outcomes`]' counters a series shows.
 type Pick = fn(&Outcomes) -> &AtomicU64;
 

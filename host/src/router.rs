@@ -257,6 +257,11 @@ impl Router {
         }
     }
 
+    /// The routes that start at `source` (none for an unknown source).
+    pub fn routes_of(&self, source: &str) -> &[String] {
+        self.by_source.get(source).map_or(&[], Vec::as_slice)
+    }
+
     /// Whether any route starts at `source`.
     pub fn has_source(&self, source: &str) -> bool {
         self.by_source.contains_key(source)

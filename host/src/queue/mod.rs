@@ -301,6 +301,19 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts.
     fn stats(&self) -> QueueStats;
 
+    /// Pending records per route, by route name (routes with none left
+    /// out). A backend that does not count them per route reports nothing,
+    /// and [`Queue::pending_on`] falls back to the total.
+    fn pending_by_route(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// Pending records on `route` (what `storage.max_pending` bounds).
+    fn pending_on(&self, route: &str) -> u64 {
+        let _ = route;
+        self.stats().pending
+    }
+
     /// Flushes and stops the writer; later calls fail with [`QueueError::Closed`].
     fn close(&self) -> BoxFuture<'_, Result<(), QueueError>>;
 

@@ -93,6 +93,34 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(e.to_string())
 }
 
+/// The route of an encoded [`Record`], read from its first two fields (the
+/// id, then the route) without decoding the rest; `None` for bytes that are
+/// not a record.
+fn route_of(value: &[u8]) -> Option<String> {
+    postcard::take_from_bytes::<(u64, String)>(value)
+        .ok()
+        .map(|((_, route), _)| route)
+}
+
+impl Shared {
+    /// One more, or one fewer, pending record on `route`.
+    fn count_route(&self, route: Option<String>, more: bool) {
+        let Some(route) = route else { return };
+        let mut counts = match self.pending_by_route.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if more {
+            *counts.entry(route).or_insert(0) += 1;
+        } else if let Some(n) = counts.get_mut(&route) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&route);
+            }
+        }
+    }
+}
+
 enum Command {
     Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
     Apply(Vec<Op>),
@@ -108,6 +136,9 @@ struct Shared {
     tree: sled::Db,
     log_file: File,
     pending: AtomicU64,
+    /// Pending records per route (what `storage.max_pending` is checked
+    /// against), changed with `pending` by the writer.
+    pending_by_route: Mutex<HashMap<String, u64>>,
     dead: AtomicU64,
     syncs: AtomicU64,
     checkpoints: AtomicU64,
@@ -262,16 +293,21 @@ impl SledQueue {
                 );
             }
         }
+        let mut pending_by_route: HashMap<String, u64> = HashMap::new();
         for item in db.scan_prefix([PENDING]) {
-            let (k, _) = item.map_err(storage)?;
+            let (k, v) = item.map_err(storage)?;
             max_id = max_id.max(id_of(&k));
             pending += 1;
+            if let Some(route) = route_of(&v) {
+                *pending_by_route.entry(route).or_insert(0) += 1;
+            }
         }
         let log_file = File::open(path.join("db")).map_err(storage)?;
         let shared = Arc::new(Shared {
             tree: db,
             log_file,
             pending: AtomicU64::new(pending),
+            pending_by_route: Mutex::new(pending_by_route),
             dead: AtomicU64::new(dead),
             syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
@@ -395,6 +431,7 @@ impl Writer {
                     .map_err(storage)?);
         if !in_sled || back {
             self.shared.pending.fetch_add(1, Ordering::Relaxed);
+            self.shared.count_route(Some(record.route.clone()), true);
         }
         self.fresh.insert(record.id, Fresh { value, in_sled });
         Ok(())
@@ -406,13 +443,14 @@ impl Writer {
     /// the journal (see [`Writer::removed`]).
     fn forget(&mut self, id: u64, at_once: bool) -> Result<(), QueueError> {
         let fresh = self.fresh.remove(&id);
-        let in_sled = fresh.as_ref().is_none_or(|f| f.in_sled)
-            && !self.removed.contains(&id)
-            && self
-                .shared
-                .tree
-                .contains_key(key(PENDING, id))
-                .map_err(storage)?;
+        // sled's copy, read only when it may be there (and no fresh copy
+        // names the route).
+        let sled_copy = if fresh.as_ref().is_none_or(|f| f.in_sled) && !self.removed.contains(&id) {
+            self.shared.tree.get(key(PENDING, id)).map_err(storage)?
+        } else {
+            None
+        };
+        let in_sled = sled_copy.is_some();
         if in_sled {
             if at_once {
                 self.shared.tree.remove(key(PENDING, id)).map_err(storage)?;
@@ -422,6 +460,12 @@ impl Writer {
         }
         if fresh.is_some() || in_sled {
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+            let route = match (&fresh, &sled_copy) {
+                (Some(f), _) => route_of(&f.value),
+                (None, Some(v)) => route_of(v),
+                (None, None) => None,
+            };
+            self.shared.count_route(route, false);
         }
         Ok(())
     }
@@ -938,6 +982,23 @@ impl Queue for SledQueue {
         })
     }
 
+    fn pending_by_route(&self) -> Vec<(String, u64)> {
+        let counts = match self.shared.pending_by_route.lock() {
+            Ok(counts) => counts,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut all: Vec<_> = counts.iter().map(|(r, n)| (r.clone(), *n)).collect();
+        all.sort();
+        all
+    }
+
+    fn pending_on(&self, route: &str) -> u64 {
+        match self.shared.pending_by_route.lock() {
+            Ok(counts) => counts.get(route).copied().unwrap_or(0),
+            Err(poisoned) => poisoned.into_inner().get(route).copied().unwrap_or(0),
+        }
+    }
+
     fn stats(&self) -> QueueStats {
         QueueStats {
             pending: self.shared.pending.load(Ordering::Relaxed),
@@ -1180,6 +1241,55 @@ mod tests {
         b.unwrap();
         assert_eq!(q.stats().syncs - syncs, 1, "both appends shared one commit");
         assert_eq!(q.stats().pending, 2);
+        q.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pending_records_are_counted_per_route_through_every_change_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = |q: &SledQueue, route: &str, data: &str| Record {
+            route: route.into(),
+            ..record(q, data)
+        };
+        let counts = |q: &SledQueue| -> Vec<(String, u64)> { q.pending_by_route() };
+        let pairs = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+        };
+        let a2 = {
+            let q = open_when_free(dir.path()).unwrap();
+            let (a1, a2, b1) = (on(&q, "a", "1"), on(&q, "a", "2"), on(&q, "b", "3"));
+            q.append(vec![a1.clone(), a2.clone(), b1.clone()])
+                .await
+                .unwrap();
+            assert_eq!(counts(&q), pairs(&[("a", 2), ("b", 1)]));
+            // Delivered; retried (the same record again); dead-lettered.
+            let mut retry = a2.clone();
+            retry.not_before_ms = 5;
+            q.apply(vec![Op::Remove(a1.id), Op::Put(retry)]).unwrap();
+            q.apply(vec![Op::Dead(DeadLetter {
+                record: b1.clone(),
+                error: "gone".into(),
+                dead_at_ms: 1,
+            })])
+            .unwrap();
+            q.pending().await.unwrap();
+            assert_eq!(counts(&q), pairs(&[("a", 1)]));
+            assert_eq!((q.pending_on("a"), q.pending_on("b")), (1, 0));
+            // Replayed: pending on its route again.
+            q.replay(b1.id).await.unwrap();
+            assert_eq!(counts(&q), pairs(&[("a", 1), ("b", 1)]));
+            // The checkpoint at close moves both into sled.
+            q.close().await.unwrap();
+            a2
+        };
+        // Counted from sled at open; removing a copy that is only in sled
+        // uncounts its route.
+        let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(counts(&q), pairs(&[("a", 1), ("b", 1)]));
+        q.apply(vec![Op::Remove(a2.id)]).unwrap();
+        q.pending().await.unwrap();
+        assert_eq!(counts(&q), pairs(&[("b", 1)]));
+        assert_eq!(q.stats().pending, 1);
         q.close().await.unwrap();
     }
 

@@ -901,17 +901,23 @@ async fn a_webhook_whose_client_gave_up_after_it_was_stored_is_still_delivered()
     host.stop().await;
 }
 
-/// With `storage.max_pending` records pending (here: the sink is down and
-/// they wait for retries), the next webhook gets 503 with `Retry-After`
-/// before anything of it is stored; the status and metrics say why. Once
-/// the sink is back and deliveries make room, webhooks are taken again.
+/// With `storage.max_pending` records pending on a route (here: its sink is
+/// down and they wait for retries), the next webhook for it gets 503 with
+/// `Retry-After` before anything of it is stored; the status and metrics say
+/// why; another route goes on taking webhooks. Once the sink is back and
+/// deliveries make room, webhooks are taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     let api = FakeApi::start().await;
     api.set_default(503);
-    let config = relay_config(
-        &api,
-        "initial_ms = 100\nmax_delay_ms = 200\nmax_attempts = 1000\njitter = 0.0",
+    let calm = FakeApi::start().await;
+    let config = format!(
+        "{}\n[plugins.calm-in]\nbuiltin = \"webhook-json\"\nconfig = {{ id_pointer = \"/id\" }}\n\n[plugins.calm-out]\nbuiltin = \"http-post\"\nconfig = {{ url = \"{origin}/deliver\" }}\nallowed_hosts = [\"{origin}\"]\n\n[[routes]]\nname = \"calm\"\nsource = \"calm-in\"\nsinks = [\"calm-out\"]\n",
+        relay_config(
+            &api,
+            "initial_ms = 100\nmax_delay_ms = 200\nmax_attempts = 1000\njitter = 0.0",
+        ),
+        origin = calm.origin()
     );
     let host = TestHost::start_with_storage(&config, "max_pending = 2").await;
     for i in 0..2 {
@@ -938,6 +944,13 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
         "{body}"
     );
     assert_eq!(host.stats().pending, 2, "nothing of it was stored");
+    // The limit is per route: another route's source is still served.
+    for i in 0..3 {
+        let (status, body) =
+            post_json(&host.hook("calm-in"), &format!("{{\"id\":\"calm-{i}\"}}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(eventually(Duration::from_secs(30), || calm.delivered_ids().len() == 3).await);
     // Refused before the body is read: a body announced but never sent is
     // answered 503 at once (not 413 for its size, nor 408 for its absence).
     {
@@ -958,7 +971,8 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     assert_eq!(status_body["storage"]["max_pending"], 2);
     assert!(status_body["storage"]["refusing_because"]
         .as_str()
-        .is_some_and(|r| r.contains("storage.max_pending is 2")));
+        .is_some_and(|r| r.contains("pending on route relay, storage.max_pending is 2")));
+    assert_eq!(status_body["storage"]["pending_by_route"]["relay"], 2);
     let (_, _, metrics) = send_full(
         "GET",
         &format!("{}/metrics", host.admin()),
@@ -968,6 +982,10 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     .await;
     assert!(
         metrics.contains("\nweft_storage_accepting 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nweft_route_pending{route=\"relay\"} 2\n"),
         "{metrics}"
     );
     // Readiness, without a token, for a load balancer.
