@@ -20,6 +20,27 @@ fn certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
     made.cert.der().clone()
 }
 
+/// A TLS handshake with `addr` as `localhost`, trusting only `trusted`.
+async fn connect(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
 /// One HTTPS request to `addr` as `localhost`, trusting only `trusted`;
 /// returns the status and body.
 async fn https(
@@ -30,19 +51,7 @@ async fn https(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    let tls = connect(addr, trusted)
         .await
         .expect("TLS handshake with Weft");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -265,25 +274,10 @@ async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_
     // A renewed certificate: served to new connections after SIGHUP.
     let second = certificate(dir.path());
     weft.hangup();
+    // Whether a new connection completes its handshake trusting only `cert`.
     let renewed = |trusted: &rustls::pki_types::CertificateDer<'static>| {
         let trusted = trusted.clone();
-        async move {
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(trusted).unwrap();
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .is_ok()
-        }
+        async move { connect(webhook, &trusted).await.is_ok() }
     };
     let mut served = false;
     for _ in 0..100 {
