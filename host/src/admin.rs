@@ -106,15 +106,24 @@ impl Admin {
             .collect();
         let (answered, latency_ns) = self.metrics.webhook_latency.totals();
         let room = self.room();
+        let pending = self.route_pending();
+        let full_routes: Vec<&String> = pending
+            .iter()
+            .filter(|(_, n)| *n >= self.headroom.max_pending())
+            .map(|(route, _)| route)
+            .collect();
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
             "queue": { "pending": stats.pending, "waiting": self.router.waiting(), "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
             "storage": {
+                // Whether webhooks are taken at all (the disk floor);
+                // routes at their pending limit refuse on their own.
                 "accepting": room.is_ok(),
                 "refusing_because": room.err().map(|full| full.to_string()),
+                "full_routes": full_routes,
                 "max_pending": self.headroom.max_pending(),
-                "pending_by_route": self.router.queue().pending_by_route().into_iter().map(|(route, n)| (route, n.into())).collect::<serde_json::Map<String, serde_json::Value>>(),
+                "pending_by_route": pending.iter().map(|(route, n)| (route.clone(), (*n).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "free_bytes": self.headroom.free_bytes(),
                 "min_free_bytes": self.headroom.min_free_bytes(),
             },
@@ -123,16 +132,30 @@ impl Admin {
         })
     }
 
-    /// Whether the queue takes webhooks for every route (the first reason
-    /// it does not, if any).
+    /// Whether the queue takes webhooks at all: the disk floor (a route at
+    /// `storage.max_pending` refuses only its own sources' webhooks, and
+    /// does not make the instance unready).
     fn room(&self) -> Result<(), crate::headroom::Full> {
-        let queue = self.router.queue();
-        self.headroom
-            .check(self.router.routes().keys(), |route| queue.pending_on(route))
+        self.headroom.check(std::iter::empty(), |_| 0)
     }
 
-    /// `/readyz`: whether webhooks are taken now. The reason says how full
-    /// the queue is only in general terms: the endpoint needs no token.
+    /// Pending records on every configured route (0 included), by name.
+    fn route_pending(&self) -> Vec<(String, u64)> {
+        let queue = self.router.queue();
+        let mut pending: Vec<(String, u64)> = self
+            .router
+            .routes()
+            .keys()
+            .map(|route| (route.clone(), queue.pending_on(route)))
+            .collect();
+        pending.sort();
+        pending
+    }
+
+    /// `/readyz`: whether webhooks are taken now (a stopped queue or the
+    /// disk floor; not one route at its pending limit, which a load balancer
+    /// cannot route around). The reason names only the setting: the
+    /// endpoint needs no token.
     fn readiness(&self) -> Reply {
         let queue = self.router.queue();
         let reason = if !queue.working() {
@@ -222,7 +245,7 @@ impl Admin {
                         ),
                         (
                             "weft_storage_accepting",
-                            "1 while the queue takes webhooks, 0 while it refuses them for want of room",
+                            "1 while the queue takes webhooks, 0 while it refuses all of them for want of disk space (storage.min_free_mib)",
                             u64::from(self.room().is_ok()),
                         ),
                 ];
@@ -236,11 +259,22 @@ impl Admin {
                 }
                 let mut body = self.metrics.render(&counters, &gauges);
                 self.router.outcomes().render(&mut body);
+                let pending = self.route_pending();
                 crate::metrics::render_route_gauge(
                     &mut body,
                     "weft_route_pending",
                     "Records pending on each route (what storage.max_pending bounds)",
-                    &self.router.queue().pending_by_route(),
+                    &pending,
+                );
+                let accepting: Vec<(String, u64)> = pending
+                    .into_iter()
+                    .map(|(route, n)| (route, u64::from(n < self.headroom.max_pending())))
+                    .collect();
+                crate::metrics::render_route_gauge(
+                    &mut body,
+                    "weft_route_accepting",
+                    "1 while a route's sources' webhooks are taken, 0 while it is at storage.max_pending",
+                    &accepting,
                 );
                 text(200, "text/plain; version=0.0.4", body)
             }

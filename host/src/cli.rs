@@ -182,7 +182,10 @@ pub type HangupReload = Arc<OnceLock<Arc<crate::tls::ListenerTls>>>;
 /// Resolves at SIGINT or SIGTERM. SIGHUP reloads what `reload` holds by
 /// then (the TLS certificate and key), and nothing else: the config is not
 /// reloaded.
-pub fn shutdown_signal(reload: HangupReload) -> impl std::future::Future<Output = ()> {
+pub fn shutdown_signal(
+    reload: HangupReload,
+    tls_configured: bool,
+) -> impl std::future::Future<Output = ()> {
     // Registered now, not at the first poll: a signal that arrives while
     // Weft is still starting must find its handler in place.
     #[cfg(unix)]
@@ -193,7 +196,7 @@ pub fn shutdown_signal(reload: HangupReload) -> impl std::future::Future<Output 
         if let Ok(mut hangups) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    on_hangup(reload.get());
+                    on_hangup(reload.get(), tls_configured);
                 }
             });
         }
@@ -216,9 +219,13 @@ pub fn shutdown_signal(reload: HangupReload) -> impl std::future::Future<Output 
 }
 
 /// One SIGHUP: reloads the TLS certificate and key if there are any.
-fn on_hangup(tls: Option<&Arc<crate::tls::ListenerTls>>) {
+fn on_hangup(tls: Option<&Arc<crate::tls::ListenerTls>>, tls_configured: bool) {
     let Some(tls) = tls else {
-        tracing::warn!("SIGHUP: nothing to reload (no server.tls); Weft does not reload its config, restart it to apply a changed one");
+        if tls_configured {
+            tracing::warn!("SIGHUP while starting: nothing reloaded (the certificate is read by the start itself)");
+        } else {
+            tracing::warn!("SIGHUP: nothing to reload (no server.tls); Weft does not reload its config, restart it to apply a changed one");
+        }
         return;
     };
     match tls.reload() {
@@ -261,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let reload = HangupReload::default();
-            let signalled = shutdown_signal(reload.clone());
+            let signalled = shutdown_signal(reload.clone(), config.server.tls.is_some());
             tokio::pin!(signalled);
             // A signal during start-up (a long first compile, a large queue
             // to resume) stops it there.

@@ -247,7 +247,7 @@ pub async fn run(orders: usize, keep_running: bool) -> anyhow::Result<()> {
     }
     if keep_running {
         println!("Still running; Ctrl-C to stop.");
-        crate::cli::shutdown_signal(Default::default()).await;
+        crate::cli::shutdown_signal(Default::default(), false).await;
     }
     running.shutdown().await;
     drop(scratch);

@@ -18,8 +18,9 @@
 //! when a limit is reached still store their events.
 //!
 //! The free space is looked at once a second by a background task
-//! ([`Headroom::watch`]), so a webhook costs two atomic loads, not a
-//! `statvfs`. A look that fails keeps the last good reading (and says so
+//! ([`Headroom::watch`]), so a webhook costs an atomic load and, per route
+//! of its source, a look at the queue's count (a mutex and a hash lookup),
+//! not a `statvfs`. A look that fails keeps the last good reading (and says so
 //! once, at `warn`).
 
 use std::ffi::CString;

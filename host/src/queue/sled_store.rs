@@ -96,27 +96,33 @@ fn storage(e: impl std::fmt::Display) -> QueueError {
 /// The route of an encoded [`Record`], read from its first two fields (the
 /// id, then the route) without decoding the rest; `None` for bytes that are
 /// not a record.
-fn route_of(value: &[u8]) -> Option<String> {
-    postcard::take_from_bytes::<(u64, String)>(value)
+fn route_of(value: &[u8]) -> Option<&str> {
+    postcard::take_from_bytes::<(u64, &str)>(value)
         .ok()
         .map(|((_, route), _)| route)
 }
 
 impl Shared {
-    /// One more, or one fewer, pending record on `route`.
-    fn count_route(&self, route: Option<String>, more: bool) {
+    /// One more, or one fewer, pending record on `route` (a record's route
+    /// never changes: the router sets it when it makes the record).
+    fn count_route(&self, route: Option<&str>, more: bool) {
         let Some(route) = route else { return };
         let mut counts = match self.pending_by_route.lock() {
             Ok(counts) => counts,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if more {
-            *counts.entry(route).or_insert(0) += 1;
-        } else if let Some(n) = counts.get_mut(&route) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&route);
+        match (counts.get_mut(route), more) {
+            (Some(n), true) => *n += 1,
+            (None, true) => {
+                counts.insert(route.to_owned(), 1);
             }
+            (Some(n), false) => {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(route);
+                }
+            }
+            (None, false) => {}
         }
     }
 }
@@ -299,7 +305,7 @@ impl SledQueue {
             max_id = max_id.max(id_of(&k));
             pending += 1;
             if let Some(route) = route_of(&v) {
-                *pending_by_route.entry(route).or_insert(0) += 1;
+                *pending_by_route.entry(route.to_owned()).or_insert(0) += 1;
             }
         }
         let log_file = File::open(path.join("db")).map_err(storage)?;
@@ -431,7 +437,7 @@ impl Writer {
                     .map_err(storage)?);
         if !in_sled || back {
             self.shared.pending.fetch_add(1, Ordering::Relaxed);
-            self.shared.count_route(Some(record.route.clone()), true);
+            self.shared.count_route(Some(&record.route), true);
         }
         self.fresh.insert(record.id, Fresh { value, in_sled });
         Ok(())
@@ -983,11 +989,14 @@ impl Queue for SledQueue {
     }
 
     fn pending_by_route(&self) -> Vec<(String, u64)> {
-        let counts = match self.shared.pending_by_route.lock() {
-            Ok(counts) => counts,
-            Err(poisoned) => poisoned.into_inner(),
+        let mut all: Vec<_> = match self.shared.pending_by_route.lock() {
+            Ok(counts) => counts.iter().map(|(r, n)| (r.clone(), *n)).collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .map(|(r, n)| (r.clone(), *n))
+                .collect(),
         };
-        let mut all: Vec<_> = counts.iter().map(|(r, n)| (r.clone(), *n)).collect();
         all.sort();
         all
     }
@@ -1255,7 +1264,7 @@ mod tests {
         let pairs = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
             v.iter().map(|(r, n)| (r.to_string(), *n)).collect()
         };
-        let a2 = {
+        let (a2, b1) = {
             let q = open_when_free(dir.path()).unwrap();
             let (a1, a2, b1) = (on(&q, "a", "1"), on(&q, "a", "2"), on(&q, "b", "3"));
             q.append(vec![a1.clone(), a2.clone(), b1.clone()])
@@ -1280,11 +1289,16 @@ mod tests {
             assert_eq!(counts(&q), pairs(&[("a", 1), ("b", 1)]));
             // The checkpoint at close moves both into sled.
             q.close().await.unwrap();
-            a2
+            (a2, b1)
         };
         // Counted from sled at open; removing a copy that is only in sled
         // uncounts its route.
         let q = open_when_free(dir.path()).unwrap();
+        assert_eq!(counts(&q), pairs(&[("a", 1), ("b", 1)]));
+        // Removed and stored again before the next checkpoint (its copy in
+        // sled still there): pending once, counted once.
+        q.apply(vec![Op::Remove(b1.id), Op::Put(b1)]).unwrap();
+        q.pending().await.unwrap();
         assert_eq!(counts(&q), pairs(&[("a", 1), ("b", 1)]));
         q.apply(vec![Op::Remove(a2.id)]).unwrap();
         q.pending().await.unwrap();
@@ -1330,6 +1344,7 @@ mod tests {
         q.apply(vec![Op::Put(retried.clone())]).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![retried]);
         assert_eq!(q.stats().pending, 1);
+        assert_eq!(q.pending_on("r"), 1, "a retry is the same record");
         // Delivered to one sink, retried for another: the delivery record
         // that replaces it is only in memory and the (unsynced) journal, so
         // the copy in sled stays until a checkpoint puts the replacement in
@@ -1341,6 +1356,7 @@ mod tests {
             .unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![delivery.clone()]);
         assert_eq!(q.stats().pending, 1);
+        assert_eq!(q.pending_on("r"), 1);
         assert!(
             in_sled(&q, b.id),
             "removed from sled only at the checkpoint"
@@ -1353,9 +1369,11 @@ mod tests {
         let q = open_when_free(dir.path()).unwrap();
         assert_eq!(q.pending().await.unwrap(), vec![delivery.clone()]);
         assert_eq!(q.stats().pending, 1);
+        assert_eq!(q.pending_on("r"), 1);
         q.apply(vec![Op::Remove(delivery.id)]).unwrap();
         assert!(q.pending().await.unwrap().is_empty());
         assert_eq!(q.stats().pending, 0);
+        assert_eq!(q.pending_on("r"), 0);
         q.close().await.unwrap();
         drop(q);
         let q = open_when_free(dir.path()).unwrap();

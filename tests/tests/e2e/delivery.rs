@@ -967,12 +967,15 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     }
     assert_eq!(host.counter("weft_webhooks_refused_full_total"), 2);
     let (_, status_body) = host.admin_get("/api/status").await;
-    assert_eq!(status_body["storage"]["accepting"], false, "{status_body}");
+    // The disk is fine: the instance accepts, one route does not.
+    assert_eq!(status_body["storage"]["accepting"], true, "{status_body}");
+    assert_eq!(
+        status_body["storage"]["full_routes"],
+        serde_json::json!(["relay"])
+    );
     assert_eq!(status_body["storage"]["max_pending"], 2);
-    assert!(status_body["storage"]["refusing_because"]
-        .as_str()
-        .is_some_and(|r| r.contains("pending on route relay, storage.max_pending is 2")));
     assert_eq!(status_body["storage"]["pending_by_route"]["relay"], 2);
+    assert_eq!(status_body["storage"]["pending_by_route"]["calm"], 0);
     let (_, _, metrics) = send_full(
         "GET",
         &format!("{}/metrics", host.admin()),
@@ -980,19 +983,23 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
         &[("authorization", &auth)],
     )
     .await;
-    assert!(
-        metrics.contains("\nweft_storage_accepting 0\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("\nweft_route_pending{route=\"relay\"} 2\n"),
-        "{metrics}"
-    );
-    // Readiness, without a token, for a load balancer.
+    for line in [
+        "weft_storage_accepting 1",
+        "weft_route_pending{route=\"relay\"} 2",
+        "weft_route_pending{route=\"calm\"} 0",
+        "weft_route_accepting{route=\"relay\"} 0",
+        "weft_route_accepting{route=\"calm\"} 1",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{line}\n")),
+            "{line}: {metrics}"
+        );
+    }
+    // Ready (no token needed): one full route is no reason for a load
+    // balancer to drop the instance, whose other routes are served.
     let readyz = format!("{}/readyz", host.admin());
     let (status, _, ready) = send_full("GET", &readyz, "", &[]).await;
-    assert_eq!(status, 503, "{ready}");
-    assert!(ready.contains("storage.max_pending"), "{ready}");
+    assert_eq!(status, 200, "{ready}");
 
     // The sink is back: the two are delivered, and the queue takes more.
     api.set_default(200);
@@ -1006,9 +1013,11 @@ async fn a_full_queue_refuses_webhooks_until_deliveries_make_room() {
     assert!(eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await);
     assert_eq!(api.delivered_ids(), ["room-0", "room-1", "room-again"]);
     let (_, status_body) = host.admin_get("/api/status").await;
-    assert_eq!(status_body["storage"]["accepting"], true, "{status_body}");
-    let (status, _, ready) = send_full("GET", &readyz, "", &[]).await;
-    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        status_body["storage"]["full_routes"],
+        serde_json::json!([]),
+        "{status_body}"
+    );
     host.stop().await;
 }
 
@@ -1042,5 +1051,10 @@ async fn a_nearly_full_disk_refuses_webhooks() {
     assert!(status_body["storage"]["refusing_because"]
         .as_str()
         .is_some_and(|r| r.contains("min_free_mib")));
+    assert_eq!(status_body["storage"]["accepting"], false);
+    // Not ready: no webhook can be taken (no token needed to ask).
+    let (status, _, ready) = send_full("GET", &format!("{}/readyz", host.admin()), "", &[]).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("storage.min_free_mib"), "{ready}");
     host.stop().await;
 }
