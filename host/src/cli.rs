@@ -196,7 +196,13 @@ pub fn shutdown_signal(
         if let Ok(mut hangups) = signal(SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    on_hangup(reload.get(), tls_configured);
+                    // Reading the files and building the TLS config is
+                    // blocking work: off the async threads.
+                    let tls = reload.get().cloned();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        on_hangup(tls.as_ref(), tls_configured)
+                    })
+                    .await;
                 }
             });
         }
