@@ -78,6 +78,24 @@ async fn https(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// POSTs the webhook `{"id": id}` over HTTPS to `addr`'s `/hooks/in`,
+/// trusting only `trusted`; returns the status and body.
+async fn post_event(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    id: &str,
+) -> (u16, String) {
+    https(
+        addr,
+        trusted,
+        "POST",
+        "/hooks/in",
+        &[("content-type", "application/json")],
+        &format!("{{\"id\":\"{id}\"}}"),
+    )
+    .await
+}
+
 fn relay(api: &FakeApi, tls: &str) -> String {
     format!(
         r#"
@@ -118,15 +136,7 @@ async fn both_listeners_speak_https_with_the_configured_certificate() {
     let webhook = host.running.webhook_addr;
     let admin = host.running.admin_addr.unwrap();
 
-    let (status, body) = https(
-        webhook,
-        &trusted,
-        "POST",
-        "/hooks/in",
-        &[("content-type", "application/json")],
-        "{\"id\":\"over-tls\"}",
-    )
-    .await;
+    let (status, body) = post_event(webhook, &trusted, "over-tls").await;
     assert_eq!(status, 202, "{body}");
     assert!(
         eventually(Duration::from_secs(30), || api.delivered_ids()
@@ -169,15 +179,7 @@ async fn both_listeners_speak_https_with_the_configured_certificate() {
     );
     assert_eq!(host.counter("weft_events_accepted_total"), 1);
     // Still served over TLS afterwards.
-    let (status, body) = https(
-        webhook,
-        &trusted,
-        "POST",
-        "/hooks/in",
-        &[("content-type", "application/json")],
-        "{\"id\":\"after\"}",
-    )
-    .await;
+    let (status, body) = post_event(webhook, &trusted, "after").await;
     assert_eq!(status, 202, "{body}");
     host.stop().await;
 }
@@ -258,18 +260,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_
         &dir.path().join("weft.log"),
     )
     .await;
-    let post = |trusted: rustls::pki_types::CertificateDer<'static>, id: &'static str| async move {
-        https(
-            webhook,
-            &trusted,
-            "POST",
-            "/hooks/in",
-            &[("content-type", "application/json")],
-            &format!("{{\"id\":\"{id}\"}}"),
-        )
-        .await
-    };
-    assert_eq!(post(first.clone(), "before").await.0, 202);
+    assert_eq!(post_event(webhook, &first, "before").await.0, 202);
 
     // A renewed certificate: served to new connections after SIGHUP.
     let second = certificate(dir.path());
@@ -292,7 +283,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_
         !renewed(&first).await,
         "the old certificate is no longer served"
     );
-    assert_eq!(post(second.clone(), "after").await.0, 202);
+    assert_eq!(post_event(webhook, &second, "after").await.0, 202);
 
     // A key that is not one: refused, the second certificate stays.
     std::fs::write(dir.path().join("key.pem"), "not a key\n").unwrap();
@@ -305,7 +296,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_
         .await
     );
     assert!(weft.running());
-    assert_eq!(post(second, "still").await.0, 202);
+    assert_eq!(post_event(webhook, &second, "still").await.0, 202);
     assert!(eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await);
     assert!(weft.terminate(), "clean exit");
 }
