@@ -238,6 +238,11 @@ fn load_plugin(
             value,
         });
     }
+    // A secret an `[[inject]]` entry names is for that header only: it is
+    // not offered for signing (see `PluginContext::header_only`).
+    let header_only: std::collections::BTreeSet<String> =
+        pc.inject.iter().map(|i| i.secret.clone()).collect();
+    secrets.retain(|name, _| !header_only.contains(name));
     let limits = pc.limits(&config.limits);
     let allowed = pc
         .allowed_hosts
@@ -270,6 +275,7 @@ fn load_plugin(
         name: name.to_string(),
         config: pc.config_strings(),
         secrets,
+        header_only,
         state,
         egress,
     };

@@ -353,6 +353,7 @@ pub fn load(opts: &HarnessOptions) -> Result<Plugin, HarnessError> {
         name,
         config: opts.config.iter().cloned().collect(),
         secrets,
+        header_only: Default::default(),
         state,
         egress,
     };

@@ -591,6 +591,7 @@ pub fn load_plugin(
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         secrets: Default::default(),
+        header_only: Default::default(),
         state: weft::runtime::state::PluginState::open(
             db.open_tree("s").expect("state tree"),
             limits.state_mib << 20,

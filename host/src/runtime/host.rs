@@ -81,8 +81,13 @@ pub struct PluginContext {
     pub name: String,
     /// Config values as plugins see them.
     pub config: BTreeMap<String, String>,
-    /// Granted secrets by name.
+    /// Secrets the plugin may sign with (`secrets.hmac-sha256`), by name.
     pub secrets: BTreeMap<String, Secret>,
+    /// Secrets granted only as injected headers (named by an `[[inject]]`
+    /// entry): the plugin may not sign with them, so that an API token
+    /// meant for one host's `authorization` header cannot be used as a
+    /// signing oracle. Names only; the values live in the egress policy.
+    pub header_only: std::collections::BTreeSet<String>,
     /// The plugin's private state tree.
     pub state: PluginState,
     /// Outbound grants.
@@ -349,11 +354,20 @@ impl state::Host for StoreState {
 impl secrets::Host for StoreState {
     fn hmac_sha256(&mut self, secret: String, message: Vec<u8>) -> Result<Vec<u8>, String> {
         let Some(value) = self.plugin.secrets.get(&secret) else {
+            let header_only = self.plugin.header_only.contains(&secret);
             let event = self.event_id.as_deref().unwrap_or("");
             if self.log_budget.take(&self.plugin.name, event) {
-                tracing::warn!(plugin = %self.plugin.name, event = %event, secret = %clip(&secret), "plugin asked for a secret it is not granted");
+                if header_only {
+                    tracing::warn!(plugin = %self.plugin.name, event = %event, secret = %clip(&secret), "plugin asked to sign with a secret granted only as an injected header");
+                } else {
+                    tracing::warn!(plugin = %self.plugin.name, event = %event, secret = %clip(&secret), "plugin asked for a secret it is not granted");
+                }
             }
-            return Err(format!("secret \"{secret}\" is not granted to this plugin"));
+            return Err(if header_only {
+                format!("secret \"{secret}\" is granted to this plugin only as an injected header, not for signing")
+            } else {
+                format!("secret \"{secret}\" is not granted to this plugin")
+            });
         };
         let key = value.hmac_key();
         self.charged(|_| {

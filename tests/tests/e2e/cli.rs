@@ -101,6 +101,12 @@ fn bad_config_errors_name_file_line_and_field() {
             "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_secret = \"shop\" }\n",
             "bad.toml:3:1: plugins.in.config: signing_secret = \"shop\": secret \"shop\" is not granted to this plugin",
         ),
+        // A secret named by an `[[inject]]` entry is that header's only:
+        // the plugin may not sign with it.
+        (
+            "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_secret = \"shop\" }\nallowed_hosts = [\"https://api.example\"]\nsecrets = { shop = { env = \"PATH\" } }\ninject = [{ host = \"https://api.example\", header = \"x-key\", secret = \"shop\" }]\n",
+            "bad.toml:3:1: plugins.in.config: signing_secret = \"shop\": secret \"shop\" is granted to this plugin only as an injected header, not for signing",
+        ),
         (
             "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { id_pointer = \"order_id\" }\n",
             "plugins.in.config: id_pointer = \"order_id\" is not a JSON pointer",

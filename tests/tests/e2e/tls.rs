@@ -300,3 +300,79 @@ async fn sighup_reloads_the_certificate_and_keeps_the_current_one_if_the_new_is_
     assert!(eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await);
     assert!(weft.terminate(), "clean exit");
 }
+
+/// Under TLS the connection limits still hold: a client that opens a
+/// connection and never completes its handshake is cut off after the
+/// header-read timeout and counted; a TLS connection that goes idle after
+/// its request is closed after the idle timeout; either way its slot is
+/// given back (with `max_connections = 1`, the next client is served only
+/// once the slot is free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_and_idle_tls_connections_give_their_slot_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = FakeApi::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let trusted = certificate(certs.path());
+    let server = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\nmax_connections = 1\nheader_read_timeout_ms = 1000\nidle_timeout_ms = 1000",
+        certs.path().join("cert.pem").display(),
+        certs.path().join("key.pem").display()
+    );
+    let host = TestHost::start(&relay(&api, &server)).await;
+    let webhook = host.running.webhook_addr;
+
+    // A TCP connection that never says a word: no handshake, so it holds
+    // the only slot until the header-read timeout closes it.
+    let mut stalled = tokio::net::TcpStream::connect(webhook).await.unwrap();
+    let mut buf = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut buf))
+        .await
+        .expect("the stalled handshake is cut off");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            host.counter("weft_tls_handshake_failures_total") == 1
+        })
+        .await
+    );
+    // The slot is free again: a TLS client is served.
+    let (status, body) = post_event(webhook, &trusted, "after-stall").await;
+    assert_eq!(status, 202, "{body}");
+
+    // A TLS connection kept alive after its request, then left idle: the
+    // server closes it (end of stream or a close alert) and frees the slot.
+    let mut tls = connect(webhook, &trusted).await.expect("TLS handshake");
+    let body = "{\"id\":\"kept-alive\"}";
+    let request = format!(
+        "POST /hooks/in HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    // Read the answer and then on until the server closes the connection
+    // (end of stream, or an error after its close alert).
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 512];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle TLS connection is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let (status, body) = post_event(webhook, &trusted, "after-idle").await;
+    assert_eq!(status, 202, "{body}");
+
+    assert!(
+        eventually(Duration::from_secs(30), || api.delivered_ids().len() == 3).await,
+        "{:?}",
+        api.delivered_ids()
+    );
+    // Only the stalled connection failed its handshake.
+    assert_eq!(host.counter("weft_tls_handshake_failures_total"), 1);
+    host.stop().await;
+}
