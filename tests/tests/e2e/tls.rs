@@ -96,6 +96,15 @@ async fn post_event(
     .await
 }
 
+/// The `server.tls` setting for a certificate and key file.
+fn tls_setting(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn relay(api: &FakeApi, tls: &str) -> String {
     format!(
         r#"
@@ -127,10 +136,9 @@ async fn both_listeners_speak_https_with_the_configured_certificate() {
     let api = FakeApi::start().await;
     let certs = tempfile::tempdir().unwrap();
     let trusted = certificate(certs.path());
-    let tls = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}",
-        certs.path().join("cert.pem").display(),
-        certs.path().join("key.pem").display()
+    let tls = tls_setting(
+        &certs.path().join("cert.pem"),
+        &certs.path().join("key.pem"),
     );
     let host = TestHost::start(&relay(&api, &tls)).await;
     let webhook = host.running.webhook_addr;
@@ -203,11 +211,7 @@ async fn unusable_certificate_files_stop_the_start_with_a_located_error() {
             "server.tls: the certificate and key do not go together",
         ),
     ] {
-        let tls = format!(
-            "tls = {{ cert = \"{}\", key = \"{}\" }}",
-            cert.display(),
-            key.display()
-        );
+        let tls = tls_setting(cert, key);
         let dir = tempfile::tempdir().unwrap();
         let text = weft_tests::with_defaults(&relay(&api, &tls), dir.path());
         let config = weft::config::Config::parse(&text, "test.toml", dir.path()).unwrap();
@@ -314,9 +318,11 @@ async fn stalled_handshakes_and_idle_tls_connections_give_their_slot_back() {
     let certs = tempfile::tempdir().unwrap();
     let trusted = certificate(certs.path());
     let server = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}\nmax_connections = 1\nheader_read_timeout_ms = 1000\nidle_timeout_ms = 1000",
-        certs.path().join("cert.pem").display(),
-        certs.path().join("key.pem").display()
+        "{}\nmax_connections = 1\nheader_read_timeout_ms = 1000\nidle_timeout_ms = 1000",
+        tls_setting(
+            &certs.path().join("cert.pem"),
+            &certs.path().join("key.pem")
+        )
     );
     let host = TestHost::start(&relay(&api, &server)).await;
     let webhook = host.running.webhook_addr;
