@@ -17,6 +17,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Check Cargo.lock against the RustSec advisory database (offline copy; pass
+# its path if it is not at ../shared/advisory-db).
+audit db="../shared/advisory-db":
+    python3 .ci/audit.py {{db}} Cargo.lock
+
 # Check a config file.
 validate config:
     cargo run --release -- validate --config {{config}}
