@@ -22,6 +22,7 @@ pub mod router;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod shares;
 pub mod timers;
 pub mod tls;
 pub mod toolchain;

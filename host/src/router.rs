@@ -20,6 +20,7 @@ use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, 
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
+use crate::shares::RouteShares;
 use crate::timers::{Due, Timers};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct Router {
     shutdown: watch::Receiver<bool>,
     /// Records waiting for their time, by id (see [`Timers`]).
     timers: Timers,
+    /// Each route's share of the workers, and its records waiting for room.
+    shares: RouteShares,
     /// Set when the queue stops working outside a shutdown (its writer
     /// thread is gone): nothing can be stored or delivered any more, and the
     /// process should stop so that a supervisor restarts it (see
@@ -80,6 +83,13 @@ const DUE_AT_ONCE: usize = 256;
 
 /// How often the router checks that the queue still works.
 const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The longest a webhook's acknowledgement waits for room in the hand-off
+/// to the workers. Records are durable before that wait, so after it they
+/// are handed over by id ([`Handover`]) and the webhook is answered: when
+/// every worker is busy, webhooks are slowed down a little (backpressure),
+/// never held for as long as a stuck sink's timeout.
+const HANDOVER_WAIT: Duration = Duration::from_millis(100);
 
 /// A webhook's new records, handed to the queue but not yet passed on to
 /// the workers. Dropped before [`Handover::done`] (the caller went away:
@@ -187,6 +197,7 @@ impl Router {
             outcomes,
             shutdown,
             timers: Timers::new(horizon_ms),
+            shares: RouteShares::new(workers),
             failed: watch::Sender::new(None),
         });
         (
@@ -318,9 +329,14 @@ impl Router {
             .events_accepted
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         // Durable already: if the workers are gone (shutdown), the records
-        // run after the next start. (A dropped `send` sent nothing.)
-        let _ = self.work.send(records).await;
-        handover.done();
+        // run after the next start. (A dropped `send` sent nothing.) If the
+        // hand-off stays full, `handover` schedules them by id when dropped.
+        if tokio::time::timeout(HANDOVER_WAIT, self.work.send(records))
+            .await
+            .is_ok()
+        {
+            handover.done();
+        }
         Ok(())
     }
 
@@ -342,9 +358,10 @@ impl Router {
         Ok(n)
     }
 
-    /// Records waiting for their time.
+    /// Records waiting for their time, or for their route to have room
+    /// among the workers.
     pub fn waiting(&self) -> usize {
-        self.timers.len()
+        self.timers.len() + self.shares.waiting()
     }
 
     /// Hands waiting records to the workers as they come due, loading at
@@ -449,6 +466,15 @@ impl Router {
                 }
             }
             for group in group_records(ready.drain(..), take) {
+                // A route at its share waits by id (its records are in the
+                // queue), so the dispatcher never waits on one route's sink.
+                let Some(route) = group.first().map(|r| r.route.clone()) else {
+                    continue;
+                };
+                let ids: Vec<u64> = group.iter().map(|r| r.id).collect();
+                if !self.shares.admit(&route, &ids) {
+                    continue;
+                }
                 let n = u32::try_from(group.len()).unwrap_or(u32::MAX);
                 let permit = tokio::select! {
                     p = slots.clone().acquire_many_owned(n) => match p { Ok(p) => p, Err(_) => break 'run },
@@ -459,6 +485,10 @@ impl Router {
                 tokio::spawn(async move {
                     router.process(group).await;
                     drop(permit);
+                    let now = now_ms();
+                    for id in router.shares.release(&route, ids.len()) {
+                        router.timers.add(now, id);
+                    }
                 });
             }
         }
