@@ -685,7 +685,11 @@ impl Running {
             let _ = task.await;
         }
         if let Err(e) = self.queue.close().await {
-            tracing::error!(error = %e, "closing the queue failed");
+            tracing::error!(error = %e, "closing the queue failed; what it could not store is in its journal and resumes at the next start");
+            // Dropping the store flushes it, and on a store whose disk
+            // failed (sled keeps its first I/O error) that flush waits for
+            // ever: the process would not exit. Leave it to the exit.
+            std::mem::forget(self.queue.clone());
         }
         tracing::info!("stopped");
     }

@@ -6,7 +6,7 @@ use crate::clients::ClientSlots;
 use crate::event::Event;
 use crate::headroom::{self, Headroom};
 use crate::metrics::{add_elapsed, inc, Metrics};
-use crate::queue::Arrival;
+use crate::queue::{Arrival, QueueError};
 use crate::rate::RateLimit;
 use crate::router::{IngestError, Router};
 use crate::runtime::bindings::wit;
@@ -350,6 +350,17 @@ impl Ingress {
             }
             Err(IngestError::ShuttingDown) => {
                 refusal(503, "shutting down; nothing was accepted, please retry")
+            }
+            // Written but not known durable: a later commit may still make
+            // them so, and then they are delivered. Not acknowledged: the
+            // sender should retry (a duplicate is possible, as always with
+            // at-least-once; the event id says which).
+            Err(IngestError::Queue(QueueError::Unsynced(e))) => {
+                tracing::error!(source = %name, error = %e, events = ?ids, "could not make the events durable; not acknowledged (they may still be delivered)");
+                refusal(
+                    503,
+                    "could not make the events durable, so they are not acknowledged; please retry (if they were stored after all, they are delivered, and the retry is a duplicate with the same event ids)",
+                )
             }
             Err(e) => {
                 tracing::error!(source = %name, error = %e, "could not store events; nothing was accepted");

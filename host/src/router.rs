@@ -261,8 +261,8 @@ impl Router {
                 if failed.is_some() {
                     return false;
                 }
-                tracing::error!("the queue stopped working (its writer is gone): stopping so that a supervisor can restart Weft; everything stored resumes then");
-                *failed = Some("the queue stopped working (its writer is gone)".into());
+                tracing::error!("the queue stopped working (its writer is gone or stuck): stopping so that a supervisor can restart Weft; everything stored resumes then");
+                *failed = Some("the queue stopped working (its writer is gone or stuck)".into());
                 true
             });
         }

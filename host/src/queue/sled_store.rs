@@ -71,6 +71,22 @@ pub const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// bounds the redeliveries after a power loss to what the journal holds.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Checkpoints failing without a break for this long mean the store is
+/// broken, not busy: sled 0.34 keeps the first I/O error it meets (a full
+/// disk, say) and fails every later operation with it, so only a restart
+/// (once the disk is fixed) recovers. The writer then stops, and Weft with
+/// it, so that a supervisor restarts it; the journal holds everything
+/// acknowledged, as after a crash.
+const FAILING_FOR: Duration = Duration::from_secs(10);
+/// After a failed checkpoint, the next try waits at least this long.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+/// A writer busy with one group (or checkpoint) for this long is stuck, not
+/// slow: sled 0.34, once its log cannot be written (a full disk), can spin
+/// for ever inside any call, a read included. The queue then counts as not
+/// working ([`Queue::working`]: Weft stops so that a supervisor restarts it)
+/// and closing it does not wait for the writer.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
 /// Default for `storage.commit_delay_us`.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(1000);
 
@@ -103,6 +119,32 @@ fn route_of(value: &[u8]) -> Option<&str> {
 }
 
 impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The writer starts on a group of commands (or a checkpoint).
+    fn busy(&self) {
+        self.busy_since
+            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The writer waits for commands.
+    fn idle(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the writer has been on its current work, if that is
+    /// [`STUCK_AFTER`] or more.
+    fn stuck_for(&self) -> Option<Duration> {
+        let since = self.busy_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let busy = Duration::from_millis(self.now_ms().saturating_sub(since - 1));
+        (busy >= STUCK_AFTER).then_some(busy)
+    }
+
     /// One more, or one fewer, pending record on `route` (a record's route
     /// never changes: the router sets it when it makes the record).
     fn count_route(&self, route: Option<&str>, more: bool) {
@@ -151,6 +193,12 @@ struct Shared {
     checkpoint_ns: AtomicU64,
     /// Webhooks being processed whose append has not been handed over yet.
     arriving: Arc<Arrivals>,
+    /// Set when the writer gave up on a broken store ([`FAILING_FOR`]).
+    broken: std::sync::atomic::AtomicBool,
+    /// When the writer started what it is doing now, in milliseconds since
+    /// `opened`, plus one; 0 while it waits for commands.
+    busy_since: AtomicU64,
+    opened: Instant,
 }
 
 /// The sled-backed [`Queue`].
@@ -319,6 +367,9 @@ impl SledQueue {
             checkpoints: AtomicU64::new(0),
             checkpoint_ns: AtomicU64::new(0),
             arriving: Arc::new(Arrivals::default()),
+            broken: std::sync::atomic::AtomicBool::new(false),
+            busy_since: AtomicU64::new(0),
+            opened: Instant::now(),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -330,6 +381,7 @@ impl SledQueue {
             // What was redone may include large values.
             large: true,
             last_checkpoint: Instant::now(),
+            failing: None,
         };
         // What the journal held is now in sled: make it durable there, so
         // the journal can start over.
@@ -413,6 +465,9 @@ struct Writer {
     /// A value above [`LARGE_VALUE`] went to sled since the last checkpoint.
     large: bool,
     last_checkpoint: Instant,
+    /// Since when checkpoints fail, and when the last one failed (`None`
+    /// once one succeeds).
+    failing: Option<(Instant, Instant)>,
 }
 
 impl Writer {
@@ -711,18 +766,37 @@ impl Writer {
         Ok(())
     }
 
-    /// Checkpoints when the journal is big or old enough.
-    fn maybe_checkpoint(&mut self) {
+    /// Checkpoints when the journal is big or old enough (after a failure,
+    /// at most once per [`CHECKPOINT_RETRY`]). Returns false once
+    /// checkpoints have failed for [`FAILING_FOR`]: the store is broken.
+    fn maybe_checkpoint(&mut self) -> bool {
+        if let Some((_, last)) = self.failing {
+            if last.elapsed() < CHECKPOINT_RETRY {
+                return true;
+            }
+        }
         let len = self.journal.len() + self.journal.buffered();
         if self.epoch_in_doubt
             || len >= CHECKPOINT_BYTES
             || (len > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
         {
-            if let Err(e) = self.checkpoint() {
-                // The journal keeps everything meanwhile; the next try may work.
-                tracing::error!(error = %e, "queue checkpoint failed");
+            match self.checkpoint() {
+                Ok(()) => self.failing = None,
+                Err(e) => {
+                    // The journal keeps everything meanwhile; the next try may work.
+                    let now = Instant::now();
+                    let since = self.failing.map_or(now, |(since, _)| since);
+                    self.failing = Some((since, now));
+                    if since.elapsed() >= FAILING_FOR {
+                        tracing::error!(error = %e, failing_s = since.elapsed().as_secs(), "queue storage is broken (checkpoints keep failing): the queue stops, and Weft with it, so that it can be restarted once the disk is fixed; everything acknowledged is in the journal and resumes then");
+                        self.shared.broken.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                    tracing::error!(error = %e, "queue checkpoint failed; trying again in a second");
+                }
             }
         }
+        true
     }
 }
 
@@ -772,10 +846,15 @@ fn drain(rx: &mpsc::Receiver<Command>, group: &mut Vec<Command>) {
 fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Duration) {
     let mut group = Vec::with_capacity(64);
     loop {
-        let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+        writer.shared.idle();
+        let received = rx.recv_timeout(CHECKPOINT_INTERVAL);
+        writer.shared.busy();
+        let first = match received {
             Ok(cmd) => cmd,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                writer.maybe_checkpoint();
+                if !writer.maybe_checkpoint() {
+                    return;
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -883,7 +962,11 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
             let _ = reply.send(writer.checkpoint());
             return;
         }
-        writer.maybe_checkpoint();
+        if !writer.maybe_checkpoint() {
+            // Broken: no final checkpoint (it would fail, or block in sled);
+            // the commands still waiting get `Closed` as the channel goes.
+            return;
+        }
     }
     // Every handle is gone without a close: leave sled durable anyway.
     if let Err(e) = writer.checkpoint() {
@@ -1024,6 +1107,14 @@ impl Queue for SledQueue {
             .writer
             .lock()
             .is_ok_and(|w| w.as_ref().is_some_and(|h| !h.is_finished()));
+        if let Some(busy) = self.shared.stuck_for() {
+            tracing::error!(
+                busy_s = busy.as_secs(),
+                "the queue's writer has been stuck in the store for {}s (a failed or full disk?)",
+                busy.as_secs()
+            );
+            return false;
+        }
         open && writing
     }
 
@@ -1034,13 +1125,32 @@ impl Queue for SledQueue {
             if let Ok(mut guard) = self.tx.lock() {
                 guard.take();
             }
+            // A stuck writer (see `STUCK_AFTER`) never answers: give up on
+            // it rather than hold the process for ever.
+            let stuck = || {
+                QueueError::Storage(format!(
+                    "the queue's writer is stuck in the store (more than {}s on one piece of work); the journal holds what was acknowledged",
+                    STUCK_AFTER.as_secs()
+                ))
+            };
+            if self.shared.stuck_for().is_some() {
+                return Err(stuck());
+            }
             let result = match sent {
-                Ok(()) => rx.await.map_err(|_| QueueError::Closed)?,
+                Ok(()) => match tokio::time::timeout(STUCK_AFTER, rx).await {
+                    Ok(answer) => answer.map_err(|_| QueueError::Closed)?,
+                    Err(_) => return Err(stuck()),
+                },
                 Err(_) => Ok(()),
             };
             let handle = self.writer.lock().ok().and_then(|mut g| g.take());
             if let Some(handle) = handle {
                 let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            if self.shared.broken.load(Ordering::Relaxed) {
+                return Err(QueueError::Storage(
+                    "the store is broken (checkpoints kept failing); the journal holds what was acknowledged".into(),
+                ));
             }
             result
         })
