@@ -468,9 +468,16 @@ fn token_in_file(path: &Path) -> Result<Option<String>, StartError> {
     Ok(Some(token.to_string()))
 }
 
+/// What Weft keeps in its data directory (and nothing else is there when
+/// Weft made the directory).
+const DATA_DIR_ENTRIES: [&str; 4] = ["queue", "journal", "admin-token", "cache"];
+
 /// Creates the data directory readable by this user only, or narrows an
 /// existing one to that: the journal and the queue hold webhook bodies
 /// (customer names, emails, orders), and the directory the admin token.
+/// An existing directory that holds anything else is not Weft's alone (a
+/// home directory, `/tmp`, a shared volume): it is left as it is, with a
+/// warning, rather than taken away from its other users.
 fn private_data_dir(dir: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let failed = |e: std::io::Error| {
@@ -482,7 +489,14 @@ fn private_data_dir(dir: &Path) -> Result<(), StartError> {
         .create(dir)
         .map_err(failed)?;
     let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
-    if mode & 0o077 != 0 {
+    let foreign = std::fs::read_dir(dir)
+        .map_err(failed)?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| !DATA_DIR_ENTRIES.contains(&name.as_str()));
+    if let (true, Some(other)) = (mode & 0o077 != 0, foreign) {
+        tracing::warn!(data_dir = %dir.display(), mode = format_args!("{:o}", mode & 0o777), holds = %other, "data dir is readable by others and holds files that are not Weft's, so its mode is left as it is; it will hold webhook bodies: give Weft a directory of its own");
+    } else if mode & 0o077 != 0 {
         // A directory Weft may write to but not chmod (a volume owned by
         // root with a shared group, say) is used as it is, with a warning.
         match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
@@ -723,6 +737,34 @@ mod tests {
             "{err}"
         );
         assert!(token_from_file("\n").is_err());
+    }
+
+    /// A data dir Weft makes, or one holding only Weft's files, is narrowed
+    /// to its user; one that also holds other files (a shared directory)
+    /// keeps its mode.
+    #[test]
+    fn only_a_data_dir_of_weft_alone_is_narrowed_to_its_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let open =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let made = root.path().join("new");
+        private_data_dir(&made).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        let weft_only = root.path().join("weft-only");
+        std::fs::create_dir(&weft_only).unwrap();
+        std::fs::write(weft_only.join("journal"), b"").unwrap();
+        std::fs::create_dir(weft_only.join("queue")).unwrap();
+        open(&weft_only);
+        private_data_dir(&weft_only).unwrap();
+        assert_eq!(mode(&weft_only), 0o700);
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("notes.txt"), b"someone else's").unwrap();
+        open(&shared);
+        private_data_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o755);
     }
 
     /// The token Weft generates is kept and reused; a kept file that is

@@ -906,6 +906,12 @@ impl Config {
                 ));
             }
         }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                at(&["storage", "data_dir"]),
+                "storage.data_dir: must not be empty (a directory for the queue, e.g. \"weft-data\")".into(),
+            ));
+        }
         if self.storage.commit_delay_us > 10_000 {
             return Err(invalid(
                 at(&["storage", "commit_delay_us"]),
@@ -1220,6 +1226,10 @@ mod tests {
             (
                 "[server]\nworkers = 100000000\n",
                 "weft.toml:2:1: server.workers: must be 1..=65536",
+            ),
+            (
+                "[storage]\ndata_dir = \"\"\n",
+                "weft.toml:2:1: storage.data_dir: must not be empty (a directory for the queue, e.g. \"weft-data\")",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), expected);

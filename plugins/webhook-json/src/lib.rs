@@ -168,6 +168,20 @@ fn make_event(
             }
         }
     };
+    // CloudEvents requires both to be non-empty, and an empty id would make
+    // an empty `idempotency-key` downstream (no de-duplication).
+    if id.trim().is_empty() {
+        return Err(reject(
+            RejectionKind::Unprocessable,
+            "the event id is empty",
+        ));
+    }
+    if ty.trim().is_empty() {
+        return Err(reject(
+            RejectionKind::Unprocessable,
+            "the event type is empty",
+        ));
+    }
     let mut event = Event::new(id, source, ty, raw);
     event.datacontenttype = Some("application/json".to_string());
     if let Some(p) = config::get("subject_pointer") {

@@ -113,6 +113,11 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     let (status, _) = post_json(&hook, "\"just a string\"").await;
     assert_eq!(status, 422);
 
+    // An empty id would be an empty idempotency key downstream.
+    let (status, body) = post_json(&hook, "{\"order_id\": \" \"}").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("the event id is empty"), "{body}");
+
     let big = format!("{{\"order_id\":\"X\",\"pad\":\"{}\"}}", "x".repeat(8000));
     let (status, body) = post_json(&hook, &big).await;
     assert_eq!(status, 413);
