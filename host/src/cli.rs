@@ -136,8 +136,42 @@ fn init_logging(cli: &Cli) {
     if cli.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
-        builder.init();
+        builder.fmt_fields(text_fields()).init();
     }
+}
+
+/// How the text log writes a record's fields: `name=value`, with a value
+/// quoted and escaped (as Rust writes a string literal) when it holds a
+/// space, `=`, a quote, a backslash or a control character. Event ids,
+/// rejection reasons and plugin messages come from outside: unquoted, an id
+/// such as `x route=other` would read as two fields, and an escape byte
+/// would reach the terminal. The message itself stays unquoted, with its
+/// control characters escaped.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            for c in text.chars() {
+                if c.is_control() {
+                    write!(w, "{}", c.escape_debug())?;
+                } else {
+                    write!(w, "{c}")?;
+                }
+            }
+            Ok(())
+        } else if text.is_empty() || text.chars().any(needs_quotes) {
+            write!(w, "{}={:?}", field.name(), text)
+        } else {
+            write!(w, "{}={}", field.name(), text)
+        }
+    })
+    .delimited(" ")
+}
+
+/// Whether a field value holding `c` must be quoted in the text log.
+fn needs_quotes(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || matches!(c, '=' | '"' | '\\')
 }
 
 /// A log writer that keeps every record on one line: line breaks inside it
@@ -427,5 +461,42 @@ mod tests {
             String::from_utf8(out.0).unwrap(),
             "INFO accepted event=a\\nERROR forged\\r\nINFO plain\n"
         );
+    }
+
+    /// Values from outside cannot pose as other fields or reach the
+    /// terminal as escape sequences; plain values stay as they are.
+    #[test]
+    fn text_log_fields_are_quoted_when_they_could_mislead() {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .fmt_fields(super::text_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "abc route=spoofed\u{1b}[31m";
+            tracing::warn!(event = %id, record = 7, route = %"r", "dead-lettered \"x\"\u{1b}");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                r#"dead-lettered "x"\u{1b} event="abc route=spoofed\u{1b}[31m" record=7 route=r"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
     }
 }
