@@ -372,6 +372,24 @@ impl InFlight {
     }
 }
 
+/// Whether this plugin's grants (its `allowed_hosts` in the host's config)
+/// let a request go to `url`. Meant for `check_config`: refuse a URL the
+/// plugin could never reach when the config is loaded, rather than fail
+/// every event.
+///
+/// ```no_run
+/// fn check_config() -> Result<(), String> {
+///     let url = weft_sdk::config::get("url").ok_or("`url` is required")?;
+///     if !weft_sdk::http::allowed(&url) {
+///         return Err(format!("url = \"{url}\": not in this plugin's allowed_hosts"));
+///     }
+///     Ok(())
+/// }
+/// ```
+pub fn allowed(url: &str) -> bool {
+    outbound::allows(url)
+}
+
 /// Sends every request at once and returns the answers in the same order.
 ///
 /// All requests are in flight together (over the host's pooled connections),

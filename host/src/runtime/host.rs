@@ -385,6 +385,11 @@ impl outbound::Host for StoreState {
     ) -> Vec<Result<outbound::Response, outbound::ErrorCode>> {
         self.hooks.send_all(requests).await
     }
+
+    fn allows(&mut self, url: String) -> bool {
+        url.parse::<http::Uri>()
+            .is_ok_and(|uri| self.hooks.policy.allows(&uri))
+    }
 }
 
 #[cfg(test)]

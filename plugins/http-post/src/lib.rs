@@ -289,6 +289,11 @@ fn config_problem() -> Result<(), String> {
                 .to_string(),
         );
     }
+    if !http::allowed(&url) {
+        return Err(format!(
+            "url = \"{url}\": not in this plugin's allowed_hosts, so every delivery would be refused; add its origin (scheme://host:port) to allowed_hosts"
+        ));
+    }
     if let Some(mode) = config::get("mode") {
         if mode != "binary" && mode != "structured" {
             return Err(format!(

@@ -134,60 +134,62 @@ async fn misbehaving_plugins_are_stopped_and_the_host_keeps_serving() {
     host.stop().await;
 }
 
+/// A sink whose URL its grants would never let it reach is refused when its
+/// config is loaded (http-post asks the host through `outbound.allows`),
+/// not event by event: without `allowed_hosts`, or with another host's.
+/// Granted but pointing at a blocked address (cloud metadata), a request is
+/// refused when it connects, at its first attempt, never retried. Nothing
+/// reaches any host. (A plugin that tries anyway is `chaos`'s `egress`,
+/// above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_without_a_grant_cannot_reach_any_host() {
     let api = FakeApi::start().await;
-    // Several attempts allowed: a request the host refuses is rejected at
-    // its first attempt, never retried.
-    let config = format!(
-        r#"
-[retry]
-max_attempts = 5
-initial_ms = 50
-
-[plugins.in]
-builtin = "webhook-json"
-
-[plugins.out]
-builtin = "http-post"
-config = {{ url = "{origin}/x" }}
-
-[plugins.elsewhere]
-builtin = "http-post"
-config = {{ url = "{origin}/y" }}
-allowed_hosts = ["http://127.0.0.1:1"]
-
-# Granted, but the address is cloud metadata: refused at connect time.
-[plugins.metadata]
-builtin = "http-post"
-config = {{ url = "http://169.254.169.254/latest/meta-data" }}
-allowed_hosts = ["http://169.254.169.254"]
-
-[[routes]]
-name = "r"
-source = "in"
-sinks = ["out", "elsewhere", "metadata"]
-"#,
-        origin = api.origin()
-    );
-    let host = TestHost::start(&config).await;
-    let (status, _) = post_json(&host.hook("in"), "{\"a\":1}").await;
-    assert_eq!(status, 202);
-    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 3).await);
-    let (_, body) = host.admin_get("/api/dead-letters").await;
-    for d in body["dead_letters"].as_array().unwrap() {
-        let expected = if d["attempts"][0]["plugin"] == "metadata" {
-            "DestinationIpProhibited"
-        } else {
-            "HttpRequestDenied"
+    let sink_route = |sink: &str| {
+        format!(
+            "[retry]\nmax_attempts = 5\ninitial_ms = 50\n\n[plugins.in]\nbuiltin = \"webhook-json\"\n\n{sink}\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n"
+        )
+    };
+    let origin = api.origin();
+    for grant in ["", "allowed_hosts = [\"http://127.0.0.1:1\"]"] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = weft_tests::with_defaults(
+            &sink_route(&format!(
+                "[plugins.out]\nbuiltin = \"http-post\"\nconfig = {{ url = \"{origin}/x\" }}\n{grant}\n"
+            )),
+            dir.path(),
+        );
+        let config = weft::config::Config::parse(&text, "weft.toml", dir.path()).unwrap();
+        let Err(refused) = weft::app::start(config).await else {
+            panic!("a sink that could never reach its url was started ({grant:?})");
         };
-        assert!(d["error"].as_str().unwrap().contains(expected), "{d}");
-        assert_eq!(
-            d["attempts"].as_array().unwrap().len(),
-            1,
-            "rejected, not retried: {d}"
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("not in this plugin's allowed_hosts"),
+            "{refused}"
         );
     }
+    // Granted, but the address is cloud metadata: refused at connect time.
+    let host = TestHost::start(&sink_route(
+        "[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://169.254.169.254/latest/meta-data\" }\nallowed_hosts = [\"http://169.254.169.254\"]\n",
+    ))
+    .await;
+    let (status, _) = post_json(&host.hook("in"), "{\"a\":1}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    let letter = &body["dead_letters"][0];
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("DestinationIpProhibited"),
+        "{letter}"
+    );
+    assert_eq!(
+        letter["attempts"].as_array().unwrap().len(),
+        1,
+        "rejected, not retried: {letter}"
+    );
     assert!(api.requests().is_empty());
     host.stop().await;
 }
