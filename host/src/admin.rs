@@ -368,12 +368,12 @@ impl Admin {
             }
             (&Method::DELETE, p)
                 if p.strip_prefix("/api/dead-letters/")
-                    .is_some_and(|id| id.parse::<u64>().is_ok()) =>
+                    .is_some_and(|id| id != "replay" && !id.contains('/')) =>
             {
-                let id = p
-                    .trim_start_matches("/api/dead-letters/")
-                    .parse::<u64>()
-                    .unwrap_or_default();
+                let id = p.trim_start_matches("/api/dead-letters/");
+                let Ok(id) = id.parse::<u64>() else {
+                    return error(400, format!("bad dead-letter id \"{id}\""));
+                };
                 match self.router.discard(id).await {
                     Ok(()) => json(200, &serde_json::json!({ "discarded": id })),
                     // Made, not yet known durable: it goes with the next

@@ -14,8 +14,10 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Log filter (overridden by RUST_LOG), e.g. `info` or `weft=debug`.
-    /// Default: `info` for `serve` and `demo`, `warn` for the one-shot
-    /// commands (`validate`, `plugin ...`), whose output is their answer.
+    /// Default: `info` for `serve`, `warn` for `demo` (its story is its
+    /// output; `--log-level info` shows the host's log beside it) and for
+    /// the one-shot commands (`validate`, `plugin ...`), whose output is
+    /// their answer.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
     /// What to do.
@@ -123,7 +125,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 fn init_logging(cli: &Cli) {
     let level = cli.log_level.as_deref().unwrap_or(match cli.command {
-        Command::Serve { .. } | Command::Demo { .. } => "info",
+        Command::Serve { .. } => "info",
         _ => "warn",
     });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

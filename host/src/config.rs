@@ -77,6 +77,7 @@ struct Origin {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the webhook listener (`POST /hooks/{source}`).
+    #[serde(deserialize_with = "address")]
     pub listen: SocketAddr,
     /// Address of the admin API, metrics and dashboard; `"off"` (or `""`)
     /// in the file disables them.
@@ -225,12 +226,22 @@ fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Socke
     let text = String::deserialize(d)?;
     match text.trim() {
         "" | "off" => Ok(None),
-        addr => addr.parse().map(Some).map_err(|e| {
+        addr => addr.parse().map(Some).map_err(|_| {
             serde::de::Error::custom(format!(
-                "\"{addr}\" is not an address like 127.0.0.1:8081 ({e}); \"off\" disables the listener"
+                "\"{addr}\" is not an address like 127.0.0.1:8081 (an IP address and a port; host names are not looked up); \"off\" disables the listener"
             ))
         }),
     }
+}
+
+/// `server.listen`: an IP address and a port.
+fn address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "\"{text}\" is not an address like 127.0.0.1:8080 (an IP address and a port; host names are not looked up; 0.0.0.0:8080 listens on every interface)"
+        ))
+    })
 }
 
 /// Finds where a setting is written in the config text, for error messages:
@@ -898,6 +909,15 @@ impl Config {
                 ));
             }
         }
+        if r.initial_ms > r.max_delay_ms {
+            return Err(invalid(
+                at(&["retry", "initial_ms"]),
+                format!(
+                    "retry.initial_ms: {} is above retry.max_delay_ms ({}): the first retry would already wait longer than any may",
+                    r.initial_ms, r.max_delay_ms
+                ),
+            ));
+        }
         if let Some(token) = &self.server.admin_token {
             if token.env.is_some() == token.file.is_some() {
                 return Err(invalid(
@@ -987,6 +1007,21 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
+            // Route names go into metric labels, log lines and admin URLs.
+            let name = route.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(
+                    route.name.span().start,
+                    format!(
+                        "routes[{i}].name: \"{}\": names may use only letters, digits, '-' and '_'",
+                        name.escape_debug()
+                    ),
+                ));
+            }
             if !names.insert(route.name.get_ref().clone()) {
                 return Err(invalid(
                     route.name.span().start,
@@ -1226,6 +1261,18 @@ mod tests {
             (
                 "[server]\nworkers = 100000000\n",
                 "weft.toml:2:1: server.workers: must be 1..=65536",
+            ),
+            (
+                "[server]\nlisten = \"localhost:8080\"\n",
+                "weft.toml:2:10: server.listen: \"localhost:8080\" is not an address like 127.0.0.1:8080 (an IP address and a port; host names are not looked up; 0.0.0.0:8080 listens on every interface)",
+            ),
+            (
+                "[retry]\ninitial_ms = 200000\nmax_delay_ms = 2000\n",
+                "weft.toml:2:1: retry.initial_ms: 200000 is above retry.max_delay_ms (2000): the first retry would already wait longer than any may",
+            ),
+            (
+                "[[routes]]\nname = \"a b\"\nsource = \"s\"\nsinks = []\n",
+                "weft.toml:2:8: routes[0].name: \"a b\": names may use only letters, digits, '-' and '_'",
             ),
             (
                 "[storage]\ndata_dir = \"\"\n",

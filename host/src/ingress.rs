@@ -171,16 +171,24 @@ impl Ingress {
             .strip_prefix("/hooks/")
             .filter(|n| !n.is_empty() && !n.contains('/'))
         else {
+            inc(&self.metrics.webhooks_rejected);
+            tracing::debug!(path = %path, "request for no webhook endpoint");
             return refusal(
                 404,
                 format!("no such endpoint {path}; webhooks are POST /hooks/{{source}}"),
             );
         };
         let name = name.to_string();
+        // Counted and logged: a sender posting to a misspelt source would
+        // otherwise leave no trace on this side.
         let Some(source) = self.sources.get(&name).cloned() else {
+            inc(&self.metrics.webhooks_rejected);
+            tracing::info!(source = %name, status = 404, "webhook for an unknown source rejected");
             return refusal(404, format!("no source named \"{name}\""));
         };
         if !self.router.has_source(&name) {
+            inc(&self.metrics.webhooks_rejected);
+            tracing::info!(source = %name, status = 404, "webhook for a source no route starts at rejected");
             return refusal(404, format!("no route starts at source \"{name}\""));
         }
         let rate = self.rates.get(&name);

@@ -329,9 +329,17 @@ impl Router {
             .events_accepted
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         // Durable already: if the workers are gone (shutdown), the records
-        // run after the next start. (A dropped `send` sent nothing.) If the
-        // hand-off stays full, `handover` schedules them by id when dropped.
-        if tokio::time::timeout(HANDOVER_WAIT, self.work.send(records))
+        // run after the next start. (A dropped `send` sent nothing.) A busy
+        // route, or a full hand-off, holds the answer back for a while
+        // (backpressure); after that `handover` schedules the records by id
+        // when dropped, and the webhook is answered.
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        for route in routes {
+            if !self.shares.room(route, deadline).await {
+                return Ok(());
+            }
+        }
+        if tokio::time::timeout_at(deadline, self.work.send(records))
             .await
             .is_ok()
         {
@@ -443,9 +451,9 @@ impl Router {
         } = workers;
         tokio::spawn(self.clone().run_timers());
         tokio::spawn(self.clone().watch_queue());
-        // At most half the worker slots per take, so that one group's
+        // At most half a route's share per take, so that one group's
         // deliveries overlap with the next group's transforms.
-        let take = self.batch_limit().min(size / 2).max(1);
+        let take = self.batch_limit().min(self.shares.share() / 2).max(1);
         let mut ready: Vec<Record> = Vec::with_capacity(take);
         let mut shutdown = self.shutdown.clone();
         'run: loop {

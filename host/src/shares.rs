@@ -4,10 +4,16 @@
 //! sink's timeout. Without a limit, its route would take every worker slot
 //! within moments, and every other route (and, through the full hand-off,
 //! every webhook) would wait on that one sink. [`RouteShares`] lets one route
-//! run at most half of the slots at once; the records of a route at its share
-//! wait by id, in memory (8 bytes each; the records themselves stay in the
-//! queue, durable), and go back to the dispatcher as the route's running
-//! groups finish.
+//! run at most three quarters of the slots at once; the records of a route at
+//! its share wait by id, in memory (8 bytes each; the records themselves stay
+//! in the queue, durable), and go back to the dispatcher as the route's
+//! running groups finish.
+//!
+//! Webhooks feel a route's load: while as many of its records wait as it
+//! may run, a webhook for it waits for room ([`RouteShares::room`]) before
+//! its records are handed over, for a bounded time. A busy route thus slows
+//! its senders down (backpressure: the queue does not grow faster than it
+//! is delivered), and a stuck one delays them by that bound at most.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -26,15 +32,40 @@ pub struct RouteShares {
     /// Records one route may have running at once.
     share: usize,
     routes: Mutex<HashMap<String, RouteLoad>>,
+    /// Woken whenever records finish (see [`RouteShares::room`]).
+    released: tokio::sync::Notify,
 }
 
 impl RouteShares {
-    /// Shares of a pool of `workers` slots: half of them per route (at least
-    /// one), so that one stuck route leaves the other half to the rest.
+    /// Shares of a pool of `workers` slots: three quarters of them per route
+    /// (at least one), so that one stuck route leaves a quarter to the rest.
     pub fn new(workers: usize) -> RouteShares {
         RouteShares {
-            share: (workers / 2).max(1),
+            share: (workers * 3 / 4).max(1),
             routes: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Records of `route` waiting for room.
+    fn parked(&self, route: &str) -> usize {
+        self.lock().get(route).map_or(0, |l| l.parked.len())
+    }
+
+    /// Waits until fewer of `route`'s records wait for room than it may
+    /// run, or until `deadline`; false when the deadline came first.
+    pub async fn room(&self, route: &str, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check: a release in between still wakes it.
+            released.as_mut().enable();
+            if self.parked(route) < self.share {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
         }
     }
 
@@ -81,6 +112,7 @@ impl RouteShares {
             return Vec::new();
         };
         load.running = load.running.saturating_sub(n);
+        self.released.notify_waiters();
         let take = if load.running == 0 {
             load.parked.len()
         } else {
@@ -107,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_route_runs_at_most_its_share_and_the_rest_waits_in_order() {
-        let shares = RouteShares::new(4);
+        let shares = RouteShares::new(3);
         assert_eq!(shares.share(), 2);
         assert!(shares.admit("slow", &[1]));
         assert!(shares.admit("slow", &[2]));
@@ -122,6 +154,25 @@ mod tests {
         // The other one too: nothing of the route runs, all waiting go back.
         assert_eq!(shares.release("slow", 1), vec![4, 5]);
         assert_eq!(shares.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_webhook_waits_for_room_on_a_busy_route_for_a_bounded_time() {
+        let shares = std::sync::Arc::new(RouteShares::new(3));
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        assert!(shares.admit("r", &[1, 2]));
+        assert!(shares.room("r", soon()).await, "nothing waits yet");
+        assert!(!shares.admit("r", &[3, 4]));
+        // Two wait, as many as the route may run: no room until one ends.
+        let past = tokio::time::Instant::now();
+        assert!(!shares.room("r", past).await);
+        let waiting = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.room("r", soon()).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(shares.release("r", 1), vec![3]);
+        assert!(waiting.await.unwrap(), "woken by the release");
     }
 
     #[test]

@@ -35,6 +35,49 @@ fn validate(text: &str) -> (bool, String) {
     )
 }
 
+/// `weft demo`, as a newcomer runs it: the shop example with its two
+/// stand-in services, five orders, a story of what arrived where, exit 0,
+/// and nothing left in the temporary directory. (Its compiled-plugin cache
+/// goes to a directory of the test's own.)
+#[test]
+fn the_demo_tells_where_every_order_arrived_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = Command::new(BINARY)
+        .arg("demo")
+        .env("TMPDIR", &tmp)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for i in 0..5 {
+        let order = format!("ORD-{}", 1000 + i);
+        assert!(
+            stdout.contains(&format!("Inventory API received {order}:")),
+            "{order} not reported at the inventory API:\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("entry for {order}: total")),
+            "{order} not reported at the accounting API:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("All 5 orders reached both services."),
+        "{stdout}"
+    );
+    // The story is the output: the host's own log stays quiet.
+    assert!(!stderr.contains(" INFO "), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "weft demo left {left:?} behind");
+}
+
 #[test]
 fn bad_config_errors_name_file_line_and_field() {
     // (config text, what the error must say)
@@ -112,7 +155,7 @@ fn bad_config_errors_name_file_line_and_field() {
             "plugins.in.config: id_pointer = \"order_id\" is not a JSON pointer",
         ),
         (
-            "[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/x\", mode = \"structurd\" }\n",
+            "[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/x\", mode = \"structurd\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n",
             "bad.toml:3:1: plugins.out.config: mode = \"structurd\": must be \"binary\" or \"structured\"",
         ),
         (
@@ -125,12 +168,12 @@ fn bad_config_errors_name_file_line_and_field() {
         ),
         // Found after parsing, still located.
         (
-            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"out\"\nsinks = [\"out\"]\n",
-            "bad.toml:8:10: route \"r\": plugin \"out\" is a sink, but is used as a source",
+            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\nsource = \"out\"\nsinks = [\"out\"]\n",
+            "bad.toml:9:10: route \"r\": plugin \"out\" is a sink, but is used as a source",
         ),
         (
-            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\", \"out\"]\n",
-            "bad.toml:9:17: routes[0].sinks: \"out\" is listed twice",
+            "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\", \"out\"]\n",
+            "bad.toml:10:17: routes[0].sinks: \"out\" is listed twice",
         ),
         (
             "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"0.0.0.0:8080\"\n",
@@ -155,10 +198,10 @@ fn bad_config_errors_name_file_line_and_field() {
 
 #[test]
 fn a_plugin_in_the_wrong_role_is_refused() {
-    let (ok, out) = validate("[plugins.a]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[plugins.b]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n");
+    let (ok, out) = validate("[plugins.a]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n[plugins.b]\nbuiltin = \"json-map\"\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = [\"b\"]\n");
     assert!(!ok);
     assert!(
-        out.contains("bad.toml:8:10: route \"r\": plugin \"a\" is a sink, but is used as a source"),
+        out.contains("bad.toml:9:10: route \"r\": plugin \"a\" is a sink, but is used as a source"),
         "{out}"
     );
 }
@@ -216,7 +259,7 @@ fn a_store_of_an_unknown_format_is_refused() {
 async fn serve_refuses_a_config_its_plugins_refuse_before_accepting_anything() {
     let dir = tempfile::tempdir().unwrap();
     let text = weft_tests::with_defaults(
-        "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_sercet = \"shop\" }\nsecrets = { shop = { env = \"PATH\" } }\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n",
+        "[plugins.in]\nbuiltin = \"webhook-json\"\nconfig = { signing_sercet = \"shop\" }\nsecrets = { shop = { env = \"PATH\" } }\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n",
         dir.path(),
     );
     let config = weft::config::Config::parse(&text, "shop.toml", dir.path()).unwrap();
@@ -267,7 +310,7 @@ fn validate_warns_of_unused_plugins_and_a_config_without_routes() {
     assert!(ok, "{out}");
     assert!(out.contains("the config has no routes"), "{out}");
     assert!(out.contains("plugin spare is on no route"), "{out}");
-    let (ok, out) = validate("[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n");
+    let (ok, out) = validate("[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n");
     assert!(ok, "{out}");
     assert!(
         !out.contains("on no route") && !out.contains("no routes"),
@@ -278,7 +321,7 @@ fn validate_warns_of_unused_plugins_and_a_config_without_routes() {
     let (ok, out) = validate(
         "[server]\nmax_body_bytes = 2000000\n\
          [plugins.in]\nbuiltin = \"webhook-json\"\nlimits = { max_output_bytes = 1000000 }\n\
-         [plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\n\
+         [plugins.out]\nbuiltin = \"http-post\"\nconfig = { url = \"http://127.0.0.1:9/\" }\nallowed_hosts = [\"http://127.0.0.1:9\"]\n\
          [[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n\
          [[routes]]\nname = \"r2\"\nsource = \"in\"\nsinks = [\"out\"]\n",
     );

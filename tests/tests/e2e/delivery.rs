@@ -678,6 +678,15 @@ async fn dead_letters_can_be_deleted_one_or_in_bulk() {
         let (status, body) = host.admin_call(method, &path).await;
         assert_eq!(status, 404, "{method} {path}: {body}");
     }
+    // Not an id: the same answer from both.
+    for (method, path) in [
+        ("DELETE", "/api/dead-letters/abc"),
+        ("POST", "/api/dead-letters/abc/replay"),
+    ] {
+        let (status, body) = host.admin_call(method, path).await;
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        assert_eq!(body["error"], "bad dead-letter id \"abc\"", "{body}");
+    }
     // No scope, no bulk delete.
     let (status, _) = host.admin_call("DELETE", "/api/dead-letters").await;
     assert_eq!(status, 400);

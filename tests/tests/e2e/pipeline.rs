@@ -125,12 +125,15 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["kind"], "payload-too-large", "{body}");
 
+    let rejected = host.counter("weft_webhooks_rejected_total");
     let (status, body) = post_json(
         &format!("http://{}/hooks/nope", host.running.webhook_addr),
         "{}",
     )
     .await;
     assert_eq!(status, 404);
+    // A misspelt source leaves a trace: counted (and logged).
+    assert_eq!(host.counter("weft_webhooks_rejected_total"), rejected + 1);
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["kind"], "not-found", "{body}");
     assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
