@@ -861,10 +861,11 @@ async fn post_id(url: &str, id: &str) -> u16 {
 }
 
 /// A sink that stops answering holds neither the acknowledgements of its own
-/// route's webhooks nor anything of another route: its route runs at most
-/// half of the workers at once, the rest of its records wait by id (stored,
-/// not in the hand-off), and the other route is delivered meanwhile. Once
-/// the sink answers again, everything it missed arrives, once.
+/// route's webhooks (each waits a moment for room, then is answered) nor
+/// anything of another route: its route runs at most three quarters of the
+/// workers at once, the rest of its records wait by id (stored, not in the
+/// hand-off), and the other route is delivered meanwhile. Once the sink
+/// answers again, everything it missed arrives, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_sink_holds_up_neither_acknowledgements_nor_other_routes() {
     let slow = FakeApi::start().await;
@@ -878,7 +879,7 @@ async fn a_stuck_sink_holds_up_neither_acknowledgements_nor_other_routes() {
             202
         );
     }
-    // The stuck route has its share (2) running; the rest waits.
+    // The stuck route has its share (3) running; the rest waits.
     assert!(
         eventually(Duration::from_secs(30), || host.running.router.waiting()
             >= 20)
