@@ -84,11 +84,12 @@ const DUE_AT_ONCE: usize = 256;
 /// How often the router checks that the queue still works.
 const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The longest a webhook's acknowledgement waits for room in the hand-off
-/// to the workers. Records are durable before that wait, so after it they
-/// are handed over by id ([`Handover`]) and the webhook is answered: when
-/// every worker is busy, webhooks are slowed down a little (backpressure),
-/// never held for as long as a stuck sink's timeout.
+/// How long a webhook's acknowledgement waits for room on a route where
+/// nothing finishes (a stuck sink), or in a full hand-off to the workers.
+/// Records are durable before that wait, so after it they are handed over
+/// by id ([`Handover`]) and the webhook is answered: a busy route slows its
+/// senders down (backpressure), a stuck one never holds them for as long as
+/// its sink's timeout.
 const HANDOVER_WAIT: Duration = Duration::from_millis(100);
 
 /// A webhook's new records, handed to the queue but not yet passed on to
@@ -333,13 +334,12 @@ impl Router {
         // route, or a full hand-off, holds the answer back for a while
         // (backpressure); after that `handover` schedules the records by id
         // when dropped, and the webhook is answered.
-        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
         for route in routes {
-            if !self.shares.room(route, deadline).await {
+            if !self.shares.room(route, HANDOVER_WAIT).await {
                 return Ok(());
             }
         }
-        if tokio::time::timeout_at(deadline, self.work.send(records))
+        if tokio::time::timeout(HANDOVER_WAIT, self.work.send(records))
             .await
             .is_ok()
         {

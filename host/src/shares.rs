@@ -11,9 +11,10 @@
 //!
 //! Webhooks feel a route's load: while as many of its records wait as it
 //! may run, a webhook for it waits for room ([`RouteShares::room`]) before
-//! its records are handed over, for a bounded time. A busy route thus slows
-//! its senders down (backpressure: the queue does not grow faster than it
-//! is delivered), and a stuck one delays them by that bound at most.
+//! its records are handed over. A busy route, whose records keep finishing,
+//! thus slows its senders down (backpressure: the queue does not grow
+//! faster than it is delivered); a stuck one, where nothing finishes,
+//! delays them by a short patience at most.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -23,6 +24,8 @@ use std::sync::Mutex;
 struct RouteLoad {
     running: usize,
     parked: VecDeque<u64>,
+    /// Times records of the route finished: whether it makes progress.
+    releases: u64,
 }
 
 /// How many records each route may have running at once, and the records
@@ -47,22 +50,35 @@ impl RouteShares {
         }
     }
 
-    /// Records of `route` waiting for room.
-    fn parked(&self, route: &str) -> usize {
-        self.lock().get(route).map_or(0, |l| l.parked.len())
+    /// Records of `route` waiting for room, and how often its records
+    /// finished so far.
+    fn load_of(&self, route: &str) -> (usize, u64) {
+        self.lock()
+            .get(route)
+            .map_or((0, 0), |l| (l.parked.len(), l.releases))
     }
 
     /// Waits until fewer of `route`'s records wait for room than it may
-    /// run, or until `deadline`; false when the deadline came first.
-    pub async fn room(&self, route: &str, deadline: tokio::time::Instant) -> bool {
+    /// run. A busy route (its records keep finishing) is waited for as long
+    /// as it takes: backpressure. A stuck one is not: once `patience`
+    /// passes without one of its records finishing, this gives up and
+    /// returns false.
+    pub async fn room(&self, route: &str, patience: std::time::Duration) -> bool {
+        let mut seen = None;
+        let mut deadline = tokio::time::Instant::now() + patience;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             // Registered before the check: a release in between still wakes it.
             released.as_mut().enable();
-            if self.parked(route) < self.share {
+            let (parked, releases) = self.load_of(route);
+            if parked < self.share {
                 return true;
             }
+            if seen.is_some_and(|seen| seen != releases) {
+                deadline = tokio::time::Instant::now() + patience;
+            }
+            seen = Some(releases);
             if tokio::time::timeout_at(deadline, released).await.is_err() {
                 return false;
             }
@@ -112,6 +128,7 @@ impl RouteShares {
             return Vec::new();
         };
         load.running = load.running.saturating_sub(n);
+        load.releases = load.releases.wrapping_add(1);
         self.released.notify_waiters();
         let take = if load.running == 0 {
             load.parked.len()
@@ -159,16 +176,16 @@ mod tests {
     #[tokio::test]
     async fn a_webhook_waits_for_room_on_a_busy_route_for_a_bounded_time() {
         let shares = std::sync::Arc::new(RouteShares::new(3));
-        let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let patience = std::time::Duration::from_secs(5);
         assert!(shares.admit("r", &[1, 2]));
-        assert!(shares.room("r", soon()).await, "nothing waits yet");
+        assert!(shares.room("r", patience).await, "nothing waits yet");
         assert!(!shares.admit("r", &[3, 4]));
-        // Two wait, as many as the route may run: no room until one ends.
-        let past = tokio::time::Instant::now();
-        assert!(!shares.room("r", past).await);
+        // Two wait, as many as the route may run: no room until one ends,
+        // and nothing ends within no patience at all.
+        assert!(!shares.room("r", std::time::Duration::ZERO).await);
         let waiting = tokio::spawn({
             let shares = shares.clone();
-            async move { shares.room("r", soon()).await }
+            async move { shares.room("r", patience).await }
         });
         tokio::task::yield_now().await;
         assert_eq!(shares.release("r", 1), vec![3]);
