@@ -20,7 +20,7 @@ use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, 
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
-use crate::shares::RouteShares;
+use crate::shares::{Admission, RouteShares};
 use crate::timers::{Due, Timers};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,6 +71,9 @@ pub struct Router {
     timers: Timers,
     /// Each route's share of the workers, and its records waiting for room.
     shares: RouteShares,
+    /// Messages the dispatcher took from the hand-off so far (whether it
+    /// makes progress, for webhooks waiting for room in it).
+    dispatched: std::sync::atomic::AtomicU64,
     /// Set when the queue stops working outside a shutdown (its writer
     /// thread is gone): nothing can be stored or delivered any more, and the
     /// process should stop so that a supervisor restarts it (see
@@ -85,7 +88,9 @@ const DUE_AT_ONCE: usize = 256;
 const QUEUE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a webhook's acknowledgement waits for room on a route where
-/// nothing finishes (a stuck sink), or in a full hand-off to the workers.
+/// nothing finishes (a stuck sink), or in a hand-off to the workers that
+/// nothing is taken from; and how long the dispatcher waits on a route at
+/// its share before its records wait by id instead.
 /// Records are durable before that wait, so after it they are handed over
 /// by id ([`Handover`]) and the webhook is answered: a busy route slows its
 /// senders down (backpressure), a stuck one never holds them for as long as
@@ -199,6 +204,7 @@ impl Router {
             shutdown,
             timers: Timers::new(horizon_ms),
             shares: RouteShares::new(workers),
+            dispatched: std::sync::atomic::AtomicU64::new(0),
             failed: watch::Sender::new(None),
         });
         (
@@ -339,11 +345,30 @@ impl Router {
                 return Ok(());
             }
         }
-        if tokio::time::timeout(HANDOVER_WAIT, self.work.send(records))
-            .await
-            .is_ok()
-        {
-            handover.done();
+        // The hand-off is full while every worker is busy: wait as long as
+        // the dispatcher keeps taking records, not when it is stuck.
+        let mut seen = self.dispatched.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(HANDOVER_WAIT, self.work.reserve()).await {
+                Ok(Ok(place)) => {
+                    place.send(records);
+                    handover.done();
+                    break;
+                }
+                // The workers are gone (shutdown): the records run after
+                // the next start.
+                Ok(Err(_)) => {
+                    handover.done();
+                    break;
+                }
+                Err(_) => {
+                    let now = self.dispatched.load(std::sync::atomic::Ordering::Relaxed);
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
+            }
         }
         Ok(())
     }
@@ -462,6 +487,8 @@ impl Router {
                 _ = crate::server::stopped(&mut shutdown) => break,
             };
             ready.extend(first);
+            self.dispatched
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if take > 1 {
                 // The appends of one group commit are answered together: let
                 // the other woken webhook tasks hand over their records too.
@@ -469,19 +496,36 @@ impl Router {
             }
             while ready.len() < take {
                 match rx.try_recv() {
-                    Ok(more) => ready.extend(more),
+                    Ok(more) => {
+                        ready.extend(more);
+                        self.dispatched
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(_) => break,
                 }
             }
-            for group in group_records(ready.drain(..), take) {
-                // A route at its share waits by id (its records are in the
-                // queue), so the dispatcher never waits on one route's sink.
+            'groups: for group in group_records(ready.drain(..), take) {
+                // A busy route at its share is waited for (backpressure, in
+                // order); a stuck one's records wait by id (they are in the
+                // queue), so the dispatcher never waits on a stuck sink.
                 let Some(route) = group.first().map(|r| r.route.clone()) else {
                     continue;
                 };
                 let ids: Vec<u64> = group.iter().map(|r| r.id).collect();
-                if !self.shares.admit(&route, &ids) {
-                    continue;
+                loop {
+                    let released = self.shares.released();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    match self.shares.admit(&route, &ids, HANDOVER_WAIT) {
+                        Admission::Run => break,
+                        Admission::Parked => continue 'groups,
+                        Admission::Wait => {}
+                    }
+                    tokio::select! {
+                        _ = tokio::time::timeout(HANDOVER_WAIT, released) => {}
+                        // Durable already: the records run after the next start.
+                        _ = crate::server::stopped(&mut shutdown) => break 'run,
+                    }
                 }
                 let n = u32::try_from(group.len()).unwrap_or(u32::MAX);
                 let permit = tokio::select! {

@@ -26,6 +26,21 @@ struct RouteLoad {
     parked: VecDeque<u64>,
     /// Times records of the route finished: whether it makes progress.
     releases: u64,
+    /// When one of its records last finished (or it started running).
+    progress: Option<std::time::Instant>,
+}
+
+/// What [`RouteShares::admit`] decided for a group of records.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The route has room: run the group.
+    Run,
+    /// The route is at its share but its records keep finishing: wait for
+    /// one to finish ([`RouteShares::released`]) and ask again.
+    Wait,
+    /// The route is at its share and nothing of it finished for a while
+    /// (a stuck sink): the ids wait, and come back as it finishes records.
+    Parked,
 }
 
 /// How many records each route may have running at once, and the records
@@ -97,22 +112,35 @@ impl RouteShares {
         }
     }
 
-    /// Takes room for `ids.len()` records of `route` and returns true; or,
-    /// when the route has its share running already, keeps `ids` waiting
-    /// and returns false. A route with nothing running always gets room,
+    /// Takes room for `ids.len()` records of `route` ([`Admission::Run`]);
+    /// or, when the route has its share running already, says to wait if
+    /// one of its records finished within `patience`, and otherwise keeps
+    /// `ids` waiting by id. A route with nothing running always gets room,
     /// whatever the group's size.
-    pub fn admit(&self, route: &str, ids: &[u64]) -> bool {
+    pub fn admit(&self, route: &str, ids: &[u64], patience: std::time::Duration) -> Admission {
         let mut routes = self.lock();
         let load = match routes.get_mut(route) {
             Some(load) => load,
             None => routes.entry(route.to_owned()).or_default(),
         };
-        if load.running > 0 && load.running + ids.len() > self.share {
-            load.parked.extend(ids);
-            return false;
+        if load.running == 0 || load.running + ids.len() <= self.share {
+            if load.running == 0 {
+                load.progress = Some(std::time::Instant::now());
+            }
+            load.running += ids.len();
+            return Admission::Run;
         }
-        load.running += ids.len();
-        true
+        if load.progress.is_some_and(|at| at.elapsed() < patience) {
+            return Admission::Wait;
+        }
+        load.parked.extend(ids);
+        Admission::Parked
+    }
+
+    /// Resolves at the next release of any route's records (enable it
+    /// before asking [`RouteShares::admit`], so that none is missed).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     /// Gives back the room of `n` finished records of `route`; returns the
@@ -129,6 +157,7 @@ impl RouteShares {
         };
         load.running = load.running.saturating_sub(n);
         load.releases = load.releases.wrapping_add(1);
+        load.progress = Some(std::time::Instant::now());
         self.released.notify_waiters();
         let take = if load.running == 0 {
             load.parked.len()
@@ -153,18 +182,32 @@ impl RouteShares {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// Long enough that a test never sees it pass.
+    const BUSY: Duration = Duration::from_secs(3600);
 
     #[test]
     fn a_route_runs_at_most_its_share_and_the_rest_waits_in_order() {
         let shares = RouteShares::new(3);
         assert_eq!(shares.share(), 2);
-        assert!(shares.admit("slow", &[1]));
-        assert!(shares.admit("slow", &[2]));
-        assert!(!shares.admit("slow", &[3, 4]));
-        assert!(!shares.admit("slow", &[5]));
+        assert_eq!(shares.admit("slow", &[1], BUSY), Admission::Run);
+        assert_eq!(shares.admit("slow", &[2], BUSY), Admission::Run);
+        // At its share, and something finished lately: wait for room.
+        assert_eq!(shares.admit("slow", &[3, 4], BUSY), Admission::Wait);
+        assert_eq!(shares.waiting(), 0);
+        // Nothing finished within the patience: the ids wait by id.
+        assert_eq!(
+            shares.admit("slow", &[3, 4], Duration::ZERO),
+            Admission::Parked
+        );
+        assert_eq!(
+            shares.admit("slow", &[5], Duration::ZERO),
+            Admission::Parked
+        );
         assert_eq!(shares.waiting(), 3);
         // Another route is not held back by the first one's share.
-        assert!(shares.admit("fast", &[6, 7]));
+        assert_eq!(shares.admit("fast", &[6, 7], BUSY), Admission::Run);
         // One record finished: one waiting record fits, the oldest.
         assert_eq!(shares.release("slow", 1), vec![3]);
         assert_eq!(shares.waiting(), 2);
@@ -176,13 +219,16 @@ mod tests {
     #[tokio::test]
     async fn a_webhook_waits_for_room_on_a_busy_route_for_a_bounded_time() {
         let shares = std::sync::Arc::new(RouteShares::new(3));
-        let patience = std::time::Duration::from_secs(5);
-        assert!(shares.admit("r", &[1, 2]));
+        let patience = Duration::from_secs(5);
+        assert_eq!(shares.admit("r", &[1, 2], BUSY), Admission::Run);
         assert!(shares.room("r", patience).await, "nothing waits yet");
-        assert!(!shares.admit("r", &[3, 4]));
+        assert_eq!(
+            shares.admit("r", &[3, 4], Duration::ZERO),
+            Admission::Parked
+        );
         // Two wait, as many as the route may run: no room until one ends,
         // and nothing ends within no patience at all.
-        assert!(!shares.room("r", std::time::Duration::ZERO).await);
+        assert!(!shares.room("r", Duration::ZERO).await);
         let waiting = tokio::spawn({
             let shares = shares.clone();
             async move { shares.room("r", patience).await }
@@ -195,14 +241,14 @@ mod tests {
     #[test]
     fn a_route_with_nothing_running_takes_any_group() {
         let shares = RouteShares::new(2);
-        assert!(shares.admit("r", &[1, 2, 3]));
-        assert!(!shares.admit("r", &[4]));
-        assert!(!shares.admit("r", &[5]));
+        assert_eq!(shares.admit("r", &[1, 2, 3], BUSY), Admission::Run);
+        assert_eq!(shares.admit("r", &[4], Duration::ZERO), Admission::Parked);
+        assert_eq!(shares.admit("r", &[5], Duration::ZERO), Admission::Parked);
         // Nothing of the route runs any more: every waiting id goes back,
         // although only one fits its share.
         assert_eq!(shares.release("r", 3), vec![4, 5]);
         // Everything finished and nothing waits: the route's entry is gone.
-        assert!(shares.admit("r", &[4]));
+        assert_eq!(shares.admit("r", &[4], BUSY), Admission::Run);
         assert!(shares.release("r", 1).is_empty());
         assert!(shares.lock().is_empty());
     }
