@@ -290,33 +290,8 @@ impl Admin {
                 match self.router.queue().dead_letters(query).await {
                     Ok(letters) => {
                         let items: Vec<_> = letters
-                            .into_iter()
-                            .map(|d| {
-                                serde_json::json!({
-                                    "id": d.record.id,
-                                    "route": d.record.route,
-                                    // What was left to do: the whole route, or
-                                    // the delivery to one of its sinks.
-                                    "stage": match &d.record.stage {
-                                        crate::queue::Stage::Route => "route",
-                                        crate::queue::Stage::Deliver { .. } => "deliver",
-                                    },
-                                    "sink": match &d.record.stage {
-                                        crate::queue::Stage::Route => None,
-                                        crate::queue::Stage::Deliver { sink } => Some(sink),
-                                    },
-                                    "event": {
-                                        "id": d.record.event.id,
-                                        "source": d.record.event.source,
-                                        "type": d.record.event.ty,
-                                        "subject": d.record.event.subject,
-                                        "data": with_data.then(|| d.record.event.data_text()),
-                                    },
-                                    "error": d.error,
-                                    "dead_at_ms": d.dead_at_ms,
-                                    "attempts": d.record.attempts,
-                                })
-                            })
+                            .iter()
+                            .map(|d| dead_letter_json(d, with_data))
                             .collect();
                         json(200, &serde_json::json!({ "dead_letters": items }))
                     }
@@ -363,6 +338,28 @@ impl Admin {
                         200,
                         &serde_json::json!({ "discarded": discarded.len(), "ids": discarded }),
                     ),
+                    Err(e) => error(500, e.to_string()),
+                }
+            }
+            (&Method::GET, p)
+                if p.strip_prefix("/api/dead-letters/")
+                    .is_some_and(|id| id != "replay" && !id.contains('/')) =>
+            {
+                let id = p.trim_start_matches("/api/dead-letters/");
+                let Ok(id) = id.parse::<u64>() else {
+                    return error(400, format!("bad dead-letter id \"{id}\""));
+                };
+                let query = crate::queue::DeadLetterQuery {
+                    after: id.checked_sub(1),
+                    route: None,
+                    limit: 1,
+                    max_bytes: crate::queue::DEAD_LETTER_PAGE_BYTES,
+                };
+                match self.router.queue().dead_letters(query).await {
+                    Ok(letters) => match letters.first() {
+                        Some(d) if d.record.id == id => json(200, &dead_letter_json(d, true)),
+                        _ => error(404, format!("no dead letter with id {id}")),
+                    },
                     Err(e) => error(500, e.to_string()),
                 }
             }
@@ -417,7 +414,7 @@ impl Admin {
                     p if p.starts_with("/api/dead-letters/") && p.ends_with("/replay") => {
                         Some("POST")
                     }
-                    _ if one_letter => Some("DELETE"),
+                    _ if one_letter => Some("GET, DELETE"),
                     _ => None,
                 };
                 if let Some(allow) = allow {
@@ -469,4 +466,33 @@ fn dead_letter_query(
         }
     }
     Ok(q)
+}
+
+/// One dead letter as the admin API shows it (`with_data`: with the event's
+/// body).
+fn dead_letter_json(d: &crate::queue::DeadLetter, with_data: bool) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.record.id,
+        "route": d.record.route,
+        // What was left to do: the whole route, or
+        // the delivery to one of its sinks.
+        "stage": match &d.record.stage {
+            crate::queue::Stage::Route => "route",
+            crate::queue::Stage::Deliver { .. } => "deliver",
+        },
+        "sink": match &d.record.stage {
+            crate::queue::Stage::Route => None,
+            crate::queue::Stage::Deliver { sink } => Some(sink),
+        },
+        "event": {
+            "id": d.record.event.id,
+            "source": d.record.event.source,
+            "type": d.record.event.ty,
+            "subject": d.record.event.subject,
+            "data": with_data.then(|| d.record.event.data_text()),
+        },
+        "error": d.error,
+        "dead_at_ms": d.dead_at_ms,
+        "attempts": d.record.attempts,
+    })
 }

@@ -663,6 +663,14 @@ async fn dead_letters_can_be_deleted_one_or_in_bulk() {
     let ids: Vec<u64> = letters.iter().map(|(id, _)| *id).collect();
     assert!(ids.is_sorted(), "listed oldest first: {ids:?}");
 
+    // One dead letter on its own: as listed, with its event's body.
+    let (status, one) = host
+        .admin_get(&format!("/api/dead-letters/{}", ids[0]))
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one, listed["dead_letters"][0], "the same as in the list");
+    assert!(one["event"]["data"].is_string(), "{one}");
+    assert!(!one["attempts"].as_array().unwrap().is_empty(), "{one}");
     let (status, body) = host
         .admin_call("DELETE", &format!("/api/dead-letters/{}", ids[0]))
         .await;
@@ -672,6 +680,7 @@ async fn dead_letters_can_be_deleted_one_or_in_bulk() {
         "{body}"
     );
     for (method, path) in [
+        ("GET", format!("/api/dead-letters/{}", ids[0])),
         ("DELETE", format!("/api/dead-letters/{}", ids[0])),
         ("POST", format!("/api/dead-letters/{}/replay", ids[0])),
     ] {
@@ -680,6 +689,7 @@ async fn dead_letters_can_be_deleted_one_or_in_bulk() {
     }
     // Not an id: the same answer from both.
     for (method, path) in [
+        ("GET", "/api/dead-letters/abc"),
         ("DELETE", "/api/dead-letters/abc"),
         ("POST", "/api/dead-letters/abc/replay"),
     ] {
