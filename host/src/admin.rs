@@ -341,13 +341,10 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
-            (&Method::GET, p)
-                if p.strip_prefix("/api/dead-letters/")
-                    .is_some_and(|id| id != "replay" && !id.contains('/')) =>
-            {
-                let id = p.trim_start_matches("/api/dead-letters/");
-                let Ok(id) = id.parse::<u64>() else {
-                    return error(400, format!("bad dead-letter id \"{id}\""));
+            (&Method::GET, p) if letter_path(p).is_some() => {
+                let id = match letter_id(letter_path(p).unwrap_or_default()) {
+                    Ok(id) => id,
+                    Err(problem) => return error(400, problem),
                 };
                 let query = crate::queue::DeadLetterQuery {
                     after: id.checked_sub(1),
@@ -363,13 +360,10 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
-            (&Method::DELETE, p)
-                if p.strip_prefix("/api/dead-letters/")
-                    .is_some_and(|id| id != "replay" && !id.contains('/')) =>
-            {
-                let id = p.trim_start_matches("/api/dead-letters/");
-                let Ok(id) = id.parse::<u64>() else {
-                    return error(400, format!("bad dead-letter id \"{id}\""));
+            (&Method::DELETE, p) if letter_path(p).is_some() => {
+                let id = match letter_id(letter_path(p).unwrap_or_default()) {
+                    Ok(id) => id,
+                    Err(problem) => return error(400, problem),
                 };
                 match self.router.discard(id).await {
                     Ok(()) => json(200, &serde_json::json!({ "discarded": id })),
@@ -389,8 +383,9 @@ impl Admin {
                 let id = p
                     .trim_start_matches("/api/dead-letters/")
                     .trim_end_matches("/replay");
-                let Ok(id) = id.parse::<u64>() else {
-                    return error(400, format!("bad dead-letter id \"{id}\""));
+                let id = match letter_id(id) {
+                    Ok(id) => id,
+                    Err(problem) => return error(400, problem),
                 };
                 match self.router.replay(id).await {
                     Ok(record) => json(
@@ -466,6 +461,18 @@ fn dead_letter_query(
         }
     }
     Ok(q)
+}
+
+/// The `{id}` of `/api/dead-letters/{id}`, not yet parsed, if `path` is one.
+fn letter_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/dead-letters/")
+        .filter(|id| *id != "replay" && !id.contains('/'))
+}
+
+/// A dead letter's id from its path, or why it is not one (a `400`).
+fn letter_id(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("bad dead-letter id \"{text}\""))
 }
 
 /// One dead letter as the admin API shows it (`with_data`: with the event's

@@ -4,10 +4,12 @@
 //! sink's timeout. Without a limit, its route would take every worker slot
 //! within moments, and every other route (and, through the full hand-off,
 //! every webhook) would wait on that one sink. [`RouteShares`] lets one route
-//! run at most three quarters of the slots at once; the records of a route at
-//! its share wait by id, in memory (8 bytes each; the records themselves stay
-//! in the queue, durable), and go back to the dispatcher as the route's
-//! running groups finish.
+//! run at most three quarters of the slots at once. At its share, a route
+//! whose records keep finishing is waited for ([`Admission::Wait`]); one
+//! where nothing finished for a while has its further records wait by id
+//! ([`Admission::Parked`]), in memory (8 bytes each; the records themselves
+//! stay in the queue, durable), and they go back to the dispatcher as the
+//! route's running groups finish.
 //!
 //! Webhooks feel a route's load: while as many of its records wait as it
 //! may run, a webhook for it waits for room ([`RouteShares::room`]) before
