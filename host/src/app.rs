@@ -574,9 +574,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let metrics = Arc::new(Metrics::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Sources that accept an event id once per window.
+    let dedup = config
+        .plugins
+        .iter()
+        .filter(|(_, p)| p.dedup_window_s > 0)
+        .map(|(name, p)| (name.clone(), Duration::from_secs(p.dedup_window_s)))
+        .collect();
     let (router, workers) = Router::new(
         queue.clone() as Arc<dyn Queue>,
         routes,
+        dedup,
         RetryPolicy::new(config.retry.clone()),
         config.server.workers,
         metrics.clone(),

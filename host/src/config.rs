@@ -554,7 +554,17 @@ pub struct PluginConfig {
     /// Overrides of the default limits.
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// For a route's source: accept each event id at most once in this many
+    /// seconds. A second webhook carrying an event id already accepted
+    /// (a sender's retry, or a captured signed request sent again) is
+    /// answered `202` as a duplicate and not stored again. 0 (the default):
+    /// every event is stored.
+    #[serde(default)]
+    pub dedup_window_s: u64,
 }
+
+/// The longest `dedup_window_s` (30 days).
+pub const MAX_DEDUP_WINDOW_S: u64 = 30 * 24 * 3600;
 
 impl PluginConfig {
     /// The effective limits: the overrides on top of `defaults`.
@@ -864,6 +874,14 @@ impl Config {
                     ));
                 }
             }
+            if plugin.dedup_window_s > MAX_DEDUP_WINDOW_S {
+                return Err(invalid(
+                    at_plugin(&["dedup_window_s"]),
+                    format!(
+                        "plugins.{name}.dedup_window_s: must be 0..={MAX_DEDUP_WINDOW_S} (30 days)"
+                    ),
+                ));
+            }
             for (field, value, max) in ranges(&plugin.limits(&self.limits)) {
                 if value == 0 || value > max {
                     return Err(invalid(
@@ -1045,6 +1063,22 @@ impl Config {
                 }
             };
             check("source", &route.source)?;
+            for plugin in route.transforms.iter().chain(&route.sinks) {
+                let dedup = self
+                    .plugins
+                    .get(plugin.get_ref())
+                    .map_or(0, |p| p.dedup_window_s);
+                if dedup > 0 {
+                    return Err(invalid(
+                        locate.at(&["plugins", plugin.get_ref(), "dedup_window_s"]),
+                        format!(
+                            "plugins.{}.dedup_window_s: only a route's source de-duplicates events, and routes[{i}] uses \"{}\" as a transform or sink",
+                            plugin.get_ref(),
+                            plugin.get_ref()
+                        ),
+                    ));
+                }
+            }
             for t in &route.transforms {
                 check("transforms", t)?;
             }
@@ -1369,6 +1403,17 @@ mod tests {
                 "[server]\nadmin_token = {}\n",
                 "weft.toml:2:1",
                 "server.admin_token: set exactly one of `env` or `file`",
+            ),
+            // De-duplication: at most 30 days, and only on a route's source.
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\ndedup_window_s = 2592001\n",
+                "weft.toml:3:1",
+                "plugins.in.dedup_window_s: must be 0..=2592000 (30 days)",
+            ),
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\ndedup_window_s = 300\n[plugins.out]\nbuiltin = \"http-post\"\ndedup_window_s = 300\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n",
+                "weft.toml:6:1",
+                "plugins.out.dedup_window_s: only a route's source de-duplicates events, and routes[0] uses \"out\" as a transform or sink",
             ),
         ];
         for (text, place, message) in cases {

@@ -347,14 +347,23 @@ impl Ingress {
         }
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         match self.router.ingest(&name, events, arrival).await {
-            Ok(()) => {
-                for id in &ids {
+            Ok(stored) => {
+                for (id, _) in ids.iter().zip(&stored).filter(|(_, now)| **now) {
                     tracing::debug!(event = %id, source = %name, "accepted");
                 }
-                json(
-                    202,
-                    &serde_json::json!({ "accepted": ids.len(), "ids": ids }),
-                )
+                // Duplicates are acknowledged too: their event was accepted
+                // before, and a sender retrying must stop.
+                let duplicates: Vec<&String> = ids
+                    .iter()
+                    .zip(&stored)
+                    .filter(|(_, now)| !**now)
+                    .map(|(id, _)| id)
+                    .collect();
+                let mut answer = serde_json::json!({ "accepted": ids.len(), "ids": ids });
+                if !duplicates.is_empty() {
+                    answer["duplicates"] = serde_json::json!(duplicates);
+                }
+                json(202, &answer)
             }
             Err(IngestError::ShuttingDown) => {
                 refusal(503, "shutting down; nothing was accepted, please retry")

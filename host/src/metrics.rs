@@ -84,6 +84,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Events durably accepted.
     pub events_accepted: AtomicU64,
+    /// Events not stored again: their source had accepted the same event id
+    /// within its de-duplication window.
+    pub events_duplicate: AtomicU64,
     /// Successful deliveries (per sink).
     pub deliveries: AtomicU64,
     /// Attempts that will be retried.
@@ -159,6 +162,11 @@ impl Metrics {
                 "weft_events_accepted_total",
                 "Events durably accepted",
                 g(&self.events_accepted),
+            ),
+            (
+                "weft_events_duplicate_total",
+                "Events answered as duplicates (same source and event id within the source's dedup window) and not stored again",
+                g(&self.events_duplicate),
             ),
             (
                 "weft_deliveries_total",

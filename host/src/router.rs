@@ -16,7 +16,9 @@
 
 use crate::event::{now_ms, Event};
 use crate::metrics::{add_elapsed, inc, Metrics, Outcome, RouteOutcomes};
-use crate::queue::{Arrival, Attempt, DeadLetter, Op, Queue, QueueError, Record, Stage};
+use crate::queue::{
+    Arrival, Arrived, Attempt, DeadLetter, OnceKey, Op, Queue, QueueError, Record, Stage,
+};
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
@@ -59,6 +61,8 @@ pub struct Router {
     queue: Arc<dyn Queue>,
     routes: HashMap<String, Route>,
     by_source: HashMap<String, Vec<String>>,
+    /// Sources that accept an event id once per window (`dedup_window_s`).
+    dedup: HashMap<String, Duration>,
     retry: RetryPolicy,
     /// Ready records, in the batches they became ready in (all events of
     /// one webhook request arrive together, so a sink can get them together).
@@ -164,6 +168,7 @@ impl Router {
     pub fn new(
         queue: Arc<dyn Queue>,
         routes: Vec<Route>,
+        dedup: HashMap<String, Duration>,
         retry: RetryPolicy,
         workers: usize,
         metrics: Arc<Metrics>,
@@ -197,6 +202,7 @@ impl Router {
             queue,
             routes,
             by_source,
+            dedup,
             retry,
             work: tx,
             metrics,
@@ -287,7 +293,10 @@ impl Router {
 
     /// Stores `events` from `source` durably (one record per route) and hands
     /// them to the workers. Returns once they are durable: the caller may
-    /// acknowledge them.
+    /// acknowledge them. For a source with a de-duplication window, an event
+    /// whose id the source already delivered within it is not stored again;
+    /// the result says, per event, whether it was stored now (`true`) or is
+    /// such a duplicate (`false`).
     ///
     /// `arrival` is the webhook's announcement ([`Queue::arriving`]); it is
     /// released as soon as the records are handed to the queue.
@@ -296,7 +305,7 @@ impl Router {
         source: &str,
         events: Vec<Event>,
         arrival: Arrival,
-    ) -> Result<(), IngestError> {
+    ) -> Result<Vec<bool>, IngestError> {
         let routes = self
             .by_source
             .get(source)
@@ -304,37 +313,65 @@ impl Router {
         if *self.shutdown.borrow() {
             return Err(IngestError::ShuttingDown);
         }
-        let mut records = Vec::with_capacity(events.len() * routes.len());
+        let window = self.dedup.get(source).copied();
+        let now = now_ms();
+        let mut arrived = Vec::with_capacity(events.len());
         for event in events {
-            for route in routes {
-                records.push(Record {
+            let once = window.map(|w| OnceKey::new(source, &event.id, now, w));
+            let records = routes
+                .iter()
+                .map(|route| Record {
                     id: self.queue.next_id(),
                     route: route.clone(),
                     stage: Stage::Route,
                     event: event.clone(),
                     attempts: Vec::new(),
                     not_before_ms: 0,
-                });
-            }
+                })
+                .collect();
+            arrived.push(Arrived { once, records });
         }
-        let n = records.len() as u64;
         let started = Instant::now();
-        let stored = self.queue.append(records.clone());
+        let stored = self.queue.append_events(arrived.clone());
         drop(arrival);
         // From here on, this future may be dropped at any await, or fail,
-        // with the records stored all the same.
-        let handover = Handover {
+        // with the records stored all the same. (Ids of duplicates, never
+        // stored, are skipped when loaded.)
+        let mut handover = Handover {
             timers: &self.timers,
-            ids: records.iter().map(|r| r.id).collect(),
+            ids: arrived
+                .iter()
+                .flat_map(|a| a.records.iter().map(|r| r.id))
+                .collect(),
         };
-        if let Err(e) = stored.await {
-            self.check_queue(&e);
-            return Err(e.into());
-        }
+        let fresh = match stored.await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.check_queue(&e);
+                return Err(e.into());
+            }
+        };
         add_elapsed(&self.metrics.storage_ns, started);
+        let mut records = Vec::new();
+        for (event, stored_now) in arrived.into_iter().zip(&fresh) {
+            if *stored_now {
+                records.extend(event.records);
+            } else {
+                self.metrics
+                    .events_duplicate
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(record) = event.records.first() {
+                    tracing::info!(event = %record.event.id, source, "duplicate event: already accepted within the source's dedup window; not stored again");
+                }
+            }
+        }
+        handover.ids = records.iter().map(|r| r.id).collect();
+        if records.is_empty() {
+            return Ok(fresh);
+        }
         self.metrics
             .events_accepted
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Durable already: if the workers are gone (shutdown), the records
         // run after the next start. (A dropped `send` sent nothing.) A busy
         // route, or a full hand-off, holds the answer back for a while
@@ -342,7 +379,7 @@ impl Router {
         // when dropped, and the webhook is answered.
         for route in routes {
             if !self.shares.room(route, HANDOVER_WAIT).await {
-                return Ok(());
+                return Ok(fresh);
             }
         }
         // The hand-off is full while every worker is busy: wait as long as
@@ -370,7 +407,7 @@ impl Router {
                 }
             }
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// Queues a record (already stored) to run at its `not_before_ms`, or

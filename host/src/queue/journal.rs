@@ -19,6 +19,9 @@
 //! payload = entries: tag u8 | record id u64 | value length u32 | value
 //! ```
 //!
+//! (A `Seen` entry, an event's de-duplication key, carries the time it
+//! expires where the others carry a record id, and the key as its value.)
+//!
 //! A frame counts only if its magic, epoch (the current one, stored in sled
 //! at each checkpoint) and checksum are right; reading stops at the first
 //! frame that is not, which is the end of this epoch (older epochs' frames
@@ -71,12 +74,16 @@ pub(super) enum Entry {
     /// A dead letter left the dead-letter store: moved back to pending
     /// (its `Put` precedes this) or discarded.
     Revive(u64),
+    /// An event's de-duplication key was stored with it: until when (ms
+    /// since epoch) and the key.
+    Seen(u64, Vec<u8>),
 }
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
 const DEAD: u8 = 3;
 const REVIVE: u8 = 4;
+const SEEN: u8 = 5;
 
 /// The journal file, owned by the queue's writer thread.
 pub(super) struct Journal {
@@ -155,6 +162,7 @@ impl Journal {
             Entry::Remove(id) => (REMOVE, *id, &[]),
             Entry::Dead(id, v) => (DEAD, *id, v),
             Entry::Revive(id) => (REVIVE, *id, &[]),
+            Entry::Seen(until, key) => (SEEN, *until, key),
         };
         self.add_raw(tag, id, value)
     }
@@ -167,6 +175,12 @@ impl Journal {
     /// Adds a dead-lettering (see [`Entry::Dead`]) without copying `value`.
     pub(super) fn add_dead(&mut self, id: u64, value: &[u8]) -> std::io::Result<()> {
         self.add_raw(DEAD, id, value)
+    }
+
+    /// Adds an event's de-duplication key (see [`Entry::Seen`]) without
+    /// copying it.
+    pub(super) fn add_seen(&mut self, until: u64, key: &[u8]) -> std::io::Result<()> {
+        self.add_raw(SEEN, until, key)
     }
 
     fn add_raw(&mut self, tag: u8, id: u64, value: &[u8]) -> std::io::Result<()> {
@@ -372,6 +386,7 @@ fn parse_entries(mut payload: &[u8]) -> Option<Vec<Entry>> {
             REMOVE => Entry::Remove(id),
             DEAD => Entry::Dead(id, value.to_vec()),
             REVIVE => Entry::Revive(id),
+            SEEN => Entry::Seen(id, value.to_vec()),
             _ => return None,
         });
         payload = &payload[ENTRY_HEADER + len..];
@@ -397,6 +412,7 @@ mod tests {
         j.write(false).unwrap();
         j.add(&Entry::Revive(2)).unwrap();
         j.add(&Entry::Put(2, b"two again".to_vec())).unwrap();
+        j.add(&Entry::Seen(99, b"key".to_vec())).unwrap();
         j.write(true).unwrap();
         let end = j.len();
         drop(j);
@@ -408,6 +424,7 @@ mod tests {
             Entry::Dead(2, b"dead two".to_vec()),
             Entry::Revive(2),
             Entry::Put(2, b"two again".to_vec()),
+            Entry::Seen(99, b"key".to_vec()),
         ];
         let (j, replayed) = Journal::open(&path, 7).unwrap();
         assert_eq!(replayed, expected);

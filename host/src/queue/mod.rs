@@ -126,6 +126,50 @@ pub enum Op {
     Dead(DeadLetter),
 }
 
+/// "Accept this event at most once until `until_ms`": an event's key for
+/// de-duplication at ingress (a source with `dedup_window_s`).
+///
+/// Why it exists: webhook senders retry when they miss an answer, and a
+/// signed request captured on the way can be sent again within the
+/// signature's tolerance. Both arrive with the same event id. Checking the
+/// key in the same writer step that stores the event, and journaling it in
+/// the same frame, makes "seen" exactly as durable as the event: a key is
+/// never remembered for an event that was not stored, nor forgotten for one
+/// that was (which a check outside the queue could not promise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnceKey {
+    /// What identifies the event (the source's name and the event id).
+    pub key: Vec<u8>,
+    /// Until when (ms since epoch) a second event with this key is a
+    /// duplicate.
+    pub until_ms: u64,
+}
+
+impl OnceKey {
+    /// The key of event `id` from source `source`, remembered for `window`
+    /// from `now_ms`.
+    pub fn new(source: &str, id: &str, now_ms: u64, window: std::time::Duration) -> OnceKey {
+        let mut key = Vec::with_capacity(source.len() + 1 + id.len());
+        key.extend_from_slice(source.as_bytes());
+        key.push(0);
+        key.extend_from_slice(id.as_bytes());
+        OnceKey {
+            key,
+            until_ms: now_ms.saturating_add(window.as_millis() as u64),
+        }
+    }
+}
+
+/// One event's records (one per route), appended together: all of them or,
+/// if `once` names a key already seen, none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrived {
+    /// The de-duplication key, if the event's source has one.
+    pub once: Option<OnceKey>,
+    /// The records to store.
+    pub records: Vec<Record>,
+}
+
 /// Which dead letters to list: oldest first, only those with a record id
 /// above `after` (to page through them) and on `route` (if given), at most
 /// `limit`.
@@ -269,7 +313,20 @@ pub trait Queue: Send + Sync + 'static {
     /// Stores records durably; resolves only once they survive a crash or a
     /// power loss (the webhook is acknowledged after this). The records are
     /// handed over when this is called, before the future is first polled.
-    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>>;
+    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>> {
+        let stored = self.append_events(vec![Arrived {
+            once: None,
+            records,
+        }]);
+        Box::pin(async move { stored.await.map(|_| ()) })
+    }
+
+    /// [`Queue::append`] for events, each stored whole or, when its
+    /// [`OnceKey`] was seen before and has not expired, not at all. Resolves
+    /// to one flag per event: `true` stored now, `false` a duplicate (stored
+    /// earlier). Duplicates resolve at the same time and with the same
+    /// durability verdict as the events beside them.
+    fn append_events(&self, events: Vec<Arrived>) -> BoxFuture<'_, Result<Vec<bool>, QueueError>>;
 
     /// Applies changes in order, without waiting for them to be synced.
     fn apply(&self, ops: Vec<Op>) -> Result<(), QueueError>;

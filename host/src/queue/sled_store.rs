@@ -39,9 +39,10 @@
 
 use super::journal::{Entry, Journal};
 use super::{
-    Arrival, Arrivals, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError, QueueStats,
-    Record,
+    Arrival, Arrivals, Arrived, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError,
+    QueueStats, Record,
 };
+use crate::event::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -52,12 +53,22 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The stored layout version this build reads and writes. Version 1 (no
-/// journal) is upgraded in place when opened.
-pub const FORMAT_VERSION: u32 = 2;
+/// journal) and version 2 (no de-duplication keys) are upgraded in place
+/// when opened; a build that knows only version 2 refuses a version 3 store
+/// (its journal may hold `Seen` entries that build cannot read).
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"m/format";
 const EPOCH_KEY: &[u8] = b"m/journal";
 const PENDING: u8 = b'p';
 const DEAD: u8 = b'd';
+/// De-duplication keys: `s` + key → until when (ms since epoch, big-endian).
+const SEEN: u8 = b's';
+/// The same keys by expiry: `e` + until (big-endian) + key → nothing, so
+/// that expired keys are found without reading the others.
+const EXPIRES: u8 = b'e';
+/// Expired keys dropped per checkpoint at most (the rest at the next one),
+/// so that a burst expiring at once does not stall commits.
+const EXPIRED_PER_CHECKPOINT: usize = 50_000;
 /// Values above this size may land in sled's blob files, which the log-file
 /// sync does not cover; a checkpoint after one syncs the whole file system.
 const LARGE_VALUE: usize = 64 * 1024;
@@ -170,7 +181,7 @@ impl Shared {
 }
 
 enum Command {
-    Append(Vec<Record>, oneshot::Sender<Result<(), QueueError>>),
+    Append(Vec<Arrived>, oneshot::Sender<Result<Vec<bool>, QueueError>>),
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
     Discard(u64, oneshot::Sender<Result<(), QueueError>>),
@@ -220,12 +231,13 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), QueueError> {
     match db.get(FORMAT_KEY).map_err(storage)? {
         Some(v) => {
             let found = String::from_utf8_lossy(&v).into_owned();
-            if found == "1" {
-                // Version 1 had no journal: its data is all in sled.
+            if found == "1" || found == "2" {
+                // Version 1 had no journal (its data is all in sled);
+                // version 2 no de-duplication keys. Both read as version 3.
                 db.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes())
                     .map_err(storage)?;
                 db.flush().map_err(storage)?;
-                tracing::info!(path = %path.display(), "queue store upgraded from format 1 to 2");
+                tracing::info!(path = %path.display(), "queue store upgraded from format {found} to {FORMAT_VERSION}");
             } else if found != FORMAT_VERSION.to_string() {
                 return Err(unknown(found));
             }
@@ -267,9 +279,78 @@ fn redo(tree: &sled::Db, entries: Vec<Entry>) -> Result<(), QueueError> {
             Entry::Revive(id) => {
                 tree.remove(key(DEAD, id)).map_err(storage)?;
             }
+            Entry::Seen(until, once) => remember(tree, &once, until)?,
         }
     }
     Ok(())
+}
+
+/// `s` + key.
+fn seen_key(once: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + once.len());
+    k.push(SEEN);
+    k.extend_from_slice(once);
+    k
+}
+
+/// `e` + until + key.
+fn expiry_key(until: u64, once: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + once.len());
+    k.push(EXPIRES);
+    k.extend_from_slice(&until.to_be_bytes());
+    k.extend_from_slice(once);
+    k
+}
+
+/// Stores de-duplication key `once` until `until` (replacing an expired
+/// entry of the same key and its place in the expiry index).
+fn remember(tree: &sled::Db, once: &[u8], until: u64) -> Result<(), QueueError> {
+    let old = tree
+        .insert(seen_key(once), &until.to_be_bytes())
+        .map_err(storage)?;
+    if let Some(old) = old.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)) {
+        if old != until {
+            tree.remove(expiry_key(old, once)).map_err(storage)?;
+        }
+    }
+    tree.insert(expiry_key(until, once), &[]).map_err(storage)?;
+    Ok(())
+}
+
+/// Whether `once` is stored and has not expired at `now`.
+fn is_seen(tree: &sled::Db, once: &[u8], now: u64) -> Result<bool, QueueError> {
+    Ok(tree
+        .get(seen_key(once))
+        .map_err(storage)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .is_some_and(|until| until > now))
+}
+
+/// Drops up to `max` keys that expired before `now`; returns how many.
+/// Not journaled: a drop lost in a crash leaves a key that has expired
+/// anyway, and the next checkpoint drops it again.
+fn drop_expired(tree: &sled::Db, now: u64, max: usize) -> Result<usize, QueueError> {
+    let end = expiry_key(now, &[]);
+    let mut dropped = 0;
+    for item in tree.range([EXPIRES].as_slice()..end.as_slice()).take(max) {
+        let (k, _) = item.map_err(storage)?;
+        let Some(once) = k.get(9..) else { continue };
+        let until = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        // Only if the key was not stored again since with a later expiry.
+        let current = tree
+            .get(seen_key(once))
+            .map_err(storage)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+        if current == until {
+            tree.remove(seen_key(once)).map_err(storage)?;
+        }
+        tree.remove(&k).map_err(storage)?;
+        dropped += 1;
+    }
+    Ok(dropped)
 }
 
 impl SledQueue {
@@ -377,6 +458,7 @@ impl SledQueue {
             fresh: HashMap::new(),
             removed: HashSet::new(),
             revived: Vec::new(),
+            fresh_seen: HashMap::new(),
             epoch_in_doubt: false,
             // What was redone may include large values.
             large: true,
@@ -458,6 +540,12 @@ struct Writer {
     /// Dead letters replayed or deleted in the group being written: their
     /// removal from sled waits until the journal frame saying so is synced.
     revived: Vec<u64>,
+    /// De-duplication keys stored since the last checkpoint, with until
+    /// when: like [`Writer::fresh`], they reach sled only at a checkpoint,
+    /// so that sled's own flush can never make a key durable whose event
+    /// is still only in an unsynced journal frame (a power loss would then
+    /// lose the event and refuse its resend as a duplicate).
+    fresh_seen: HashMap<Vec<u8>, u64>,
     /// A checkpoint stored the next epoch in sled but could not make it
     /// durable, nor the current one again: which epoch sled holds after a
     /// crash is unknown, so appends are refused until a checkpoint succeeds.
@@ -502,6 +590,29 @@ impl Writer {
     /// A copy in sled (stored before the last checkpoint) goes `at_once`, or
     /// at the next checkpoint when what replaces it may so far be only in
     /// the journal (see [`Writer::removed`]).
+    /// Stores one event's records, unless its key names an event stored
+    /// before whose key has not expired at `now`: then nothing, and
+    /// `Ok(false)`.
+    fn append_event(&mut self, event: &Arrived, now: u64) -> Result<bool, QueueError> {
+        if let Some(once) = &event.once {
+            let fresh = self
+                .fresh_seen
+                .get(&once.key)
+                .is_some_and(|until| *until > now);
+            if fresh || is_seen(&self.shared.tree, &once.key, now)? {
+                return Ok(false);
+            }
+        }
+        event.records.iter().try_for_each(|r| self.put(r, true))?;
+        if let Some(once) = &event.once {
+            self.journal
+                .add_seen(once.until_ms, &once.key)
+                .map_err(storage)?;
+            self.fresh_seen.insert(once.key.clone(), once.until_ms);
+        }
+        Ok(true)
+    }
+
     fn forget(&mut self, id: u64, at_once: bool) -> Result<(), QueueError> {
         let fresh = self.fresh.remove(&id);
         // sled's copy, read only when it may be there (and no fresh copy
@@ -716,9 +827,14 @@ impl Writer {
                 .map_err(storage)?;
         }
         self.finish_revives()?;
+        for (once, until) in &self.fresh_seen {
+            remember(&self.shared.tree, once, *until)?;
+        }
+        drop_expired(&self.shared.tree, now_ms(), EXPIRED_PER_CHECKPOINT)?;
         self.sync_sled()?;
         self.fresh.clear();
         self.removed.clear();
+        self.fresh_seen.clear();
         // A random epoch, not a counter: the file's stale frames carry webhook
         // data, and a frame forged inside an event's payload must not be able
         // to pass for one of the current epoch (see `journal`).
@@ -871,17 +987,21 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
         }
         let mut appended = Vec::new();
         let mut replayed = Vec::new();
+        let now = now_ms();
         let mut discarded = Vec::new();
         let mut closing = None;
         let mut failure: Option<String> = None;
         for cmd in group.drain(..) {
             match cmd {
-                Command::Append(records, reply) => {
+                Command::Append(events, reply) => {
                     if writer.epoch_in_doubt {
                         let _ = reply.send(Err(in_doubt("accepted")));
                         continue;
                     }
-                    let result = records.iter().try_for_each(|r| writer.put(r, true));
+                    let result = events
+                        .iter()
+                        .map(|event| writer.append_event(event, now))
+                        .collect::<Result<Vec<bool>, QueueError>>();
                     appended.push((reply, result));
                 }
                 Command::Apply(ops) => {
@@ -941,7 +1061,12 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
             (Ok(()), Ok(())) => Ok(()),
         };
         for (reply, result) in appended {
-            let _ = reply.send(settle(result));
+            // A duplicate's answer waits for this sync too: the event it
+            // repeats may be in this very group.
+            let _ = reply.send(match result {
+                Ok(stored) => settle(Ok(())).map(|()| stored),
+                Err(e) => Err(e),
+            });
         }
         for (reply, result) in replayed {
             let _ = reply.send(match result {
@@ -983,11 +1108,11 @@ impl Queue for SledQueue {
         Arrival::counted(&self.shared.arriving)
     }
 
-    fn append(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), QueueError>> {
+    fn append_events(&self, events: Vec<Arrived>) -> BoxFuture<'_, Result<Vec<bool>, QueueError>> {
         // Handed over now, not at the first poll: the caller may drop its
         // `Arrival` as soon as this returns.
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Append(records, tx));
+        let sent = self.send(Command::Append(events, tx));
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| QueueError::Closed)?
@@ -1161,7 +1286,7 @@ impl Queue for SledQueue {
 mod tests {
     use super::*;
     use crate::event::Event;
-    use crate::queue::{Attempt, Stage};
+    use crate::queue::{Attempt, OnceKey, Stage};
 
     fn record(q: &SledQueue, data: &str) -> Record {
         Record {
@@ -1648,13 +1773,143 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_format_1_store_is_upgraded() {
-        let dir = store_of_format(b"1");
+    async fn format_1_and_2_stores_are_upgraded() {
+        for old in [b"1", b"2"] {
+            let dir = store_of_format(old);
+            let q = open_when_free(dir.path()).unwrap();
+            q.close().await.unwrap();
+            drop(q);
+            let db = sled_when_free(&dir.path().join("queue"));
+            assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"3");
+        }
+    }
+
+    fn once(event: &str, until_ms: u64) -> Option<OnceKey> {
+        Some(OnceKey {
+            key: format!("src\0{event}").into_bytes(),
+            until_ms,
+        })
+    }
+
+    /// An event id is stored once per window: a second append with the same
+    /// key stores nothing and says so; another key, or the same key once
+    /// expired, is stored. Keys survive a clean reopen, and a crash: those
+    /// only the journal holds are redone on open.
+    #[tokio::test]
+    async fn an_event_key_is_stored_once_until_it_expires_also_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let later = now_ms() + 600_000;
+        let (first, expired) = {
+            let q = open_when_free(dir.path()).unwrap();
+            let first = record(&q, "a");
+            let again = record(&q, "a-again");
+            let other = record(&q, "b");
+            let stored = q
+                .append_events(vec![
+                    Arrived {
+                        once: once("a", later),
+                        records: vec![first.clone()],
+                    },
+                    // Within one group as well.
+                    Arrived {
+                        once: once("a", later),
+                        records: vec![again.clone()],
+                    },
+                    Arrived {
+                        once: once("b", later),
+                        records: vec![other.clone()],
+                    },
+                    Arrived {
+                        once: None,
+                        records: vec![record(&q, "no key")],
+                    },
+                ])
+                .await
+                .unwrap();
+            assert_eq!(stored, vec![true, false, true, true]);
+            // In a later group.
+            let stored = q
+                .append_events(vec![Arrived {
+                    once: once("b", later),
+                    records: vec![record(&q, "b2")],
+                }])
+                .await
+                .unwrap();
+            assert_eq!(stored, vec![false]);
+            // An expired key does not hold a new event back.
+            let expired = record(&q, "old");
+            let past = now_ms() - 1;
+            for _ in 0..2 {
+                let stored = q
+                    .append_events(vec![Arrived {
+                        once: once("old", past),
+                        records: vec![expired.clone()],
+                    }])
+                    .await
+                    .unwrap();
+                assert_eq!(stored, vec![true]);
+            }
+            let pending: Vec<String> = q
+                .pending()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.event.id)
+                .collect();
+            assert_eq!(pending, ["e-a", "e-b", "e-no key", "e-old"]);
+            q.close().await.unwrap();
+            (first, expired)
+        };
+        // Reopened cleanly: still a duplicate.
+        {
+            let q = open_when_free(dir.path()).unwrap();
+            let stored = q
+                .append_events(vec![Arrived {
+                    once: once("a", later),
+                    records: vec![record(&q, "a3")],
+                }])
+                .await
+                .unwrap();
+            assert_eq!(stored, vec![false]);
+            q.close().await.unwrap();
+        }
+        // A crash after an acknowledged append, before any checkpoint: the
+        // event and its key are only in the journal's synced frame.
+        let epoch = {
+            let db = sled_when_free(&dir.path().join("queue"));
+            // The expired key was dropped at a checkpoint.
+            assert!(db.get(seen_key(b"src\0old")).unwrap().is_none());
+            let v = db.get(EPOCH_KEY).unwrap().unwrap();
+            u64::from_be_bytes(v.as_ref().try_into().unwrap())
+        };
+        let crashed = Record {
+            id: expired.id + 100,
+            ..first.clone()
+        };
+        {
+            let (mut j, _) = Journal::open(&dir.path().join("journal"), epoch).unwrap();
+            j.add(&Entry::Put(crashed.id, encode(&crashed).unwrap()))
+                .unwrap();
+            j.add(&Entry::Seen(later, b"src\0c".to_vec())).unwrap();
+            j.write(true).unwrap();
+        }
         let q = open_when_free(dir.path()).unwrap();
+        let stored = q
+            .append_events(vec![
+                Arrived {
+                    once: once("c", later),
+                    records: vec![record(&q, "c again")],
+                },
+                Arrived {
+                    once: once("a", later),
+                    records: vec![record(&q, "a4")],
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![false, false]);
+        assert!(q.pending().await.unwrap().contains(&crashed));
         q.close().await.unwrap();
-        drop(q);
-        let db = sled_when_free(&dir.path().join("queue"));
-        assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"2");
     }
 
     #[tokio::test]
