@@ -138,7 +138,8 @@ pub enum Op {
 /// that was (which a check outside the queue could not promise).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnceKey {
-    /// What identifies the event (the source's name and the event id).
+    /// What identifies the event: a SHA-256 of the source's name and the
+    /// event id (a fixed 32 bytes, however long the id).
     pub key: Vec<u8>,
     /// Until when (ms since epoch) a second event with this key is a
     /// duplicate.
@@ -149,12 +150,14 @@ impl OnceKey {
     /// The key of event `id` from source `source`, remembered for `window`
     /// from `now_ms`.
     pub fn new(source: &str, id: &str, now_ms: u64, window: std::time::Duration) -> OnceKey {
-        let mut key = Vec::with_capacity(source.len() + 1 + id.len());
-        key.extend_from_slice(source.as_bytes());
-        key.push(0);
-        key.extend_from_slice(id.as_bytes());
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        // The length first: ("a", "\0b") and ("a\0", "b") differ.
+        hash.update((source.len() as u64).to_le_bytes());
+        hash.update(source.as_bytes());
+        hash.update(id.as_bytes());
         OnceKey {
-            key,
+            key: hash.finalize().to_vec(),
             until_ms: now_ms.saturating_add(window.as_millis() as u64),
         }
     }
@@ -378,4 +381,25 @@ pub trait Queue: Send + Sync + 'static {
     /// or once whatever writes it has stopped on its own (a writer thread
     /// that died).
     fn working(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OnceKey;
+    use std::time::Duration;
+
+    #[test]
+    fn a_once_key_names_the_source_and_the_event_id_and_nothing_else() {
+        let key = |source: &str, id: &str| OnceKey::new(source, id, 1_000, Duration::from_secs(60));
+        let a = key("orders", "ORD-1");
+        assert_eq!(a.until_ms, 61_000);
+        assert_eq!(a.key.len(), 32);
+        assert_eq!(a.key, key("orders", "ORD-1").key);
+        // Another id, another source, or the same bytes split differently.
+        assert_ne!(a.key, key("orders", "ORD-2").key);
+        assert_ne!(a.key, key("refunds", "ORD-1").key);
+        assert_ne!(key("a", "bc").key, key("ab", "c").key);
+        // However long the id, the key is 32 bytes.
+        assert_eq!(key("orders", &"x".repeat(100_000)).key.len(), 32);
+    }
 }

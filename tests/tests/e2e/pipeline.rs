@@ -87,9 +87,21 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
     assert_eq!(acc["subject"], "ORD-1");
     assert_eq!(acc["data"], data);
 
-    // Nothing left behind.
+    // The shop sends the same order again (it missed the answer): the
+    // source's dedup window answers 202 and stores nothing.
+    let (status, body) = post_json(&host.hook("shop-orders"), &order.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack["duplicates"], serde_json::json!(["ORD-1"]));
+    assert_eq!(host.counter("weft_events_duplicate_total"), 1);
+
+    // Nothing left behind, and nothing delivered twice.
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
     assert_eq!(host.stats().dead, 0);
+    assert_eq!(
+        (inventory.delivered().len(), accounting.delivered().len()),
+        (1, 1)
+    );
     host.stop().await;
 }
 
