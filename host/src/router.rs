@@ -976,8 +976,8 @@ impl Router {
     /// Deletes a dead letter for good.
     pub async fn discard(self: &Arc<Self>, id: u64) -> Result<(), QueueError> {
         match self.queue.discard(id).await {
-            Ok(()) => {
-                tracing::info!(record = id, "dead letter discarded");
+            Ok(what) => {
+                tracing::info!(event = %what.event_id, route = %what.route, record = id, "dead letter deleted");
                 Ok(())
             }
             Err(e) => {

@@ -639,6 +639,7 @@ builtin = "webhook-json"
 config = {{ id_pointer = "/order_id", type = "com.shop.order.created" }}
 # The benchmark measures capacity: the source's rate limit stays out of it.
 limits = {{ requests_per_s = 1000000 }}
+{dedup}
 
 [plugins.map]
 builtin = "json-map"
@@ -660,6 +661,10 @@ sinks = ["post"]
         // The product default unless BENCH_COMMIT_DELAY_US says otherwise.
         commit_delay = std::env::var("BENCH_COMMIT_DELAY_US")
             .map(|us| format!("commit_delay_us = {us}"))
+            .unwrap_or_default(),
+        // `BENCH_DEDUP_S=N`: the source de-duplicates event ids over N s.
+        dedup = std::env::var("BENCH_DEDUP_S")
+            .map(|s| format!("dedup_window_s = {s}"))
             .unwrap_or_default(),
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),

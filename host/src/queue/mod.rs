@@ -173,6 +173,16 @@ pub struct Arrived {
     pub records: Vec<Record>,
 }
 
+/// What a discarded dead letter was: what the audit line of its deletion
+/// names (its body is gone with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discarded {
+    /// The event's id.
+    pub event_id: String,
+    /// The route it was on.
+    pub route: String,
+}
+
 /// Which dead letters to list: oldest first, only those with a record id
 /// above `after` (to page through them) and on `route` (if given), at most
 /// `limit`.
@@ -356,7 +366,7 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Deletes a dead letter for good (an operator gave up on it, or its
     /// data must go); resolves once the deletion is durable.
-    fn discard(&self, id: u64) -> BoxFuture<'_, Result<(), QueueError>>;
+    fn discard(&self, id: u64) -> BoxFuture<'_, Result<Discarded, QueueError>>;
 
     /// Counts.
     fn stats(&self) -> QueueStats;

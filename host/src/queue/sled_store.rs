@@ -39,8 +39,8 @@
 
 use super::journal::{Entry, Journal};
 use super::{
-    Arrival, Arrivals, Arrived, BoxFuture, DeadLetter, DeadLetterQuery, Op, Queue, QueueError,
-    QueueStats, Record,
+    Arrival, Arrivals, Arrived, BoxFuture, DeadLetter, DeadLetterQuery, Discarded, Op, Queue,
+    QueueError, QueueStats, Record,
 };
 use crate::event::now_ms;
 use std::collections::{HashMap, HashSet};
@@ -63,12 +63,12 @@ const PENDING: u8 = b'p';
 const DEAD: u8 = b'd';
 /// De-duplication keys: `s` + key → until when (ms since epoch, big-endian).
 const SEEN: u8 = b's';
-/// The same keys by expiry: `e` + until (big-endian) + key → nothing, so
-/// that expired keys are found without reading the others.
-const EXPIRES: u8 = b'e';
-/// Expired keys dropped per checkpoint at most (the rest at the next one),
-/// so that a burst expiring at once does not stall commits.
-const EXPIRED_PER_CHECKPOINT: usize = 50_000;
+/// Each checkpoint looks through at most this many stored keys for expired
+/// ones, going on where the last one stopped: twice the keys stored since
+/// the last checkpoint (so that the sweep keeps up with what arrives),
+/// within these bounds (so that one checkpoint never stalls commits long).
+const SWEEP_MIN: usize = 1_000;
+const SWEEP_MAX: usize = 50_000;
 /// Values above this size may land in sled's blob files, which the log-file
 /// sync does not cover; a checkpoint after one syncs the whole file system.
 const LARGE_VALUE: usize = 64 * 1024;
@@ -184,7 +184,7 @@ enum Command {
     Append(Vec<Arrived>, oneshot::Sender<Result<Vec<bool>, QueueError>>),
     Apply(Vec<Op>),
     Replay(u64, oneshot::Sender<Result<Record, QueueError>>),
-    Discard(u64, oneshot::Sender<Result<(), QueueError>>),
+    Discard(u64, oneshot::Sender<Result<Discarded, QueueError>>),
     PendingTimes(oneshot::Sender<Result<Vec<(u64, u64)>, QueueError>>),
     Load(Vec<u64>, oneshot::Sender<Result<Vec<Record>, QueueError>>),
     Close(oneshot::Sender<Result<(), QueueError>>),
@@ -293,27 +293,11 @@ fn seen_key(once: &[u8]) -> Vec<u8> {
     k
 }
 
-/// `e` + until + key.
-fn expiry_key(until: u64, once: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + once.len());
-    k.push(EXPIRES);
-    k.extend_from_slice(&until.to_be_bytes());
-    k.extend_from_slice(once);
-    k
-}
-
 /// Stores de-duplication key `once` until `until` (replacing an expired
-/// entry of the same key and its place in the expiry index).
+/// entry of the same key).
 fn remember(tree: &sled::Db, once: &[u8], until: u64) -> Result<(), QueueError> {
-    let old = tree
-        .insert(seen_key(once), &until.to_be_bytes())
+    tree.insert(seen_key(once), &until.to_be_bytes())
         .map_err(storage)?;
-    if let Some(old) = old.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)) {
-        if old != until {
-            tree.remove(expiry_key(old, once)).map_err(storage)?;
-        }
-    }
-    tree.insert(expiry_key(until, once), &[]).map_err(storage)?;
     Ok(())
 }
 
@@ -326,30 +310,42 @@ fn is_seen(tree: &sled::Db, once: &[u8], now: u64) -> Result<bool, QueueError> {
         .is_some_and(|until| until > now))
 }
 
-/// Drops up to `max` keys that expired before `now`; returns how many.
-/// Not journaled: a drop lost in a crash leaves a key that has expired
-/// anyway, and the next checkpoint drops it again.
-fn drop_expired(tree: &sled::Db, now: u64, max: usize) -> Result<usize, QueueError> {
-    let end = expiry_key(now, &[]);
+/// Looks at up to `max` stored keys from `cursor` on (from the first again
+/// once past the last) and drops those expired at `now`; moves `cursor`.
+/// Returns how many it dropped. Not journaled: a drop lost in a crash
+/// leaves a key that has expired anyway (and counts as unseen), which a
+/// later sweep drops again.
+fn sweep_expired(
+    tree: &sled::Db,
+    now: u64,
+    max: usize,
+    cursor: &mut Vec<u8>,
+) -> Result<usize, QueueError> {
     let mut dropped = 0;
-    for item in tree.range([EXPIRES].as_slice()..end.as_slice()).take(max) {
-        let (k, _) = item.map_err(storage)?;
-        let Some(once) = k.get(9..) else { continue };
-        let until = k
-            .get(1..9)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes);
-        // Only if the key was not stored again since with a later expiry.
-        let current = tree
-            .get(seen_key(once))
-            .map_err(storage)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
-        if current == until {
-            tree.remove(seen_key(once)).map_err(storage)?;
+    let from = if cursor.first() == Some(&SEEN) {
+        std::mem::take(cursor)
+    } else {
+        vec![SEEN]
+    };
+    for (looked, item) in tree
+        .range(from.as_slice()..[SEEN + 1].as_slice())
+        .enumerate()
+    {
+        if looked == max {
+            return Ok(dropped);
         }
-        tree.remove(&k).map_err(storage)?;
-        dropped += 1;
+        let (k, v) = item.map_err(storage)?;
+        let until = v.as_ref().try_into().ok().map(u64::from_be_bytes);
+        if until.is_none_or(|until| until <= now) {
+            tree.remove(&k).map_err(storage)?;
+            dropped += 1;
+        }
+        // The next sweep starts just after this key.
+        *cursor = k.to_vec();
+        cursor.push(0);
     }
+    // Past the last key: the next sweep starts over.
+    cursor.clear();
     Ok(dropped)
 }
 
@@ -459,6 +455,7 @@ impl SledQueue {
             removed: HashSet::new(),
             revived: Vec::new(),
             fresh_seen: HashMap::new(),
+            sweep_from: Vec::new(),
             epoch_in_doubt: false,
             // What was redone may include large values.
             large: true,
@@ -546,6 +543,8 @@ struct Writer {
     /// is still only in an unsynced journal frame (a power loss would then
     /// lose the event and refuse its resend as a duplicate).
     fresh_seen: HashMap<Vec<u8>, u64>,
+    /// Where the next sweep for expired keys starts (see [`sweep_expired`]).
+    sweep_from: Vec<u8>,
     /// A checkpoint stored the next epoch in sled but could not make it
     /// durable, nor the current one again: which epoch sled holds after a
     /// crash is unknown, so appends are refused until a checkpoint succeeds.
@@ -748,19 +747,19 @@ impl Writer {
     /// Deletes dead letter `id`: journaled as leaving the dead-letter store
     /// (so a crash cannot bring it back from an older journal entry), and
     /// gone from sled once that frame is synced, as a replay.
-    fn discard(&mut self, id: u64) -> Result<(), QueueError> {
-        if self.revived.contains(&id)
-            || !self
-                .shared
-                .tree
-                .contains_key(key(DEAD, id))
-                .map_err(storage)?
-        {
-            return Err(QueueError::NotFound(id));
-        }
+    fn discard(&mut self, id: u64) -> Result<Discarded, QueueError> {
+        let k = key(DEAD, id);
+        let value = match self.shared.tree.get(k).map_err(storage)? {
+            Some(v) if !self.revived.contains(&id) => v,
+            _ => return Err(QueueError::NotFound(id)),
+        };
+        let letter: DeadLetter = decode(&k, &value)?;
         self.journal.add(&Entry::Revive(id)).map_err(storage)?;
         self.revived.push(id);
-        Ok(())
+        Ok(Discarded {
+            event_id: letter.record.event.id,
+            route: letter.record.route,
+        })
     }
 
     /// The journal frames reviving dead letters are synced: the dead letters
@@ -830,7 +829,8 @@ impl Writer {
         for (once, until) in &self.fresh_seen {
             remember(&self.shared.tree, once, *until)?;
         }
-        drop_expired(&self.shared.tree, now_ms(), EXPIRED_PER_CHECKPOINT)?;
+        let budget = (2 * self.fresh_seen.len()).clamp(SWEEP_MIN, SWEEP_MAX);
+        sweep_expired(&self.shared.tree, now_ms(), budget, &mut self.sweep_from)?;
         self.sync_sled()?;
         self.fresh.clear();
         self.removed.clear();
@@ -1075,7 +1075,10 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
             });
         }
         for (reply, result) in discarded {
-            let _ = reply.send(settle(result));
+            let _ = reply.send(match result {
+                Ok(what) => settle(Ok(())).map(|()| what),
+                Err(e) => Err(e),
+            });
         }
         if let Err(e) = &written {
             tracing::error!(error = %e, "queue journal write failed");
@@ -1187,7 +1190,7 @@ impl Queue for SledQueue {
         })
     }
 
-    fn discard(&self, id: u64) -> BoxFuture<'_, Result<(), QueueError>> {
+    fn discard(&self, id: u64) -> BoxFuture<'_, Result<Discarded, QueueError>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Command::Discard(id, tx));
         Box::pin(async move {
@@ -1690,7 +1693,11 @@ mod tests {
                 .unwrap();
             q.apply(vec![Op::Dead(letter(&kept)), Op::Dead(letter(&gone))])
                 .unwrap();
-            q.discard(gone.id).await.unwrap();
+            let what = q.discard(gone.id).await.unwrap();
+            assert_eq!(
+                (what.event_id.as_str(), what.route.as_str()),
+                ("e-gone", "r")
+            );
             assert_eq!(
                 q.dead_letters(DeadLetterQuery::first(10)).await.unwrap(),
                 vec![letter(&kept)]
@@ -1782,6 +1789,43 @@ mod tests {
             let db = sled_when_free(&dir.path().join("queue"));
             assert_eq!(db.get(FORMAT_KEY).unwrap().unwrap().as_ref(), b"3");
         }
+    }
+
+    /// The sweep goes through the keys a few at a time, from where it
+    /// stopped, drops only the expired ones, and starts over at the end.
+    #[test]
+    fn expired_keys_are_swept_a_few_at_a_time_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path().join("db")).unwrap();
+        tree.insert(key(PENDING, 1), b"not a key".as_slice())
+            .unwrap();
+        for i in 0..25u8 {
+            // Every other key expired at 100; the rest hold until 1000.
+            remember(&tree, &[i; 32], if i % 2 == 0 { 100 } else { 1000 }).unwrap();
+        }
+        let mut cursor = Vec::new();
+        let mut dropped = Vec::new();
+        for _ in 0..3 {
+            dropped.push(sweep_expired(&tree, 500, 10, &mut cursor).unwrap());
+        }
+        // 10 + 10 + 5 keys looked at; 13 of the 25 had expired.
+        assert_eq!(dropped, vec![5, 5, 3]);
+        assert!(
+            cursor.is_empty(),
+            "past the end: the next sweep starts over"
+        );
+        assert_eq!(tree.scan_prefix([SEEN]).count(), 12);
+        assert!(is_seen(&tree, &[1; 32], 500).unwrap());
+        assert!(!is_seen(&tree, &[2; 32], 500).unwrap());
+        assert!(
+            !is_seen(&tree, &[1; 32], 1000).unwrap(),
+            "until is exclusive"
+        );
+        assert!(
+            tree.contains_key(key(PENDING, 1)).unwrap(),
+            "other keys untouched"
+        );
+        assert_eq!(sweep_expired(&tree, 500, 10, &mut cursor).unwrap(), 0);
     }
 
     fn once(event: &str, until_ms: u64) -> Option<OnceKey> {
