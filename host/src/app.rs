@@ -634,8 +634,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (name.clone(), crate::rate::RateLimit::per_second(per_s))
         })
         .collect();
+    let methods = config
+        .plugins
+        .iter()
+        .filter(|(name, _)| sources.contains_key(*name))
+        .filter_map(|(name, pc)| Some((name.clone(), pc.http_methods()?)))
+        .collect();
     let ingress = Arc::new(Ingress {
         sources,
+        methods,
         router: router.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,

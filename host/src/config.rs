@@ -561,12 +561,28 @@ pub struct PluginConfig {
     /// every event is stored.
     #[serde(default)]
     pub dedup_window_s: u64,
+    /// For a route's source: the HTTP methods its webhooks may use (`POST`
+    /// when not set). Another method gets `405` with an `Allow` header and
+    /// never reaches the plugin. A source that answers verification
+    /// challenges sent with GET lists `["GET", "POST"]`.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
 }
 
 /// The longest `dedup_window_s` (30 days).
 pub const MAX_DEDUP_WINDOW_S: u64 = 30 * 24 * 3600;
 
 impl PluginConfig {
+    /// `methods` as HTTP methods (`None`: not set, or one that validation
+    /// refuses).
+    pub fn http_methods(&self) -> Option<Vec<http::Method>> {
+        self.methods
+            .as_ref()?
+            .iter()
+            .map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            .collect()
+    }
+
     /// The effective limits: the overrides on top of `defaults`.
     pub fn limits(&self, defaults: &Limits) -> Limits {
         Limits {
@@ -874,6 +890,20 @@ impl Config {
                     ));
                 }
             }
+            if let Some(methods) = &plugin.methods {
+                let bad = methods
+                    .iter()
+                    .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()));
+                if methods.is_empty() || bad.is_some() {
+                    return Err(invalid(
+                        at_plugin(&["methods"]),
+                        format!(
+                            "plugins.{name}.methods: {} (HTTP methods in capitals, e.g. [\"POST\"] or [\"GET\", \"POST\"])",
+                            bad.map_or("must not be empty".to_string(), |m| format!("\"{}\" is not a method", m.escape_debug()))
+                        ),
+                    ));
+                }
+            }
             if plugin.dedup_window_s > MAX_DEDUP_WINDOW_S {
                 return Err(invalid(
                     at_plugin(&["dedup_window_s"]),
@@ -1063,16 +1093,24 @@ impl Config {
                 }
             };
             check("source", &route.source)?;
+            // Settings only a source has.
             for plugin in route.transforms.iter().chain(&route.sinks) {
-                let dedup = self
-                    .plugins
-                    .get(plugin.get_ref())
-                    .map_or(0, |p| p.dedup_window_s);
-                if dedup > 0 {
+                let Some(pc) = self.plugins.get(plugin.get_ref()) else {
+                    continue;
+                };
+                let set = [
+                    (
+                        "dedup_window_s",
+                        "de-duplicates events",
+                        pc.dedup_window_s > 0,
+                    ),
+                    ("methods", "takes webhooks", pc.methods.is_some()),
+                ];
+                if let Some((field, what, _)) = set.into_iter().find(|(_, _, set)| *set) {
                     return Err(invalid(
-                        locate.at(&["plugins", plugin.get_ref(), "dedup_window_s"]),
+                        locate.at(&["plugins", plugin.get_ref(), field]),
                         format!(
-                            "plugins.{}.dedup_window_s: only a route's source de-duplicates events, and routes[{i}] uses \"{}\" as a transform or sink",
+                            "plugins.{}.{field}: only a route's source {what}, and routes[{i}] uses \"{}\" as a transform or sink",
                             plugin.get_ref(),
                             plugin.get_ref()
                         ),
@@ -1403,6 +1441,22 @@ mod tests {
                 "[server]\nadmin_token = {}\n",
                 "weft.toml:2:1",
                 "server.admin_token: set exactly one of `env` or `file`",
+            ),
+            // Methods: capitals, at least one, only on a route's source.
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\nmethods = [\"post\"]\n",
+                "weft.toml:3:1",
+                "plugins.in.methods: \"post\" is not a method (HTTP methods in capitals",
+            ),
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\nmethods = []\n",
+                "weft.toml:3:1",
+                "plugins.in.methods: must not be empty",
+            ),
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\nmethods = [\"POST\"]\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\n",
+                "weft.toml:5:1",
+                "plugins.out.methods: only a route's source takes webhooks, and routes[0] uses \"out\" as a transform or sink",
             ),
             // De-duplication: at most 30 days, and only on a route's source.
             (

@@ -37,6 +37,9 @@ pub struct Ingress {
     /// Each source's request rate limit (`limits.requests_per_s`); over it,
     /// 429.
     pub rates: HashMap<String, RateLimit>,
+    /// The HTTP methods each source takes (`methods`, POST unless set);
+    /// any other gets 405 without reaching the plugin.
+    pub methods: HashMap<String, Vec<http::Method>>,
     /// Request slots per client address (`server.max_requests_per_client`);
     /// over it, 429.
     pub per_client: Arc<ClientSlots>,
@@ -46,6 +49,9 @@ pub struct Ingress {
     /// When a refusal for want of room was last logged at `warn`.
     pub full_logged: std::sync::Mutex<Option<Instant>>,
 }
+
+/// What a source takes when its config names no `methods`.
+const DEFAULT_METHODS: &[http::Method] = &[http::Method::POST];
 
 /// How often, at most, refusals for want of room are logged at `warn` (each
 /// is counted in `weft_webhooks_refused_full_total`).
@@ -190,6 +196,27 @@ impl Ingress {
             inc(&self.metrics.webhooks_rejected);
             tracing::info!(source = %name, status = 404, "webhook for a source no route starts at rejected");
             return refusal(404, format!("no route starts at source \"{name}\""));
+        }
+        let methods = self
+            .methods
+            .get(&name)
+            .map_or(DEFAULT_METHODS, Vec::as_slice);
+        if !methods.contains(req.method()) {
+            inc(&self.metrics.webhooks_rejected);
+            let allow = methods
+                .iter()
+                .map(http::Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::info!(source = %name, method = %req.method(), status = 405, "webhook rejected: the source does not take this method");
+            let mut r = refusal(
+                405,
+                format!("source \"{name}\" takes {allow}, not {}", req.method()),
+            );
+            if let Ok(allow) = http::HeaderValue::from_str(&allow) {
+                r.headers_mut().insert(http::header::ALLOW, allow);
+            }
+            return r;
         }
         let rate = self.rates.get(&name);
         // Over the limit: refused before the body is read. The token itself

@@ -150,8 +150,15 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     assert_eq!(body["kind"], "not-found", "{body}");
     assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
 
-    let (status, _) = send("GET", &hook, "", &[]).await;
-    assert_eq!(status, 400);
+    // A method the source does not take (POST only, by default): 405 with
+    // `Allow`, before the plugin runs.
+    let (status, headers, body) = send_full("GET", &hook, "", &[]).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(
+        headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    assert!(body.contains("method-not-allowed"), "{body}");
 
     // None of it was stored or delivered.
     assert_eq!(host.counter("weft_events_accepted_total"), 0);
@@ -380,6 +387,33 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
     drop(second);
+    host.stop().await;
+}
+
+/// A source's `methods` decide which requests reach its plugin: the
+/// others get 405 and name the methods it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_takes_the_methods_its_config_names() {
+    let inventory = FakeApi::start().await;
+    let accounting = FakeApi::start().await;
+    let config = shop_config(&inventory, &accounting).replace(
+        "dedup_window_s = 86400",
+        "dedup_window_s = 86400\nmethods = [\"GET\", \"POST\"]",
+    );
+    assert!(config.contains("methods = [\"GET\", \"POST\"]"), "{config}");
+    let host = TestHost::start(&config).await;
+    let hook = host.hook("shop-orders");
+    // GET reaches the plugin now: webhook-json itself refuses it.
+    let (status, body) = send("GET", &hook, "", &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("POST"), "the plugin's own reason: {body}");
+    let (status, headers, body) = send_full("PUT", &hook, "{}", &[]).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(
+        headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
+    assert_eq!(host.stats().pending, 0);
     host.stop().await;
 }
 
