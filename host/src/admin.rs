@@ -10,7 +10,12 @@
 //! * `GET /api/dead-letters?limit=N&after=ID&route=R`: dead letters with
 //!   their attempt history, oldest first (page with `after`: the last `id`
 //!   seen), optionally of one route.
+//! * `GET /api/dead-letters/{id}`: one dead letter, with its body and
+//!   attempt history.
 //! * `POST /api/dead-letters/{id}/replay`: puts a dead letter back in the queue.
+//! * `POST /api/routes/{name}/pause` and `.../resume`: pauses a route (its
+//!   webhooks are still taken and stored; none of its events is delivered,
+//!   and retries wait too) or resumes it. Kept across restarts.
 //! * `DELETE /api/dead-letters/{id}`: deletes one dead letter for good;
 //!   `DELETE /api/dead-letters?route=R&limit=N` the oldest ones (a scope
 //!   is required; a route no longer configured is fine: its letters can
@@ -43,6 +48,24 @@ pub struct Admin {
     pub token: String,
     /// The queue's room for more webhooks.
     pub headroom: Arc<crate::headroom::Headroom>,
+    /// Where paused routes are kept across restarts.
+    pub pauses: Arc<crate::pauses::PausedRoutes>,
+    /// Held while a pause or resume is recorded and applied, so that the
+    /// file and the router never disagree.
+    pub pausing: tokio::sync::Mutex<()>,
+}
+
+/// `/api/routes/{name}/pause` or `/resume`: the route's name and whether it
+/// is a pause.
+fn route_action(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/api/routes/")?;
+    let (name, action) = rest.rsplit_once('/')?;
+    let pause = match action {
+        "pause" => true,
+        "resume" => false,
+        _ => return None,
+    };
+    (!name.is_empty() && !name.contains('/')).then_some((name, pause))
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -80,6 +103,7 @@ impl Admin {
                     "source": r.source,
                     "transforms": r.transforms.iter().map(|p| p.name()).collect::<Vec<_>>(),
                     "sinks": r.sinks.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                    "paused": self.router.is_paused(&r.name),
                 })
             })
             .collect();
@@ -270,6 +294,20 @@ impl Admin {
                     .into_iter()
                     .map(|(route, n)| (route, u64::from(n < self.headroom.max_pending())))
                     .collect();
+                let paused: Vec<(String, u64)> = self
+                    .route_pending()
+                    .into_iter()
+                    .map(|(route, _)| {
+                        let paused = u64::from(self.router.is_paused(&route));
+                        (route, paused)
+                    })
+                    .collect();
+                crate::metrics::render_route_gauge(
+                    &mut body,
+                    "weft_route_paused",
+                    "1 while an operator has paused the route (its events are stored, none is delivered)",
+                    &paused,
+                );
                 crate::metrics::render_route_gauge(
                     &mut body,
                     "weft_route_accepting",
@@ -341,6 +379,45 @@ impl Admin {
                     Err(e) => error(500, e.to_string()),
                 }
             }
+            (&Method::POST, p) if route_action(p).is_some() => {
+                let Some((route, pause)) = route_action(p) else {
+                    return error(404, "not found");
+                };
+                if !self.router.routes().contains_key(route) {
+                    return error(404, format!("no route named \"{route}\" in the config"));
+                }
+                // Recorded first, then applied: a pause that could not be
+                // kept would be lost at the next restart without a word.
+                let _one_at_a_time = self.pausing.lock().await;
+                let mut paused = self.router.paused_routes();
+                if pause {
+                    paused.insert(route.to_string());
+                } else {
+                    paused.remove(route);
+                }
+                let pauses = self.pauses.clone();
+                let saved = tokio::task::spawn_blocking(move || pauses.save(&paused)).await;
+                if let Err(e) = saved
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
+                    tracing::error!(route, error = %e, "could not record the route's pause; nothing changed");
+                    return error(
+                        500,
+                        format!("could not record the change, so nothing changed: {e}"),
+                    );
+                }
+                if pause {
+                    let _ = self.router.pause_route(route);
+                    json(200, &serde_json::json!({ "route": route, "paused": true }))
+                } else {
+                    let released = self.router.resume_route(route).unwrap_or(0);
+                    json(
+                        200,
+                        &serde_json::json!({ "route": route, "paused": false, "released": released }),
+                    )
+                }
+            }
             (&Method::GET, p) if letter_path(p).is_some() => {
                 let id = match letter_id(letter_path(p).unwrap_or_default()) {
                     Ok(id) => id,
@@ -410,6 +487,7 @@ impl Admin {
                         Some("POST")
                     }
                     _ if one_letter => Some("GET, DELETE"),
+                    p if route_action(p).is_some() => Some("POST"),
                     _ => None,
                 };
                 if let Some(allow) = allow {

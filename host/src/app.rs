@@ -482,7 +482,14 @@ fn token_in_file(path: &Path) -> Result<Option<String>, StartError> {
 
 /// What Weft keeps in its data directory (and nothing else is there when
 /// Weft made the directory).
-const DATA_DIR_ENTRIES: [&str; 4] = ["queue", "journal", "admin-token", "cache"];
+const DATA_DIR_ENTRIES: [&str; 6] = [
+    "queue",
+    "journal",
+    "admin-token",
+    "cache",
+    "paused-routes",
+    "paused-routes.tmp",
+];
 
 /// Creates the data directory readable by this user only, or narrows an
 /// existing one to that: the journal and the queue hold webhook bodies
@@ -590,6 +597,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
         shutdown_rx.clone(),
     );
+    // Routes an operator paused stay paused across restarts.
+    let pauses = Arc::new(crate::pauses::PausedRoutes::in_dir(&data_dir));
+    match pauses.load() {
+        Ok(paused) => {
+            for route in paused {
+                match router.pause_route(&route) {
+                    Some(_) => {
+                        tracing::warn!(route = %route, "route is paused (since before this start): its events are stored but not delivered until it is resumed (POST /api/routes/{route}/resume)")
+                    }
+                    None => {
+                        tracing::warn!(route = %route, "a paused route is no longer in the config; its pause is ignored")
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            return Err(StartError::Io(format!(
+                "cannot read the paused routes in {}: {e}",
+                data_dir.join("paused-routes").display()
+            )))
+        }
+    }
     let resumed = router.resume().await?;
     if resumed > 0 {
         tracing::info!(
@@ -678,6 +707,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(|e| StartError::Io(e.to_string()))?;
         admin_addr = Some(local);
         let admin = Arc::new(Admin {
+            pauses: pauses.clone(),
+            pausing: tokio::sync::Mutex::new(()),
             router: router.clone(),
             metrics: metrics.clone(),
             plugins: plugins.clone(),

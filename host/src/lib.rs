@@ -15,6 +15,7 @@ pub mod harness;
 pub mod headroom;
 pub mod ingress;
 pub mod metrics;
+pub mod pauses;
 pub mod queue;
 pub mod rate;
 pub mod retry;

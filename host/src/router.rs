@@ -428,6 +428,53 @@ impl Router {
         Ok(n)
     }
 
+    /// Pauses `route` (an operator's call, see [`RouteShares::pause`]):
+    /// webhooks for it are still stored and acknowledged, but none of its
+    /// records runs until [`Router::resume_route`]. Returns `None` for a
+    /// route not configured, else whether it was running before.
+    pub fn pause_route(&self, route: &str) -> Option<bool> {
+        if !self.routes.contains_key(route) {
+            return None;
+        }
+        let changed = self.shares.pause(route);
+        if changed {
+            tracing::info!(route, "route paused: its events are stored and wait; none is delivered until it is resumed");
+        }
+        Some(changed)
+    }
+
+    /// Resumes a paused `route`: its waiting records run again. Returns
+    /// `None` for a route not configured, else how many records it let go.
+    pub fn resume_route(&self, route: &str) -> Option<usize> {
+        if !self.routes.contains_key(route) {
+            return None;
+        }
+        let was_paused = self.shares.is_paused(route);
+        let ids = self.shares.resume(route);
+        let now = now_ms();
+        for id in &ids {
+            self.timers.add(now, *id);
+        }
+        if was_paused {
+            tracing::info!(route, records = ids.len(), "route resumed");
+        }
+        Some(ids.len())
+    }
+
+    /// Whether `route` is paused.
+    pub fn is_paused(&self, route: &str) -> bool {
+        self.shares.is_paused(route)
+    }
+
+    /// The paused routes, by name.
+    pub fn paused_routes(&self) -> std::collections::BTreeSet<String> {
+        self.routes
+            .keys()
+            .filter(|r| self.shares.is_paused(r))
+            .cloned()
+            .collect()
+    }
+
     /// Records waiting for their time, or for their route to have room
     /// among the workers.
     pub fn waiting(&self) -> usize {

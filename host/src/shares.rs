@@ -17,6 +17,10 @@
 //! thus slows its senders down (backpressure: the queue does not grow
 //! faster than it is delivered); a stuck one, where nothing finishes,
 //! delays them by a short patience at most.
+//!
+//! An operator can also **pause** a route (the admin API): its records then
+//! all wait by id, none runs, and webhooks for it are still taken at once;
+//! resuming hands every waiting id back to the dispatcher.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -30,6 +34,8 @@ struct RouteLoad {
     releases: u64,
     /// When one of its records last finished (or it started running).
     progress: Option<std::time::Instant>,
+    /// Paused by an operator: nothing of it starts until resumed.
+    paused: bool,
 }
 
 /// What [`RouteShares::admit`] decided for a group of records.
@@ -67,12 +73,12 @@ impl RouteShares {
         }
     }
 
-    /// Records of `route` waiting for room, and how often its records
-    /// finished so far.
-    fn load_of(&self, route: &str) -> (usize, u64) {
+    /// Records of `route` waiting for room, how often its records finished
+    /// so far, and whether it is paused.
+    fn load_of(&self, route: &str) -> (usize, u64, bool) {
         self.lock()
             .get(route)
-            .map_or((0, 0), |l| (l.parked.len(), l.releases))
+            .map_or((0, 0, false), |l| (l.parked.len(), l.releases, l.paused))
     }
 
     /// Waits until fewer of `route`'s records wait for room than it may
@@ -88,8 +94,10 @@ impl RouteShares {
             tokio::pin!(released);
             // Registered before the check: a release in between still wakes it.
             released.as_mut().enable();
-            let (parked, releases) = self.load_of(route);
-            if parked < self.share {
+            let (parked, releases, paused) = self.load_of(route);
+            // A paused route's records wait by id whatever their number:
+            // its webhooks are taken at once (the queue holds them).
+            if parked < self.share || paused {
                 return true;
             }
             if seen.is_some_and(|seen| seen != releases) {
@@ -125,6 +133,10 @@ impl RouteShares {
             Some(load) => load,
             None => routes.entry(route.to_owned()).or_default(),
         };
+        if load.paused {
+            load.parked.extend(ids);
+            return Admission::Parked;
+        }
         if load.running == 0 || load.running + ids.len() <= self.share {
             if load.running == 0 {
                 load.progress = Some(std::time::Instant::now());
@@ -161,7 +173,9 @@ impl RouteShares {
         load.releases = load.releases.wrapping_add(1);
         load.progress = Some(std::time::Instant::now());
         self.released.notify_waiters();
-        let take = if load.running == 0 {
+        let take = if load.paused {
+            0
+        } else if load.running == 0 {
             load.parked.len()
         } else {
             self.share
@@ -169,10 +183,39 @@ impl RouteShares {
                 .min(load.parked.len())
         };
         let ids = load.parked.drain(..take).collect();
-        if load.running == 0 && load.parked.is_empty() {
+        if load.running == 0 && load.parked.is_empty() && !load.paused {
             routes.remove(route);
         }
         ids
+    }
+
+    /// Pauses `route`: from now on its records wait by id, and none starts
+    /// (those running finish). Returns false if it was paused already.
+    pub fn pause(&self, route: &str) -> bool {
+        let mut routes = self.lock();
+        let load = routes.entry(route.to_owned()).or_default();
+        !std::mem::replace(&mut load.paused, true)
+    }
+
+    /// Resumes `route`: returns the ids of its waiting records, to be loaded
+    /// and dispatched again (the route's share applies to them as to any).
+    pub fn resume(&self, route: &str) -> Vec<u64> {
+        let mut routes = self.lock();
+        let Some(load) = routes.get_mut(route) else {
+            return Vec::new();
+        };
+        load.paused = false;
+        let ids = load.parked.drain(..).collect();
+        if load.running == 0 {
+            routes.remove(route);
+        }
+        self.released.notify_waiters();
+        ids
+    }
+
+    /// Whether `route` is paused.
+    pub fn is_paused(&self, route: &str) -> bool {
+        self.lock().get(route).is_some_and(|l| l.paused)
     }
 
     /// Records waiting for their route to have room, over all routes.
@@ -238,6 +281,30 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(shares.release("r", 1), vec![3]);
         assert!(waiting.await.unwrap(), "woken by the release");
+    }
+
+    #[tokio::test]
+    async fn a_paused_route_runs_nothing_takes_webhooks_and_gives_all_back_when_resumed() {
+        let shares = RouteShares::new(4);
+        assert_eq!(shares.admit("r", &[1], BUSY), Admission::Run);
+        assert!(shares.pause("r"));
+        assert!(!shares.pause("r"), "paused already");
+        assert!(shares.is_paused("r") && !shares.is_paused("other"));
+        // Nothing starts, however much room there is.
+        assert_eq!(shares.admit("r", &[2, 3], BUSY), Admission::Parked);
+        assert_eq!(shares.admit("r", &[4, 5, 6], BUSY), Admission::Parked);
+        // More wait than the route may run: webhooks still get room at once.
+        assert!(shares.room("r", Duration::ZERO).await);
+        // The running record finishes: nothing is let go while paused.
+        assert!(shares.release("r", 1).is_empty());
+        assert_eq!(shares.waiting(), 5);
+        assert!(shares.is_paused("r"), "paused with nothing running");
+        // Other routes run as ever.
+        assert_eq!(shares.admit("other", &[7], BUSY), Admission::Run);
+        // Resumed: every waiting id goes back, in order.
+        assert_eq!(shares.resume("r"), vec![2, 3, 4, 5, 6]);
+        assert!(!shares.is_paused("r"));
+        assert_eq!(shares.admit("r", &[2, 3], BUSY), Admission::Run);
     }
 
     #[test]
