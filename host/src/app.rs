@@ -375,6 +375,7 @@ pub fn resolve_routes(
             source: rc.source.get_ref().clone(),
             transforms,
             sinks,
+            retry: RetryPolicy::new(rc.retry(&config.retry)),
         });
     }
     Ok(routes)

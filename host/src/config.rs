@@ -650,6 +650,81 @@ fn toml_to_json(value: &toml::Value) -> serde_json::Value {
     }
 }
 
+/// What is wrong with a retry schedule, if anything: the field and the
+/// rule it breaks (`section` names the schedule in the message).
+fn retry_problem(r: &RetryConfig, section: &str) -> Option<(&'static str, String)> {
+    let checks = [
+        (
+            "max_attempts",
+            r.max_attempts >= 1,
+            "must be at least 1".to_string(),
+        ),
+        (
+            "multiplier",
+            r.multiplier >= 1.0 && r.multiplier.is_finite(),
+            "must be at least 1.0".into(),
+        ),
+        (
+            "jitter",
+            (0.0..1.0).contains(&r.jitter),
+            "must be 0 <= jitter < 1".into(),
+        ),
+        (
+            "initial_ms",
+            (1..=MAX_RETRY_DELAY_MS).contains(&r.initial_ms),
+            format!("must be 1..={MAX_RETRY_DELAY_MS}"),
+        ),
+        (
+            "max_delay_ms",
+            (1..=MAX_RETRY_DELAY_MS).contains(&r.max_delay_ms),
+            format!("must be 1..={MAX_RETRY_DELAY_MS} (30 days)"),
+        ),
+        (
+            "initial_ms",
+            r.initial_ms <= r.max_delay_ms,
+            format!(
+                "{} is above {section}.max_delay_ms ({}): the first retry would already wait longer than any may",
+                r.initial_ms, r.max_delay_ms
+            ),
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(_, ok, _)| !ok)
+        .map(|(field, _, rule)| (field, rule))
+}
+
+/// A route's own retry schedule: any of `[retry]`'s settings, which it
+/// overrides for this route's transforms and sinks (say, an accounting API
+/// worth retrying for a day, while the rest give up within the hour).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverrides {
+    /// Delay before the second attempt.
+    pub initial_ms: Option<u64>,
+    /// Growth factor per attempt.
+    pub multiplier: Option<f64>,
+    /// Largest delay.
+    pub max_delay_ms: Option<u64>,
+    /// Attempts in all before dead-lettering.
+    pub max_attempts: Option<u32>,
+    /// Random spread, as a fraction of the delay.
+    pub jitter: Option<f64>,
+}
+
+impl RetryOverrides {
+    /// These settings over `base`.
+    pub fn over(&self, base: &RetryConfig) -> RetryConfig {
+        RetryConfig {
+            initial_ms: self.initial_ms.unwrap_or(base.initial_ms),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            max_delay_ms: self.max_delay_ms.unwrap_or(base.max_delay_ms),
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            jitter: self.jitter.unwrap_or(base.jitter),
+        }
+    }
+}
+
 /// A route: events from one source, through transforms, to every sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -663,6 +738,19 @@ pub struct RouteConfig {
     pub transforms: Vec<Spanned<String>>,
     /// Sink plugins; each gets every event (fan-out).
     pub sinks: Vec<Spanned<String>>,
+    /// This route's retry schedule, over `[retry]`.
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryOverrides>>,
+}
+
+impl RouteConfig {
+    /// The route's retry schedule: its own settings over `global`.
+    pub fn retry(&self, global: &RetryConfig) -> RetryConfig {
+        match &self.retry {
+            Some(own) => own.get_ref().over(global),
+            None => global.clone(),
+        }
+    }
 }
 
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -921,49 +1009,10 @@ impl Config {
                 }
             }
         }
-        let r = &self.retry;
-        let retry_checks = [
-            (
-                "max_attempts",
-                r.max_attempts >= 1,
-                "must be at least 1".to_string(),
-            ),
-            (
-                "multiplier",
-                r.multiplier >= 1.0 && r.multiplier.is_finite(),
-                "must be at least 1.0".into(),
-            ),
-            (
-                "jitter",
-                (0.0..1.0).contains(&r.jitter),
-                "must be 0 <= jitter < 1".into(),
-            ),
-            (
-                "initial_ms",
-                (1..=MAX_RETRY_DELAY_MS).contains(&r.initial_ms),
-                format!("must be 1..={MAX_RETRY_DELAY_MS}"),
-            ),
-            (
-                "max_delay_ms",
-                (1..=MAX_RETRY_DELAY_MS).contains(&r.max_delay_ms),
-                format!("must be 1..={MAX_RETRY_DELAY_MS} (30 days)"),
-            ),
-        ];
-        for (field, ok, rule) in retry_checks {
-            if !ok {
-                return Err(invalid(
-                    at(&["retry", field]),
-                    format!("retry.{field}: {rule}"),
-                ));
-            }
-        }
-        if r.initial_ms > r.max_delay_ms {
+        if let Some((field, rule)) = retry_problem(&self.retry, "retry") {
             return Err(invalid(
-                at(&["retry", "initial_ms"]),
-                format!(
-                    "retry.initial_ms: {} is above retry.max_delay_ms ({}): the first retry would already wait longer than any may",
-                    r.initial_ms, r.max_delay_ms
-                ),
+                at(&["retry", field]),
+                format!("retry.{field}: {rule}"),
             ));
         }
         if let Some(token) = &self.server.admin_token {
@@ -1093,6 +1142,16 @@ impl Config {
                 }
             };
             check("source", &route.source)?;
+            if let Some(own) = &route.retry {
+                if let Some((field, rule)) =
+                    retry_problem(&route.retry(&self.retry), &format!("routes[{i}].retry"))
+                {
+                    return Err(invalid(
+                        own.span().start,
+                        format!("routes[{i}].retry.{field}: {rule}"),
+                    ));
+                }
+            }
             // Settings only a source has.
             for plugin in route.transforms.iter().chain(&route.sinks) {
                 let Some(pc) = self.plugins.get(plugin.get_ref()) else {
@@ -1441,6 +1500,23 @@ mod tests {
                 "[server]\nadmin_token = {}\n",
                 "weft.toml:2:1",
                 "server.admin_token: set exactly one of `env` or `file`",
+            ),
+            // A route's own retry schedule is checked like [retry], with
+            // it beneath.
+            (
+                "[retry]\nmax_delay_ms = 1000\n[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\nretry = { initial_ms = 5000 }\n",
+                "weft.toml:11:9",
+                "routes[0].retry.initial_ms: 5000 is above routes[0].retry.max_delay_ms (1000)",
+            ),
+            (
+                "[plugins.in]\nbuiltin = \"webhook-json\"\n[plugins.out]\nbuiltin = \"http-post\"\n[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = [\"out\"]\nretry = { max_attempts = 0 }\n",
+                "weft.toml:9:9",
+                "routes[0].retry.max_attempts: must be at least 1",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\nsource = \"in\"\nsinks = []\nretry = { attempts = 3 }\n",
+                "weft.toml:5:11",
+                "routes[0].retry.attempts: unknown field `attempts`",
             ),
             // Methods: capitals, at least one, only on a route's source.
             (

@@ -40,6 +40,8 @@ pub struct Route {
     pub transforms: Vec<Arc<Plugin>>,
     /// Sinks by name.
     pub sinks: Vec<Arc<Plugin>>,
+    /// The route's retry schedule (`[retry]`, or the route's own over it).
+    pub retry: RetryPolicy,
 }
 
 /// Errors when accepting events.
@@ -195,9 +197,14 @@ impl Router {
                 .collect();
             (r.name.as_str(), plugins)
         }));
-        let routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let routes: HashMap<String, Route> =
+            routes.into_iter().map(|r| (r.name.clone(), r)).collect();
         // See `timers`: no retry waits longer than this.
-        let horizon_ms = retry.longest_ms().saturating_mul(2).max(60_000);
+        let longest = routes
+            .values()
+            .map(|r| r.retry.longest_ms())
+            .fold(retry.longest_ms(), u64::max);
+        let horizon_ms = longest.saturating_mul(2).max(60_000);
         let router = Arc::new(Router {
             queue,
             routes,
@@ -665,7 +672,13 @@ impl Router {
             Stage::Deliver { sink } => record.attempts.iter().filter(|a| a.plugin == *sink).count(),
             _ => record.attempts.len(),
         } as u32;
-        if permanent || made >= self.retry.max_attempts() {
+        // The route's schedule; the global one for a route no longer
+        // configured (whose records fail for good anyway).
+        let retry = self
+            .routes
+            .get(&record.route)
+            .map_or(&self.retry, |r| &r.retry);
+        if permanent || made >= retry.max_attempts() {
             tracing::warn!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, error = %detail, "dead-lettered");
             inc(&self.metrics.dead_lettered);
             self.outcomes
@@ -677,7 +690,7 @@ impl Router {
             }));
             None
         } else {
-            let delay = self.retry.delay_ms(made, requested_ms);
+            let delay = retry.delay_ms(made, requested_ms);
             record.not_before_ms = now_ms().saturating_add(delay);
             tracing::info!(event = %record.event.id, record = record.id, route = %record.route, plugin = %plugin, attempts = made, retry_in_ms = delay, error = %detail, "attempt failed; will retry");
             inc(&self.metrics.retries);

@@ -1242,3 +1242,72 @@ async fn a_paused_route_stores_its_events_through_a_restart_and_delivers_them_wh
     assert_eq!(status["routes"][0]["paused"], false, "{status}");
     host.stop().await;
 }
+
+/// A route's own `retry` settings override `[retry]` for that route only:
+/// the same failing event gives up after 2 attempts on one route and after
+/// 4 on the route beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_retries_on_its_own_schedule_when_it_has_one() {
+    let (quick, patient) = (FakeApi::start().await, FakeApi::start().await);
+    quick.set_default(503);
+    patient.set_default(503);
+    let config = format!(
+        r#"
+[retry]
+initial_ms = 50
+max_delay_ms = 200
+max_attempts = 4
+jitter = 0.0
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.quick]
+builtin = "http-post"
+config = {{ url = "{q}/deliver" }}
+allowed_hosts = ["{q}"]
+
+[plugins.patient]
+builtin = "http-post"
+config = {{ url = "{p}/deliver" }}
+allowed_hosts = ["{p}"]
+
+[[routes]]
+name = "gives-up-soon"
+source = "in"
+sinks = ["quick"]
+retry = {{ max_attempts = 2 }}
+
+[[routes]]
+name = "keeps-trying"
+source = "in"
+sinks = ["patient"]
+"#,
+        q = quick.origin(),
+        p = patient.origin()
+    );
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"doomed\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 2).await);
+    assert_eq!((quick.requests().len(), patient.requests().len()), (2, 4));
+    let (_, body) = host.admin_get("/api/dead-letters?data=false").await;
+    let mut attempts: Vec<(String, usize)> = body["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["route"].as_str().unwrap().to_string(),
+                d["attempts"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        vec![("gives-up-soon".into(), 2), ("keeps-trying".into(), 4)]
+    );
+    host.stop().await;
+}
