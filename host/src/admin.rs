@@ -153,6 +153,8 @@ impl Admin {
             },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
+            // Sinks whose deliveries wait for their circuit breaker.
+            "open_breakers": self.router.open_breakers().into_iter().map(|(route, sink)| serde_json::json!({ "route": route, "sink": sink })).collect::<Vec<_>>(),
         })
     }
 

@@ -207,6 +207,11 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// Random spread, as a fraction of the delay (0.2 = ±20%).
     pub jitter: f64,
+    /// Failed attempts in a row at one sink (any events) after which its
+    /// circuit breaker opens: deliveries to it wait without using up their
+    /// attempts, and one probe at a time goes after each cool-down (the
+    /// backoff above). 0: no breaker.
+    pub breaker_after: u32,
 }
 
 impl Default for RetryConfig {
@@ -217,6 +222,7 @@ impl Default for RetryConfig {
             max_delay_ms: 300_000,
             max_attempts: 10,
             jitter: 0.2,
+            breaker_after: 5,
         }
     }
 }
@@ -710,6 +716,8 @@ pub struct RetryOverrides {
     pub max_attempts: Option<u32>,
     /// Random spread, as a fraction of the delay.
     pub jitter: Option<f64>,
+    /// Failures in a row that open a sink's circuit breaker (0: none).
+    pub breaker_after: Option<u32>,
 }
 
 impl RetryOverrides {
@@ -721,6 +729,7 @@ impl RetryOverrides {
             max_delay_ms: self.max_delay_ms.unwrap_or(base.max_delay_ms),
             max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
             jitter: self.jitter.unwrap_or(base.jitter),
+            breaker_after: self.breaker_after.unwrap_or(base.breaker_after),
         }
     }
 }

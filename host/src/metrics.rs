@@ -87,6 +87,9 @@ pub struct Metrics {
     /// Events not stored again: their source had accepted the same event id
     /// within its de-duplication window.
     pub events_duplicate: AtomicU64,
+    /// Deliveries that waited, without an attempt, for an open circuit
+    /// breaker (counted each time).
+    pub deliveries_deferred: AtomicU64,
     /// Successful deliveries (per sink).
     pub deliveries: AtomicU64,
     /// Attempts that will be retried.
@@ -167,6 +170,11 @@ impl Metrics {
                 "weft_events_duplicate_total",
                 "Events answered as duplicates (same source and event id within the source's dedup window) and not stored again",
                 g(&self.events_duplicate),
+            ),
+            (
+                "weft_deliveries_deferred_total",
+                "Deliveries put off, without an attempt, because their sink's circuit breaker was open",
+                g(&self.deliveries_deferred),
             ),
             (
                 "weft_deliveries_total",

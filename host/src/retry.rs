@@ -20,6 +20,12 @@ impl RetryPolicy {
         self.config.max_attempts
     }
 
+    /// Failed attempts in a row at one sink that open its circuit breaker
+    /// (0: none; see `crate::breaker`).
+    pub fn breaker_after(&self) -> u32 {
+        self.config.breaker_after
+    }
+
     /// The longest [`RetryPolicy::delay_ms`] can be: `max_delay_ms` plus
     /// its jitter.
     pub fn longest_ms(&self) -> u64 {
@@ -62,6 +68,7 @@ mod tests {
             max_delay_ms: 1000,
             max_attempts: 5,
             jitter: 0.1,
+            ..Default::default()
         });
         for _ in 0..100 {
             let d1 = p.delay_ms(1, None);

@@ -14,6 +14,7 @@
 //! a sink with `limits.max_batch > 1` gets the group's outputs in
 //! `deliver-batch` calls, and every event keeps its own outcome.
 
+use crate::breaker::{Breakers, Gate, Tally, PROBE_WAIT_MS};
 use crate::event::{now_ms, Event};
 use crate::metrics::{add_elapsed, inc, Metrics, Outcome, RouteOutcomes};
 use crate::queue::{
@@ -63,6 +64,8 @@ pub struct Router {
     queue: Arc<dyn Queue>,
     routes: HashMap<String, Route>,
     by_source: HashMap<String, Vec<String>>,
+    /// Each route's sinks' circuit breakers.
+    breakers: Breakers,
     /// Sources that accept an event id once per window (`dedup_window_s`).
     dedup: HashMap<String, Duration>,
     retry: RetryPolicy,
@@ -141,6 +144,36 @@ impl Drop for Handover<'_> {
     }
 }
 
+/// What a breaker's `gate` means for a group of `n` deliveries: how many of
+/// them go now (the first ones) and until when the others wait.
+fn breaker_plan(gate: Gate, n: usize, now_ms: u64) -> (usize, u64) {
+    match gate {
+        Gate::Pass => (n, 0),
+        // One event tells whether the sink is back; the others need not
+        // spend an attempt to learn it.
+        Gate::Probe => (n.min(1), now_ms.saturating_add(PROBE_WAIT_MS)),
+        Gate::WaitUntil(until) => (0, until),
+    }
+}
+
+/// How a group of deliveries went, for the sink's breaker: answers
+/// (delivered or rejected) and failures (retries, timeouts, traps).
+fn tally(outcomes: &[Result<wit::DeliveryOutcome, PluginError>]) -> Tally {
+    let answered = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Ok(wit::DeliveryOutcome::Delivered | wit::DeliveryOutcome::Rejected(_))
+            )
+        })
+        .count();
+    Tally {
+        answered,
+        failed: outcomes.len() - answered,
+    }
+}
+
 /// Splits ready records into groups of at most `size` that share a route
 /// and a stage, keeping their order.
 fn group_records(records: impl Iterator<Item = Record>, size: usize) -> Vec<Vec<Record>> {
@@ -210,6 +243,7 @@ impl Router {
             routes,
             by_source,
             dedup,
+            breakers: Breakers::default(),
             retry,
             work: tx,
             metrics,
@@ -466,6 +500,11 @@ impl Router {
             tracing::info!(route, records = ids.len(), "route resumed");
         }
         Some(ids.len())
+    }
+
+    /// The (route, sink) pairs whose circuit breaker is open now.
+    pub fn open_breakers(&self) -> Vec<(String, String)> {
+        self.breakers.open()
     }
 
     /// Whether `route` is paused.
@@ -885,34 +924,99 @@ impl Router {
             .enumerate()
             .flat_map(|(i, (_, events))| events.iter().map(move |e| (i, e)))
             .collect();
-        let per_sink = futures::future::join_all(route.sinks.iter().map(|sink| {
-            Box::pin(self.deliver_all(sink, outputs.iter().map(|(_, e)| (*e).clone()).collect()))
-        }))
-        .await;
-        for (sink, outcomes) in route.sinks.iter().zip(per_sink) {
-            for ((i, event), outcome) in outputs.iter().zip(outcomes) {
+        // Per sink, what its breaker lets go now (everything; the probe's
+        // one event; nothing), and until when the rest wait, as delivery
+        // records of their own, without an attempt.
+        let now = now_ms();
+        let plans: Vec<(usize, u64)> = route
+            .sinks
+            .iter()
+            .map(|sink| {
+                // Nothing to deliver (all filtered out): no gate asked, so
+                // no probe handed out that would report nothing.
+                if outputs.is_empty() {
+                    return (0, 0);
+                }
+                breaker_plan(
+                    self.breakers.gate(&route.name, sink.name(), now),
+                    outputs.len(),
+                    now,
+                )
+            })
+            .collect();
+        let outputs_ref = &outputs;
+        let per_sink =
+            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, &(go, _))| {
+                Box::pin(async move {
+                    if go == 0 {
+                        return Vec::new();
+                    }
+                    let events = outputs_ref[..go]
+                        .iter()
+                        .map(|(_, e)| (*e).clone())
+                        .collect();
+                    self.deliver_all(sink, events).await
+                })
+            }))
+            .await;
+        for ((sink, outcomes), &(go, until)) in route.sinks.iter().zip(per_sink).zip(&plans) {
+            if go > 0 {
+                self.breaker_report(route, sink.name(), tally(&outcomes));
+            }
+            let delivery = |i: usize, event: &Event, not_before_ms: u64| Record {
+                id: self.queue.next_id(),
+                route: route.name.clone(),
+                stage: Stage::Deliver {
+                    sink: sink.name().to_string(),
+                },
+                event: event.clone(),
+                attempts: passed[i].0.attempts.clone(),
+                not_before_ms,
+            };
+            for ((i, event), outcome) in outputs[..go].iter().zip(outcomes) {
                 let Some((attempt, permanent, requested)) =
                     self.classify_outcome(&route.name, sink.name(), event, outcome)
                 else {
                     continue;
                 };
-                let delivery = Record {
-                    id: self.queue.next_id(),
-                    route: route.name.clone(),
-                    stage: Stage::Deliver {
-                        sink: sink.name().to_string(),
-                    },
-                    event: (*event).clone(),
-                    attempts: passed[*i].0.attempts.clone(),
-                    not_before_ms: 0,
-                };
-                later.extend(self.after_failure(delivery, attempt, permanent, requested, &mut ops));
+                let failed = delivery(*i, event, 0);
+                later.extend(self.after_failure(failed, attempt, permanent, requested, &mut ops));
             }
+            for (i, event) in &outputs[go..] {
+                let waiting = delivery(*i, event, until);
+                later.push((waiting.id, until));
+                ops.push(Op::Put(waiting));
+            }
+            self.count_deferred(outputs.len() - go);
         }
         for (record, _) in &passed {
             ops.push(Op::Remove(record.id));
         }
         self.commit(ops, later);
+    }
+
+    /// Tells `sink`'s breaker on `route` how a group went, and says so in
+    /// the log when that opens or closes it.
+    fn breaker_report(&self, route: &Route, sink: &str, tally: Tally) {
+        match self
+            .breakers
+            .record(&route.name, sink, tally, now_ms(), &route.retry)
+        {
+            Some(true) => {
+                tracing::warn!(route = %route.name, sink, failures_in_a_row = route.retry.breaker_after(), "circuit breaker open: deliveries to this sink wait without using up their attempts; one probe goes after each cool-down")
+            }
+            Some(false) => {
+                tracing::warn!(route = %route.name, sink, "circuit breaker closed: the sink answers again")
+            }
+            None => {}
+        }
+    }
+
+    /// Counts deliveries that wait for an open breaker.
+    fn count_deferred(&self, n: usize) {
+        self.metrics
+            .deliveries_deferred
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `None` when delivered; else the attempt, whether it is permanent and a requested delay.
@@ -952,10 +1056,31 @@ impl Router {
         records: Vec<Record>,
     ) {
         debug_assert!(records.iter().all(|r| r.route == route.name));
-        let events = records.iter().map(|r| r.event.clone()).collect();
-        let outcomes = self.deliver_all(&sink, events).await;
         let mut ops = Vec::new();
         let mut later = Vec::new();
+        // What the sink's breaker does not let go waits again, its attempts
+        // untouched.
+        let now = now_ms();
+        let (go, until) = breaker_plan(
+            self.breakers.gate(&route.name, sink.name(), now),
+            records.len(),
+            now,
+        );
+        let mut records = records;
+        let waiting = records.split_off(go);
+        self.count_deferred(waiting.len());
+        for mut record in waiting {
+            record.not_before_ms = until;
+            later.push((record.id, until));
+            ops.push(Op::Put(record));
+        }
+        if records.is_empty() {
+            self.commit(ops, later);
+            return;
+        }
+        let events = records.iter().map(|r| r.event.clone()).collect();
+        let outcomes = self.deliver_all(&sink, events).await;
+        self.breaker_report(route, sink.name(), tally(&outcomes));
         for (record, outcome) in records.into_iter().zip(outcomes) {
             match self.classify_outcome(&route.name, sink.name(), &record.event, outcome) {
                 None => ops.push(Op::Remove(record.id)),

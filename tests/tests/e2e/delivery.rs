@@ -1311,3 +1311,66 @@ sinks = ["patient"]
     );
     host.stop().await;
 }
+
+/// A sink that is down trips its circuit breaker: after `breaker_after`
+/// failures in a row, new deliveries to it wait without an attempt (the
+/// sink is not asked once per event), one event probes after each
+/// cool-down, and once the sink answers again every event is delivered,
+/// none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_trips_its_breaker_and_is_not_asked_per_event() {
+    let api = FakeApi::start().await;
+    api.set_default(503);
+    let host = TestHost::start(&relay_config(
+        &api,
+        "initial_ms = 1000\nmultiplier = 1.0\nmax_delay_ms = 1000\nmax_attempts = 10\njitter = 0.0\nbreaker_after = 2",
+    ))
+    .await;
+    for i in 0..2 {
+        let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"first-{i}\"}}")).await;
+        assert_eq!(status, 202);
+    }
+    // Two failures in a row: the breaker opens.
+    let mut open = serde_json::Value::Null;
+    for _ in 0..1500 {
+        open = host.admin_get("/api/status").await.1["open_breakers"].clone();
+        if open != serde_json::json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        open,
+        serde_json::json!([{ "route": "relay", "sink": "out" }])
+    );
+
+    // Twenty more events: they wait for the breaker instead of each
+    // failing at the sink.
+    for i in 0..20 {
+        let (status, _) = post_json(&host.hook("in"), &format!("{{\"id\":\"later-{i}\"}}")).await;
+        assert_eq!(status, 202);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || host
+            .counter("weft_deliveries_deferred_total")
+            >= 20)
+        .await
+    );
+    let asked = api.requests().len();
+    assert!(
+        asked < 22,
+        "the sink was asked {asked} times for 22 events: not once per event"
+    );
+
+    // The sink is back: the next probe gets through, the breaker closes,
+    // and everything is delivered, nothing dead-lettered.
+    api.set_default(200);
+    assert!(eventually(Duration::from_secs(60), || api.delivered_ids().len() == 22).await);
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+    assert_eq!(host.stats().dead, 0);
+    assert_eq!(
+        host.admin_get("/api/status").await.1["open_breakers"],
+        serde_json::json!([])
+    );
+    host.stop().await;
+}
