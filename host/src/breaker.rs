@@ -75,6 +75,10 @@ impl Breakers {
     /// Whether deliveries to `sink` on `route` may go now.
     pub fn gate(&self, route: &str, sink: &str, now_ms: u64) -> Gate {
         let mut breakers = self.lock();
+        // The common case (every sink answering): no key built.
+        if breakers.is_empty() {
+            return Gate::Pass;
+        }
         let Some(b) = breakers.get_mut(&(route.to_owned(), sink.to_owned())) else {
             return Gate::Pass;
         };
@@ -115,6 +119,9 @@ impl Breakers {
             return None;
         }
         let mut breakers = self.lock();
+        if answered > 0 && breakers.is_empty() {
+            return None;
+        }
         let key = (route.to_owned(), sink.to_owned());
         if answered == 0 && failed == 0 {
             // A probe with nothing to deliver (every event filtered out)
