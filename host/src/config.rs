@@ -474,6 +474,12 @@ pub struct Limits {
     /// Bytes of keys and values the plugin may keep in its state
     /// (`weft:connector/state`), in MiB; a write beyond it fails.
     pub state_mib: u64,
+    /// Sinks only: events per second delivered to this sink, over all its
+    /// routes, in bursts of up to one second's worth (0, the default: no
+    /// limit). Set it to what the downstream API allows: deliveries over it
+    /// wait in the queue for their turn, without an attempt, instead of
+    /// meeting `429`s.
+    pub deliveries_per_s: u32,
 }
 
 impl Default for Limits {
@@ -489,6 +495,7 @@ impl Default for Limits {
             max_events: DEFAULT_MAX_EVENTS,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             state_mib: 64,
+            deliveries_per_s: 0,
         }
     }
 }
@@ -507,6 +514,7 @@ pub struct LimitOverrides {
     max_events: Option<u32>,
     max_output_bytes: Option<u64>,
     state_mib: Option<u64>,
+    deliveries_per_s: Option<u32>,
 }
 
 /// Where a secret's value comes from. The value itself never appears in the
@@ -617,6 +625,10 @@ impl PluginConfig {
                 .max_output_bytes
                 .unwrap_or(defaults.max_output_bytes),
             state_mib: self.limits.state_mib.unwrap_or(defaults.state_mib),
+            deliveries_per_s: self
+                .limits
+                .deliveries_per_s
+                .unwrap_or(defaults.deliveries_per_s),
         }
     }
 
@@ -884,6 +896,12 @@ impl Config {
                 ));
             }
         }
+        if self.limits.deliveries_per_s > MAX_REQUESTS_PER_S {
+            return Err(invalid(
+                at(&["limits", "deliveries_per_s"]),
+                format!("limits.deliveries_per_s: must be 0..={MAX_REQUESTS_PER_S} (0: no limit)"),
+            ));
+        }
         for (name, plugin) in &self.plugins {
             let at_plugin = |rest: &[&str]| {
                 let mut path = vec!["plugins", name.as_str()];
@@ -1016,6 +1034,12 @@ impl Config {
                         format!("plugins.{name}.limits.{field}: must be 1..={max}"),
                     ));
                 }
+            }
+            if plugin.limits(&self.limits).deliveries_per_s > MAX_REQUESTS_PER_S {
+                return Err(invalid(
+                    at_plugin(&["limits", "deliveries_per_s"]),
+                    format!("plugins.{name}.limits.deliveries_per_s: must be 0..={MAX_REQUESTS_PER_S} (0: no limit)"),
+                ));
             }
         }
         if let Some((field, rule)) = retry_problem(&self.retry, "retry") {
@@ -1434,6 +1458,10 @@ mod tests {
             (
                 "state_mib = 0",
                 "plugins.a.limits.state_mib: must be 1..=1048576",
+            ),
+            (
+                "deliveries_per_s = 1000001",
+                "plugins.a.limits.deliveries_per_s: must be 0..=1000000 (0: no limit)",
             ),
         ] {
             let err = parse(&format!("[plugins.a]\nbuiltin = \"json-map\"\nlimits = {{ {limit} }}\n[[routes]]\nname = \"r\"\nsource = \"a\"\nsinks = []\n")).unwrap_err();

@@ -88,7 +88,7 @@ pub struct Metrics {
     /// within its de-duplication window.
     pub events_duplicate: AtomicU64,
     /// Deliveries that waited, without an attempt, for an open circuit
-    /// breaker (counted each time).
+    /// breaker or the sink's rate limit (counted each time).
     pub deliveries_deferred: AtomicU64,
     /// Successful deliveries (per sink).
     pub deliveries: AtomicU64,
@@ -173,7 +173,7 @@ impl Metrics {
             ),
             (
                 "weft_deliveries_deferred_total",
-                "Deliveries put off, without an attempt, because their sink's circuit breaker was open",
+                "Deliveries put off, without an attempt, by their sink's open circuit breaker or its limits.deliveries_per_s",
                 g(&self.deliveries_deferred),
             ),
             (

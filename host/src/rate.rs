@@ -1,4 +1,5 @@
-//! Webhook rate limits: a token bucket per source.
+//! Rate limits: a token bucket per source (webhooks it accepts) and per
+//! sink with `limits.deliveries_per_s` (events sent to it).
 //!
 //! A source accepts at most `limits.requests_per_s` webhook requests per
 //! second, with bursts of up to one second's worth. A request over the limit
@@ -73,6 +74,27 @@ impl RateLimit {
         self.level_at(now, true)
     }
 
+    /// Takes up to `n` tokens at `now` (for `n` deliveries in a row):
+    /// returns how many it took and, for each of the others in order, how
+    /// long until a token will be there for it if nothing else takes one
+    /// first (the first in one token's time, the next in two...).
+    pub fn take_up_to(&self, n: usize, now: Instant) -> (usize, Vec<Duration>) {
+        let mut bucket = match self.bucket.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let elapsed = now.saturating_duration_since(bucket.refilled);
+        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
+        bucket.refilled = now;
+        let took = n.min(bucket.tokens.floor().max(0.0) as usize);
+        bucket.tokens -= took as f64;
+        let left = bucket.tokens;
+        let waits = (0..n - took)
+            .map(|j| Duration::from_secs_f64((j as f64 + 1.0 - left).max(0.0) / self.per_s))
+            .collect();
+        (took, waits)
+    }
+
     /// Takes one token now, or says how long until one is available.
     pub fn take(&self) -> Result<(), Duration> {
         self.take_at(Instant::now())
@@ -98,6 +120,21 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_over_the_rate_are_given_their_turns_one_token_apart() {
+        let limit = RateLimit::per_second(10);
+        let t0 = Instant::now();
+        // A full bucket: ten go, the other three wait 0.1, 0.2, 0.3 s.
+        let (took, waits) = limit.take_up_to(13, t0);
+        assert_eq!(took, 10);
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![100, 200, 300]);
+        // 0.25 s later, two tokens have come back.
+        let (took, waits) = limit.take_up_to(3, t0 + Duration::from_millis(250));
+        assert_eq!((took, waits.len()), (2, 1));
+        assert_eq!(waits[0].as_millis(), 50);
+    }
 
     #[test]
     fn a_burst_of_one_seconds_worth_then_the_refill_rate() {

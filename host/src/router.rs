@@ -66,6 +66,9 @@ pub struct Router {
     by_source: HashMap<String, Vec<String>>,
     /// Each route's sinks' circuit breakers.
     breakers: Breakers,
+    /// Sinks with `limits.deliveries_per_s`, by plugin name (one bucket
+    /// per sink, whatever routes it is on: the downstream's limit is one).
+    sink_rates: HashMap<String, crate::rate::RateLimit>,
     /// Sources that accept an event id once per window (`dedup_window_s`).
     dedup: HashMap<String, Duration>,
     retry: RetryPolicy,
@@ -232,6 +235,15 @@ impl Router {
         }));
         let routes: HashMap<String, Route> =
             routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let sink_rates = routes
+            .values()
+            .flat_map(|r| &r.sinks)
+            .filter(|s| s.deliveries_per_s() > 0)
+            .map(|s| {
+                let rate = crate::rate::RateLimit::per_second(s.deliveries_per_s());
+                (s.name().to_string(), rate)
+            })
+            .collect();
         // See `timers`: no retry waits longer than this.
         let longest = routes
             .values()
@@ -244,6 +256,7 @@ impl Router {
             by_source,
             dedup,
             breakers: Breakers::default(),
+            sink_rates,
             retry,
             work: tx,
             metrics,
@@ -924,29 +937,22 @@ impl Router {
             .enumerate()
             .flat_map(|(i, (_, events))| events.iter().map(move |e| (i, e)))
             .collect();
-        // Per sink, what its breaker lets go now (everything; the probe's
-        // one event; nothing), and until when the rest wait, as delivery
-        // records of their own, without an attempt.
-        let now = now_ms();
-        let plans: Vec<(usize, u64)> = route
+        // Per sink, what its breaker and its rate let go now, and until
+        // when each of the others waits, as delivery records of their own,
+        // without an attempt. (Nothing to deliver, all filtered out: no gate
+        // asked, so no probe handed out that would report nothing.)
+        let plans: Vec<(usize, Vec<u64>)> = route
             .sinks
             .iter()
-            .map(|sink| {
-                // Nothing to deliver (all filtered out): no gate asked, so
-                // no probe handed out that would report nothing.
-                if outputs.is_empty() {
-                    return (0, 0);
-                }
-                breaker_plan(
-                    self.breakers.gate(&route.name, sink.name(), now),
-                    outputs.len(),
-                    now,
-                )
+            .map(|sink| match outputs.len() {
+                0 => (0, Vec::new()),
+                n => self.delivery_plan(route, sink, n),
             })
             .collect();
         let outputs_ref = &outputs;
         let per_sink =
-            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, &(go, _))| {
+            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, (go, _))| {
+                let go = *go;
                 Box::pin(async move {
                     if go == 0 {
                         return Vec::new();
@@ -959,7 +965,7 @@ impl Router {
                 })
             }))
             .await;
-        for ((sink, outcomes), &(go, until)) in route.sinks.iter().zip(per_sink).zip(&plans) {
+        for ((sink, outcomes), (go, waits)) in route.sinks.iter().zip(per_sink).zip(plans) {
             if go > 0 {
                 self.breaker_report(route, sink.name(), tally(&outcomes));
             }
@@ -982,7 +988,7 @@ impl Router {
                 let failed = delivery(*i, event, 0);
                 later.extend(self.after_failure(failed, attempt, permanent, requested, &mut ops));
             }
-            for (i, event) in &outputs[go..] {
+            for ((i, event), until) in outputs[go..].iter().zip(waits) {
                 let waiting = delivery(*i, event, until);
                 later.push((waiting.id, until));
                 ops.push(Op::Put(waiting));
@@ -993,6 +999,41 @@ impl Router {
             ops.push(Op::Remove(record.id));
         }
         self.commit(ops, later);
+    }
+
+    /// How many of `n` deliveries to `sink` on `route` go now (the first
+    /// ones), and until when (ms since epoch) each of the others waits: the
+    /// sink's breaker decides first, then its `limits.deliveries_per_s`
+    /// spreads what is over the rate one token apart.
+    fn delivery_plan(&self, route: &Route, sink: &Plugin, n: usize) -> (usize, Vec<u64>) {
+        let now = now_ms();
+        let gate = self.breakers.gate(&route.name, sink.name(), now);
+        let (allowed, until) = breaker_plan(gate, n, now);
+        let mut waits = Vec::with_capacity(n - allowed);
+        let go = match self.sink_rates.get(sink.name()) {
+            Some(rate) if allowed > 0 => {
+                let (took, turns) = rate.take_up_to(allowed, Instant::now());
+                waits.extend(
+                    turns
+                        .iter()
+                        .map(|d| now.saturating_add((d.as_millis() as u64).max(1))),
+                );
+                took
+            }
+            _ => allowed,
+        };
+        if gate == Gate::Probe && go == 0 {
+            // The probe did not go (no token): the next group probes.
+            self.breakers.record(
+                &route.name,
+                sink.name(),
+                Tally::default(),
+                now,
+                &route.retry,
+            );
+        }
+        waits.resize(n - go, until);
+        (go, waits)
     }
 
     /// Tells `sink`'s breaker on `route` how a group went, and says so in
@@ -1058,18 +1099,13 @@ impl Router {
         debug_assert!(records.iter().all(|r| r.route == route.name));
         let mut ops = Vec::new();
         let mut later = Vec::new();
-        // What the sink's breaker does not let go waits again, its attempts
-        // untouched.
-        let now = now_ms();
-        let (go, until) = breaker_plan(
-            self.breakers.gate(&route.name, sink.name(), now),
-            records.len(),
-            now,
-        );
+        // What the sink's breaker and rate do not let go waits again, its
+        // attempts untouched.
+        let (go, waits) = self.delivery_plan(route, &sink, records.len());
         let mut records = records;
         let waiting = records.split_off(go);
         self.count_deferred(waiting.len());
-        for mut record in waiting {
+        for (mut record, until) in waiting.into_iter().zip(waits) {
             record.not_before_ms = until;
             later.push((record.id, until));
             ops.push(Op::Put(record));

@@ -783,6 +783,12 @@ impl Plugin {
         Ok(outcomes)
     }
 
+    /// Events per second this sink may be sent (`limits.deliveries_per_s`;
+    /// 0: no limit).
+    pub fn deliveries_per_s(&self) -> u32 {
+        self.limits.deliveries_per_s
+    }
+
     /// How many events one [`Plugin::deliver_batch`] call may carry
     /// (`limits.max_batch`).
     pub fn max_batch(&self) -> usize {

@@ -1374,3 +1374,42 @@ async fn a_sink_that_is_down_trips_its_breaker_and_is_not_asked_per_event() {
     );
     host.stop().await;
 }
+
+/// A sink with `limits.deliveries_per_s` is sent no more than its rate
+/// allows (bursts of one second's worth): what is over it waits in the
+/// queue, without an attempt, and every event is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_is_sent_no_more_than_its_deliveries_per_s() {
+    let api = FakeApi::start().await;
+    let host = TestHost::start(&route_config(
+        &api.origin(),
+        "initial_ms = 100",
+        true,
+        "builtin = \"http-post\"",
+        "",
+        "deliveries_per_s = 5",
+    ))
+    .await;
+    // Fifteen events in one webhook, ready at once.
+    let batch: Vec<String> = (0..15).map(|i| format!("{{\"id\":\"e{i}\"}}")).collect();
+    let (status, body) = post_json(&host.hook("in"), &format!("[{}]", batch.join(","))).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(60), || api.delivered_ids().len() == 15).await);
+    assert_eq!(api.requests().len(), 15, "each event sent once");
+    assert_eq!(host.stats().dead, 0);
+    assert!(host.counter("weft_deliveries_deferred_total") > 0);
+    // A token bucket of 5 a second holding 5: at most 10 in any second.
+    let mut at: Vec<std::time::Instant> = api.requests().iter().map(|r| r.at).collect();
+    at.sort();
+    for (i, start) in at.iter().enumerate() {
+        let within = at[i..]
+            .iter()
+            .take_while(|t| **t < *start + Duration::from_secs(1))
+            .count();
+        assert!(
+            within <= 10,
+            "{within} requests within one second of request {i}"
+        );
+    }
+    host.stop().await;
+}
