@@ -17,6 +17,7 @@
 //! the listener's own limits (connections, concurrent requests, and per
 //! client address, body size and time) and each plugin's CPU limit.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,27 +75,6 @@ impl RateLimit {
         self.level_at(now, true)
     }
 
-    /// Takes up to `n` tokens at `now` (for `n` deliveries in a row):
-    /// returns how many it took and, for each of the others in order, how
-    /// long until a token will be there for it if nothing else takes one
-    /// first (the first in one token's time, the next in two...).
-    pub fn take_up_to(&self, n: usize, now: Instant) -> (usize, Vec<Duration>) {
-        let mut bucket = match self.bucket.lock() {
-            Ok(b) => b,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let elapsed = now.saturating_duration_since(bucket.refilled);
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
-        bucket.refilled = now;
-        let took = n.min(bucket.tokens.floor().max(0.0) as usize);
-        bucket.tokens -= took as f64;
-        let left = bucket.tokens;
-        let waits = (0..n - took)
-            .map(|j| Duration::from_secs_f64((j as f64 + 1.0 - left).max(0.0) / self.per_s))
-            .collect();
-        (took, waits)
-    }
-
     /// Takes one token now, or says how long until one is available.
     pub fn take(&self) -> Result<(), Duration> {
         self.take_at(Instant::now())
@@ -117,23 +97,122 @@ impl RateLimit {
     }
 }
 
+/// A sink's delivery rate (`limits.deliveries_per_s`), first come first
+/// served.
+///
+/// Why it is not a plain [`RateLimit`]: deliveries over a sink's rate wait
+/// in the queue, and a delivery that comes back at its time must find its
+/// token there. With a plain bucket, fresh deliveries would take the tokens
+/// first: the waiting ones would wait again (each time written to the
+/// journal again) and lose their order. So a delivery over the rate gets a
+/// *turn* (the next free one, one token apart), a delivery coming back for
+/// its turn goes, and while turns are handed out, fresh deliveries line up
+/// behind them instead of taking tokens.
+pub struct SinkRate {
+    per_s: f64,
+    state: Mutex<Pace>,
+}
+
+/// A [`SinkRate`]'s bucket and line.
+struct Pace {
+    tokens: f64,
+    refilled: Instant,
+    /// The last turn handed out (ms since epoch, fractional).
+    last_turn_ms: f64,
+    /// Deliveries holding a turn: id → the turn (ms since epoch).
+    turns: HashMap<u64, u64>,
+    /// When turns long past were last forgotten.
+    pruned_ms: u64,
+}
+
+/// Turns this far in the past belong to deliveries that will not come back
+/// (delivered meanwhile, dead-lettered, or held before a restart); they are
+/// forgotten.
+const STALE_TURN_MS: u64 = 60_000;
+
+impl SinkRate {
+    /// `per_s` deliveries a second, in bursts of up to one second's worth.
+    pub fn per_second(per_s: u32) -> SinkRate {
+        let per_s = f64::from(per_s.max(1));
+        SinkRate {
+            per_s,
+            state: Mutex::new(Pace {
+                tokens: per_s,
+                refilled: Instant::now(),
+                last_turn_ms: 0.0,
+                turns: HashMap::new(),
+                pruned_ms: 0,
+            }),
+        }
+    }
+
+    /// For deliveries `ids`, in order, at `now_ms` (`now` the same moment on
+    /// the monotonic clock): `None` for one that goes now, or the turn (ms
+    /// since epoch) at which one over the rate may go.
+    pub fn plan(&self, ids: &[u64], now_ms: u64, now: Instant) -> Vec<Option<u64>> {
+        let mut pace = match self.state.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let elapsed = now.saturating_duration_since(pace.refilled);
+        pace.tokens = (pace.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
+        pace.refilled = now;
+        if now_ms.saturating_sub(pace.pruned_ms) > STALE_TURN_MS {
+            let oldest = now_ms.saturating_sub(STALE_TURN_MS);
+            pace.turns.retain(|_, turn| *turn >= oldest);
+            pace.pruned_ms = now_ms;
+        }
+        let gap_ms = 1000.0 / self.per_s;
+        ids.iter()
+            .map(|id| {
+                if pace.turns.remove(id).is_some() {
+                    // Back for its turn: it goes (and counts in the bucket,
+                    // which may run below zero while the line lasts).
+                    pace.tokens -= 1.0;
+                    return None;
+                }
+                let line = pace.last_turn_ms > now_ms as f64;
+                if !line && pace.tokens >= 1.0 {
+                    pace.tokens -= 1.0;
+                    return None;
+                }
+                let turn = pace.last_turn_ms.max(now_ms as f64) + gap_ms;
+                pace.last_turn_ms = turn;
+                let turn = turn.ceil() as u64;
+                pace.turns.insert(*id, turn);
+                Some(turn)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn deliveries_over_the_rate_are_given_their_turns_one_token_apart() {
-        let limit = RateLimit::per_second(10);
-        let t0 = Instant::now();
-        // A full bucket: ten go, the other three wait 0.1, 0.2, 0.3 s.
-        let (took, waits) = limit.take_up_to(13, t0);
-        assert_eq!(took, 10);
-        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, vec![100, 200, 300]);
-        // 0.25 s later, two tokens have come back.
-        let (took, waits) = limit.take_up_to(3, t0 + Duration::from_millis(250));
-        assert_eq!((took, waits.len()), (2, 1));
-        assert_eq!(waits[0].as_millis(), 50);
+    fn deliveries_over_a_sink_rate_get_turns_in_order_and_go_when_back() {
+        let rate = SinkRate::per_second(10);
+        let (t0, ms0) = (Instant::now(), 1_000_000u64);
+        // A full bucket: ten go, the other three get turns 100 ms apart.
+        let plan = rate.plan(&(1..=13).collect::<Vec<_>>(), ms0, t0);
+        assert!(plan[..10].iter().all(Option::is_none));
+        assert_eq!(
+            plan[10..],
+            [Some(ms0 + 100), Some(ms0 + 200), Some(ms0 + 300)]
+        );
+        // 150 ms on: a fresh delivery lines up behind them, although the
+        // bucket has a token again; number 11, back for its turn, goes.
+        let later = t0 + Duration::from_millis(150);
+        assert_eq!(
+            rate.plan(&[20, 11], ms0 + 150, later),
+            vec![Some(ms0 + 400), None]
+        );
+        // Once every turn has passed, fresh deliveries use the bucket again.
+        let much_later = t0 + Duration::from_secs(2);
+        let back = rate.plan(&[12, 13, 20], ms0 + 2000, much_later);
+        assert_eq!(back, vec![None, None, None]);
+        assert_eq!(rate.plan(&[30], ms0 + 2000, much_later), vec![None]);
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub struct Router {
     breakers: Breakers,
     /// Sinks with `limits.deliveries_per_s`, by plugin name (one bucket
     /// per sink, whatever routes it is on: the downstream's limit is one).
-    sink_rates: HashMap<String, crate::rate::RateLimit>,
+    sink_rates: HashMap<String, crate::rate::SinkRate>,
     /// Sources that accept an event id once per window (`dedup_window_s`).
     dedup: HashMap<String, Duration>,
     retry: RetryPolicy,
@@ -240,7 +240,7 @@ impl Router {
             .flat_map(|r| &r.sinks)
             .filter(|s| s.deliveries_per_s() > 0)
             .map(|s| {
-                let rate = crate::rate::RateLimit::per_second(s.deliveries_per_s());
+                let rate = crate::rate::SinkRate::per_second(s.deliveries_per_s());
                 (s.name().to_string(), rate)
             })
             .collect();
@@ -938,39 +938,46 @@ impl Router {
             .flat_map(|(i, (_, events))| events.iter().map(move |e| (i, e)))
             .collect();
         // Per sink, what its breaker and its rate let go now, and until
-        // when each of the others waits, as delivery records of their own,
-        // without an attempt. (Nothing to deliver, all filtered out: no gate
-        // asked, so no probe handed out that would report nothing.)
-        let plans: Vec<(usize, Vec<u64>)> = route
+        // when each of the others waits, as a delivery record of its own
+        // (its id given now: a turn is held by id), without an attempt.
+        // (Nothing to deliver, all filtered out: no gate asked, so no probe
+        // handed out that would report nothing.)
+        let plans: Vec<(Vec<u64>, Vec<Option<u64>>)> = route
             .sinks
             .iter()
-            .map(|sink| match outputs.len() {
-                0 => (0, Vec::new()),
-                n => self.delivery_plan(route, sink, n),
+            .map(|sink| {
+                let ids: Vec<u64> = outputs.iter().map(|_| self.queue.next_id()).collect();
+                let plan = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    self.delivery_plan(route, sink, &ids)
+                };
+                (ids, plan)
             })
             .collect();
         let outputs_ref = &outputs;
         let per_sink =
-            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, (go, _))| {
-                let go = *go;
+            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, (_, plan))| {
                 Box::pin(async move {
-                    if go == 0 {
+                    let events: Vec<Event> = outputs_ref
+                        .iter()
+                        .zip(plan)
+                        .filter(|(_, wait)| wait.is_none())
+                        .map(|((_, e), _)| (*e).clone())
+                        .collect();
+                    if events.is_empty() {
                         return Vec::new();
                     }
-                    let events = outputs_ref[..go]
-                        .iter()
-                        .map(|(_, e)| (*e).clone())
-                        .collect();
                     self.deliver_all(sink, events).await
                 })
             }))
             .await;
-        for ((sink, outcomes), (go, waits)) in route.sinks.iter().zip(per_sink).zip(plans) {
-            if go > 0 {
+        for ((sink, outcomes), (ids, plan)) in route.sinks.iter().zip(per_sink).zip(plans) {
+            if !outcomes.is_empty() {
                 self.breaker_report(route, sink.name(), tally(&outcomes));
             }
-            let delivery = |i: usize, event: &Event, not_before_ms: u64| Record {
-                id: self.queue.next_id(),
+            let delivery = |id: u64, i: usize, event: &Event, not_before_ms: u64| Record {
+                id,
                 route: route.name.clone(),
                 stage: Stage::Deliver {
                     sink: sink.name().to_string(),
@@ -979,21 +986,26 @@ impl Router {
                 attempts: passed[i].0.attempts.clone(),
                 not_before_ms,
             };
-            for ((i, event), outcome) in outputs[..go].iter().zip(outcomes) {
+            let mut outcomes = outcomes.into_iter();
+            for (((i, event), id), wait) in outputs.iter().zip(ids).zip(plan) {
+                if let Some(until) = wait {
+                    self.count_deferred(1);
+                    let waiting = delivery(id, *i, event, until);
+                    later.push((id, until));
+                    ops.push(Op::Put(waiting));
+                    continue;
+                }
+                let Some(outcome) = outcomes.next() else {
+                    continue;
+                };
                 let Some((attempt, permanent, requested)) =
                     self.classify_outcome(&route.name, sink.name(), event, outcome)
                 else {
                     continue;
                 };
-                let failed = delivery(*i, event, 0);
+                let failed = delivery(id, *i, event, 0);
                 later.extend(self.after_failure(failed, attempt, permanent, requested, &mut ops));
             }
-            for ((i, event), until) in outputs[go..].iter().zip(waits) {
-                let waiting = delivery(*i, event, until);
-                later.push((waiting.id, until));
-                ops.push(Op::Put(waiting));
-            }
-            self.count_deferred(outputs.len() - go);
         }
         for (record, _) in &passed {
             ops.push(Op::Remove(record.id));
@@ -1001,29 +1013,20 @@ impl Router {
         self.commit(ops, later);
     }
 
-    /// How many of `n` deliveries to `sink` on `route` go now (the first
-    /// ones), and until when (ms since epoch) each of the others waits: the
-    /// sink's breaker decides first, then its `limits.deliveries_per_s`
-    /// spreads what is over the rate one token apart.
-    fn delivery_plan(&self, route: &Route, sink: &Plugin, n: usize) -> (usize, Vec<u64>) {
+    /// For deliveries `ids` (in order) to `sink` on `route`: `None` for
+    /// each that goes now, or until when (ms since epoch) it waits. The
+    /// sink's breaker decides first (all, the probe's one, or none go on);
+    /// then its `limits.deliveries_per_s` gives what is over the rate a turn.
+    fn delivery_plan(&self, route: &Route, sink: &Plugin, ids: &[u64]) -> Vec<Option<u64>> {
         let now = now_ms();
         let gate = self.breakers.gate(&route.name, sink.name(), now);
-        let (allowed, until) = breaker_plan(gate, n, now);
-        let mut waits = Vec::with_capacity(n - allowed);
-        let go = match self.sink_rates.get(sink.name()) {
-            Some(rate) if allowed > 0 => {
-                let (took, turns) = rate.take_up_to(allowed, Instant::now());
-                waits.extend(
-                    turns
-                        .iter()
-                        .map(|d| now.saturating_add((d.as_millis() as u64).max(1))),
-                );
-                took
-            }
-            _ => allowed,
+        let (allowed, until) = breaker_plan(gate, ids.len(), now);
+        let mut plan = match self.sink_rates.get(sink.name()) {
+            Some(rate) => rate.plan(&ids[..allowed], now, Instant::now()),
+            None => vec![None; allowed],
         };
-        if gate == Gate::Probe && go == 0 {
-            // The probe did not go (no token): the next group probes.
+        if gate == Gate::Probe && plan.iter().all(Option::is_some) {
+            // The probe did not go (it got a turn): the next group probes.
             self.breakers.record(
                 &route.name,
                 sink.name(),
@@ -1032,8 +1035,8 @@ impl Router {
                 &route.retry,
             );
         }
-        waits.resize(n - go, until);
-        (go, waits)
+        plan.resize(ids.len(), Some(until));
+        plan
     }
 
     /// Tells `sink`'s breaker on `route` how a group went, and says so in
@@ -1101,15 +1104,21 @@ impl Router {
         let mut later = Vec::new();
         // What the sink's breaker and rate do not let go waits again, its
         // attempts untouched.
-        let (go, waits) = self.delivery_plan(route, &sink, records.len());
-        let mut records = records;
-        let waiting = records.split_off(go);
-        self.count_deferred(waiting.len());
-        for (mut record, until) in waiting.into_iter().zip(waits) {
-            record.not_before_ms = until;
-            later.push((record.id, until));
-            ops.push(Op::Put(record));
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        let plan = self.delivery_plan(route, &sink, &ids);
+        let mut going = Vec::with_capacity(records.len());
+        for (mut record, wait) in records.into_iter().zip(plan) {
+            match wait {
+                None => going.push(record),
+                Some(until) => {
+                    self.count_deferred(1);
+                    record.not_before_ms = until;
+                    later.push((record.id, until));
+                    ops.push(Op::Put(record));
+                }
+            }
         }
+        let records = going;
         if records.is_empty() {
             self.commit(ops, later);
             return;
