@@ -36,6 +36,24 @@ struct Bucket {
     refilled: Instant,
 }
 
+impl Bucket {
+    /// A full bucket of `per_s` tokens.
+    fn full(per_s: f64) -> Bucket {
+        Bucket {
+            tokens: per_s,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Refills at `per_s` a second for the time since the last refill, up
+    /// to one second's worth.
+    fn refill(&mut self, now: Instant, per_s: f64) {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * per_s).min(per_s);
+        self.refilled = now;
+    }
+}
+
 impl RateLimit {
     /// A bucket refilled at `per_s` tokens a second, holding at most `per_s`
     /// (one second's worth), starting full.
@@ -43,10 +61,7 @@ impl RateLimit {
         let per_s = f64::from(per_s.max(1));
         RateLimit {
             per_s,
-            bucket: Mutex::new(Bucket {
-                tokens: per_s,
-                refilled: Instant::now(),
-            }),
+            bucket: Mutex::new(Bucket::full(per_s)),
         }
     }
 
@@ -57,9 +72,7 @@ impl RateLimit {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let elapsed = now.saturating_duration_since(bucket.refilled);
-        bucket.tokens = (bucket.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
-        bucket.refilled = now;
+        bucket.refill(now, self.per_s);
         if bucket.tokens >= 1.0 {
             if take {
                 bucket.tokens -= 1.0;
@@ -115,8 +128,7 @@ pub struct SinkRate {
 
 /// A [`SinkRate`]'s bucket and line.
 struct Pace {
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
     /// The last turn handed out (ms since epoch, fractional).
     last_turn_ms: f64,
     /// Deliveries holding a turn: id → the turn (ms since epoch).
@@ -137,8 +149,7 @@ impl SinkRate {
         SinkRate {
             per_s,
             state: Mutex::new(Pace {
-                tokens: per_s,
-                refilled: Instant::now(),
+                bucket: Bucket::full(per_s),
                 last_turn_ms: 0.0,
                 turns: HashMap::new(),
                 pruned_ms: 0,
@@ -154,9 +165,7 @@ impl SinkRate {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let elapsed = now.saturating_duration_since(pace.refilled);
-        pace.tokens = (pace.tokens + elapsed.as_secs_f64() * self.per_s).min(self.per_s);
-        pace.refilled = now;
+        pace.bucket.refill(now, self.per_s);
         if now_ms.saturating_sub(pace.pruned_ms) > STALE_TURN_MS {
             let oldest = now_ms.saturating_sub(STALE_TURN_MS);
             pace.turns.retain(|_, turn| *turn >= oldest);
@@ -168,12 +177,12 @@ impl SinkRate {
                 if pace.turns.remove(id).is_some() {
                     // Back for its turn: it goes (and counts in the bucket,
                     // which may run below zero while the line lasts).
-                    pace.tokens -= 1.0;
+                    pace.bucket.tokens -= 1.0;
                     return None;
                 }
                 let line = pace.last_turn_ms > now_ms as f64;
-                if !line && pace.tokens >= 1.0 {
-                    pace.tokens -= 1.0;
+                if !line && pace.bucket.tokens >= 1.0 {
+                    pace.bucket.tokens -= 1.0;
                     return None;
                 }
                 let turn = pace.last_turn_ms.max(now_ms as f64) + gap_ms;
