@@ -292,17 +292,14 @@ impl Admin {
                     "Records pending on each route (what storage.max_pending bounds)",
                     &pending,
                 );
+                // The same routes (every configured one) as `pending`.
+                let paused: Vec<(String, u64)> = pending
+                    .iter()
+                    .map(|(route, _)| (route.clone(), u64::from(self.router.is_paused(route))))
+                    .collect();
                 let accepting: Vec<(String, u64)> = pending
                     .into_iter()
                     .map(|(route, n)| (route, u64::from(n < self.headroom.max_pending())))
-                    .collect();
-                let paused: Vec<(String, u64)> = self
-                    .route_pending()
-                    .into_iter()
-                    .map(|(route, _)| {
-                        let paused = u64::from(self.router.is_paused(&route));
-                        (route, paused)
-                    })
                     .collect();
                 crate::metrics::render_route_gauge(
                     &mut body,
