@@ -634,3 +634,80 @@ async fn a_long_answer_reaches_the_plugin_cut_at_its_limit_with_its_status() {
     assert_eq!(posted, [100_000]);
     host.stop().await;
 }
+
+/// A server that answers a large request body early (after the headers,
+/// reading no more) gets its answer to the plugin over `wasi:http`: a
+/// refusal (`413`) reaches the SDK as the status the server sent, not as the
+/// body write it cut short; a success that cannot have seen the whole body
+/// is not taken for one (a transport error, which a sink retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_a_large_body_reaches_the_plugin_with_its_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let out = FakeApi::start().await;
+    let early = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", early.local_addr().unwrap());
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = early.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let answer = if head.starts_with("POST /refuse ") {
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                };
+                seen.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or("").to_string());
+                let _ = socket.write_all(answer.as_bytes()).await;
+                // Reads nothing more: the body fills the socket buffers and
+                // the client's writes stall until the server gives up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(socket);
+            });
+        }
+    });
+    let config = chaos_route(&out, "", "", "memory_mib = 256").replace(
+        "[plugins.out]",
+        &format!("allowed_hosts = [\"{origin}\"]\n\n[plugins.out]"),
+    );
+    let host = TestHost::start(&config).await;
+    for path in ["refuse", "accept"] {
+        let event = serde_json::json!({ "id": path, "chaos": "egress-wasi-post", "url": format!("{origin}/{path}"), "bytes": 32 << 20 });
+        assert_eq!(post_json(&host.hook("in"), &event.to_string()).await.0, 202);
+    }
+    assert!(eventually(Duration::from_secs(60), || host.stats().dead == 2).await);
+    let (_, letters) = host.admin_get("/api/dead-letters").await;
+    let error_of = |id: &str| {
+        letters["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["event"]["id"] == id)
+            .map(|l| l["error"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {letters}"))
+    };
+    assert_eq!(
+        error_of("refuse"),
+        "egress reached the host: HTTP 413, 9 bytes"
+    );
+    let accepted = error_of("accept");
+    assert!(
+        accepted.starts_with("egress failed: http transport error: writing body"),
+        "{accepted}"
+    );
+    let mut heads = heads.lock().unwrap().clone();
+    heads.sort();
+    assert_eq!(heads, ["POST /accept HTTP/1.1", "POST /refuse HTTP/1.1"]);
+    host.stop().await;
+}
