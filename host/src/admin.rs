@@ -153,6 +153,9 @@ impl Admin {
             },
             "counters": counters,
             "webhooks": { "answered": answered, "latency_ns_total": latency_ns },
+            // Deliveries and their summed time from acceptance, per route
+            // and sink (`weft_delivery_lag_seconds`).
+            "delivery_lag": self.router.lags().totals().into_iter().map(|(route, sink, delivered, lag_ns)| serde_json::json!({ "route": route, "sink": sink, "delivered": delivered, "lag_ns_total": lag_ns })).collect::<Vec<_>>(),
             // Sinks whose deliveries wait for their circuit breaker.
             "open_breakers": self.router.open_breakers().into_iter().map(|(route, sink)| serde_json::json!({ "route": route, "sink": sink })).collect::<Vec<_>>(),
         })
@@ -285,6 +288,7 @@ impl Admin {
                 }
                 let mut body = self.metrics.render(&counters, &gauges);
                 self.router.outcomes().render(&mut body);
+                self.router.lags().render(&mut body);
                 let pending = self.route_pending();
                 crate::metrics::render_route_gauge(
                     &mut body,

@@ -12,29 +12,59 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A latency distribution in fixed buckets ([`LATENCY_BUCKETS`]), exported as
-/// a Prometheus histogram: counters are cheap to update from any thread, and
-/// Prometheus computes quantiles from them over any window.
-#[derive(Debug, Default)]
+/// Upper bounds (seconds) of the delivery-lag buckets: from a few
+/// milliseconds (an event delivered as it arrives) to the hours a sink's
+/// outage or a paused route can hold events back.
+pub const LAG_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 21600.0,
+];
+
+/// A latency distribution in fixed buckets, exported as a Prometheus
+/// histogram: counters are cheap to update from any thread, and Prometheus
+/// computes quantiles from them over any window.
+#[derive(Debug)]
 pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds, ascending.
+    bounds: &'static [f64],
     /// Observations at or under each bound (not cumulative; summed on export).
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    buckets: Box<[AtomicU64]>,
     /// All observations (the `+Inf` bucket).
     count: AtomicU64,
     /// Their sum in nanoseconds.
     sum_ns: AtomicU64,
 }
 
+impl Default for Histogram {
+    /// Buckets for request latencies ([`LATENCY_BUCKETS`]).
+    fn default() -> Self {
+        Histogram::with_bounds(&LATENCY_BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// An empty histogram with buckets up to each of `bounds` (seconds,
+    /// ascending).
+    pub fn with_bounds(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Observations so far and their sum in nanoseconds.
@@ -48,18 +78,112 @@ impl Histogram {
     /// Appends the Prometheus text exposition of this histogram.
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// Appends this histogram's samples (no `HELP`/`TYPE` lines), with
+    /// `labels` (`key="value",` pairs, each followed by a comma, or empty)
+    /// before each sample's `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         // The total first: an observation landing while the buckets are
         // read must not make a bucket exceed `+Inf` (Prometheus would call
         // the histogram broken), so the buckets are capped at it.
         let (count, sum_ns) = self.totals();
         let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(self.buckets.iter()) {
             cumulative = (cumulative + bucket.load(Ordering::Relaxed)).min(count);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", sum_ns as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {}", braces(plain), sum_ns as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{} {count}", braces(plain));
+    }
+}
+
+/// How long events take from acceptance to delivery, per route and sink:
+/// the promise an integration makes ("in inventory within seconds"), and
+/// where a fan-out's slow leg shows. Counted when a sink says delivered,
+/// from when the record was made (its id says: see
+/// [`crate::queue::id_made_at_ms`]): for a webhook's event, its acceptance;
+/// for a delivery retried after its transforms were retried too, when the
+/// transforms passed. Records stored by a build before time-ordered ids
+/// carry no time and are not counted.
+#[derive(Debug, Default)]
+pub struct DeliveryLags {
+    by_route: HashMap<String, HashMap<String, Histogram>>,
+}
+
+impl DeliveryLags {
+    /// Histograms for every `(route, sinks)` given.
+    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> DeliveryLags {
+        let by_route = routes
+            .into_iter()
+            .map(|(route, sinks)| {
+                let sinks = sinks
+                    .into_iter()
+                    .map(|s| (s.to_string(), Histogram::with_bounds(&LAG_BUCKETS)))
+                    .collect();
+                (route.to_string(), sinks)
+            })
+            .collect();
+        DeliveryLags { by_route }
+    }
+
+    /// Counts a delivery by `sink` on `route` of the record with id
+    /// `record_id`, at `now_ms` (nothing for a record without a time, or a
+    /// pair that was not configured).
+    pub fn delivered(&self, route: &str, sink: &str, record_id: u64, now_ms: u64) {
+        let Some(made) = crate::queue::id_made_at_ms(record_id) else {
+            return;
+        };
+        if let Some(h) = self.by_route.get(route).and_then(|s| s.get(sink)) {
+            h.observe(Duration::from_millis(now_ms.saturating_sub(made)));
+        }
+    }
+
+    /// Per route and sink (in name order): deliveries counted and the sum
+    /// of their lags in nanoseconds (for the admin API's status).
+    pub fn totals(&self) -> Vec<(&str, &str, u64, u64)> {
+        let mut rows: Vec<(&str, &str, u64, u64)> = self
+            .by_route
+            .iter()
+            .flat_map(|(route, sinks)| {
+                sinks.iter().map(move |(sink, h)| {
+                    let (count, sum_ns) = h.totals();
+                    (route.as_str(), sink.as_str(), count, sum_ns)
+                })
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Appends the Prometheus text, labelled by route and sink (in name
+    /// order, so that scrapes are stable).
+    pub fn render(&self, out: &mut String) {
+        let name = "weft_delivery_lag_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from an event's acceptance to its delivery, by route and sink\n# TYPE {name} histogram"
+        );
+        let mut rows: Vec<(&String, &String, &Histogram)> = self
+            .by_route
+            .iter()
+            .flat_map(|(route, sinks)| sinks.iter().map(move |(s, h)| (route, s, h)))
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (route, sink, h) in rows {
+            let labels = format!("route=\"{}\",plugin=\"{}\",", label(route), label(sink));
+            h.render_series(out, name, &labels);
+        }
     }
 }
 
@@ -421,6 +545,42 @@ mod tests {
         }
         assert!(!out.contains("elsewhere"));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn delivery_lags_count_from_the_records_time_by_route_and_sink() {
+        let lags = DeliveryLags::new([("orders", vec!["inventory", "accounting"])]);
+        let accepted = 1_800_000_000_000u64;
+        let id = crate::queue::time_ordered_id(0, accepted);
+        lags.delivered("orders", "inventory", id, accepted + 3); // 3 ms
+        lags.delivered("orders", "inventory", id, accepted + 90_000); // 90 s
+                                                                      // A record from a build that counted ids from 1 carries no time;
+                                                                      // unknown pairs are ignored, not invented.
+        lags.delivered("orders", "accounting", 42, accepted);
+        lags.delivered("elsewhere", "inventory", id, accepted);
+        let mut out = String::new();
+        lags.render(&mut out);
+        let series = "weft_delivery_lag_seconds";
+        for line in [
+            format!("# TYPE {series} histogram\n"),
+            format!("{series}_bucket{{route=\"orders\",plugin=\"inventory\",le=\"0.005\"}} 1\n"),
+            format!("{series}_bucket{{route=\"orders\",plugin=\"inventory\",le=\"60\"}} 1\n"),
+            format!("{series}_bucket{{route=\"orders\",plugin=\"inventory\",le=\"300\"}} 2\n"),
+            format!("{series}_bucket{{route=\"orders\",plugin=\"inventory\",le=\"+Inf\"}} 2\n"),
+            format!("{series}_sum{{route=\"orders\",plugin=\"inventory\"}} 90.003\n"),
+            format!("{series}_count{{route=\"orders\",plugin=\"inventory\"}} 2\n"),
+            format!("{series}_count{{route=\"orders\",plugin=\"accounting\"}} 0\n"),
+        ] {
+            assert!(out.contains(&line), "{line:?} missing from:\n{out}");
+        }
+        assert!(!out.contains("elsewhere"));
+        assert_eq!(
+            lags.totals(),
+            [
+                ("orders", "accounting", 0, 0),
+                ("orders", "inventory", 2, 90_003_000_000)
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use crate::breaker::{Breakers, Gate, Tally, PROBE_WAIT_MS};
 use crate::event::{now_ms, Event};
-use crate::metrics::{add_elapsed, inc, Metrics, Outcome, RouteOutcomes};
+use crate::metrics::{add_elapsed, inc, DeliveryLags, Metrics, Outcome, RouteOutcomes};
 use crate::queue::{
     Arrival, Arrived, Attempt, DeadLetter, OnceKey, Op, Queue, QueueError, Record, Stage,
 };
@@ -78,6 +78,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// Deliveries, retries and dead letters by route and plugin.
     outcomes: RouteOutcomes,
+    /// Time from acceptance to delivery, by route and sink.
+    lags: DeliveryLags,
     shutdown: watch::Receiver<bool>,
     /// Records waiting for their time, by id (see [`Timers`]).
     timers: Timers,
@@ -233,6 +235,11 @@ impl Router {
                 .collect();
             (r.name.as_str(), plugins)
         }));
+        let lags = DeliveryLags::new(
+            routes
+                .iter()
+                .map(|r| (r.name.as_str(), r.sinks.iter().map(|p| p.name()).collect())),
+        );
         let routes: HashMap<String, Route> =
             routes.into_iter().map(|r| (r.name.clone(), r)).collect();
         let sink_rates = routes
@@ -261,6 +268,7 @@ impl Router {
             work: tx,
             metrics,
             outcomes,
+            lags,
             shutdown,
             timers: Timers::new(horizon_ms),
             shares: RouteShares::new(workers),
@@ -290,6 +298,11 @@ impl Router {
     /// Deliveries, retries and dead letters by route and plugin.
     pub fn outcomes(&self) -> &RouteOutcomes {
         &self.outcomes
+    }
+
+    /// Time from acceptance to delivery, by route and sink.
+    pub fn lags(&self) -> &DeliveryLags {
+        &self.lags
     }
 
     /// Resolves with the reason once the router can no longer work (see
@@ -998,9 +1011,13 @@ impl Router {
                 let Some(outcome) = outcomes.next() else {
                     continue;
                 };
-                let Some((attempt, permanent, requested)) =
-                    self.classify_outcome(&route.name, sink.name(), event, outcome)
-                else {
+                let Some((attempt, permanent, requested)) = self.classify_outcome(
+                    &route.name,
+                    sink.name(),
+                    passed[*i].0.id,
+                    event,
+                    outcome,
+                ) else {
                     continue;
                 };
                 let failed = delivery(id, *i, event, 0);
@@ -1064,10 +1081,13 @@ impl Router {
     }
 
     /// `None` when delivered; else the attempt, whether it is permanent and a requested delay.
+    /// `record_id` is the id of the record the event came in (whose time the
+    /// delivery lag counts from).
     fn classify_outcome(
         &self,
         route: &str,
         sink: &str,
+        record_id: u64,
         event: &Event,
         outcome: Result<wit::DeliveryOutcome, crate::runtime::PluginError>,
     ) -> Option<(Attempt, bool, Option<u64>)> {
@@ -1075,6 +1095,7 @@ impl Router {
             Ok(wit::DeliveryOutcome::Delivered) => {
                 inc(&self.metrics.deliveries);
                 self.outcomes.count(route, sink, Outcome::Delivered);
+                self.lags.delivered(route, sink, record_id, now_ms());
                 tracing::debug!(event = %event.id, sink = %sink, "delivered");
                 None
             }
@@ -1127,7 +1148,8 @@ impl Router {
         let outcomes = self.deliver_all(&sink, events).await;
         self.breaker_report(route, sink.name(), tally(&outcomes));
         for (record, outcome) in records.into_iter().zip(outcomes) {
-            match self.classify_outcome(&route.name, sink.name(), &record.event, outcome) {
+            match self.classify_outcome(&route.name, sink.name(), record.id, &record.event, outcome)
+            {
                 None => ops.push(Op::Remove(record.id)),
                 Some((attempt, permanent, requested)) => {
                     later.extend(

@@ -312,6 +312,34 @@ impl Arrivals {
     }
 }
 
+/// Low bits of a record id that count ids made in the same millisecond;
+/// the bits above are the millisecond (since the Unix epoch) the id was made
+/// in. Ten bits keep ids under 2^53 until the year 2248, so the admin API's
+/// JSON and the dashboard's JavaScript read them exactly.
+pub const ID_COUNTER_BITS: u32 = 10;
+
+/// Ids whose millisecond lies before this (2020-01-01) were made by a build
+/// that counted ids from 1: they carry no time.
+const FIRST_TIMED_ID_MS: u64 = 1_577_836_800_000;
+
+/// The next record id after `last` (the highest given out so far) at
+/// `now_ms`: the first id of the current millisecond, or, when more ids
+/// than the counter bits hold were made in it (or the clock stepped back),
+/// `last + 1`. Ids therefore always grow, and say when they were made to
+/// within the step of the clock.
+pub fn time_ordered_id(last: u64, now_ms: u64) -> u64 {
+    (now_ms << ID_COUNTER_BITS).max(last.saturating_add(1))
+}
+
+/// When record id `id` was made (ms since the Unix epoch), if it carries a
+/// time (see [`ID_COUNTER_BITS`]). A record's id is made when the record
+/// is: at acceptance for a webhook's records, when its transforms passed for
+/// a delivery record.
+pub fn id_made_at_ms(id: u64) -> Option<u64> {
+    let ms = id >> ID_COUNTER_BITS;
+    (ms >= FIRST_TIMED_ID_MS).then_some(ms)
+}
+
 /// A durable queue of [`Record`]s with a dead-letter store.
 pub trait Queue: Send + Sync + 'static {
     /// Announces an append that will follow soon (a webhook being
@@ -320,7 +348,8 @@ pub trait Queue: Send + Sync + 'static {
         Arrival::none()
     }
 
-    /// A fresh record id.
+    /// A fresh record id, unique in this queue and time-ordered: made with
+    /// [`time_ordered_id`], so [`id_made_at_ms`] tells when.
     fn next_id(&self) -> u64;
 
     /// Stores records durably; resolves only once they survive a crash or a
@@ -395,7 +424,32 @@ pub trait Queue: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::OnceKey;
+    use super::*;
+
+    #[test]
+    fn record_ids_grow_and_say_when_they_were_made() {
+        let ms = 1_800_000_000_000u64; // 2027
+        let first = time_ordered_id(0, ms);
+        assert_eq!(id_made_at_ms(first), Some(ms));
+        // More ids in the same millisecond count up from its first.
+        let second = time_ordered_id(first, ms);
+        assert_eq!(second, first + 1);
+        assert_eq!(id_made_at_ms(second), Some(ms));
+        // A later millisecond starts at its own first id.
+        let later = time_ordered_id(second, ms + 5);
+        assert_eq!(id_made_at_ms(later), Some(ms + 5));
+        // A clock that steps back never makes an id go back (or repeat).
+        let stepped_back = time_ordered_id(later, ms - 1000);
+        assert_eq!(stepped_back, later + 1);
+        // After a store from a build that counted from 1: ids jump ahead
+        // to the time; the old ones carry none.
+        assert_eq!(time_ordered_id(41, ms), first);
+        assert_eq!(id_made_at_ms(41), None);
+        // Exact in JSON and JavaScript (under 2^53) for two centuries.
+        let year_2200_ms = 7_258_118_400_000u64;
+        assert!(time_ordered_id(0, year_2200_ms) < 1 << 53);
+    }
+
     use std::time::Duration;
 
     #[test]

@@ -215,7 +215,8 @@ struct Shared {
 /// The sled-backed [`Queue`].
 pub struct SledQueue {
     shared: Arc<Shared>,
-    next_id: AtomicU64,
+    /// The highest record id given out or stored (see [`super::time_ordered_id`]).
+    last_id: AtomicU64,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: PathBuf,
@@ -472,7 +473,7 @@ impl SledQueue {
             .map_err(storage)?;
         Ok(SledQueue {
             shared,
-            next_id: AtomicU64::new(max_id + 1),
+            last_id: AtomicU64::new(max_id),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(thread)),
             path,
@@ -1104,7 +1105,18 @@ fn writer_loop(mut writer: Writer, rx: mpsc::Receiver<Command>, commit_delay: Du
 
 impl Queue for SledQueue {
     fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let now = crate::event::now_ms();
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let id = super::time_ordered_id(last, now);
+            match self
+                .last_id
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(newer) => last = newer,
+            }
+        }
     }
 
     fn arriving(&self) -> Arrival {

@@ -330,9 +330,48 @@ sinks = ["good", "flaky"]
         "weft_route_retries_total{route=\"fan\",plugin=\"flaky\"} 2\n",
         "weft_route_retries_total{route=\"fan\",plugin=\"good\"} 0\n",
         "weft_route_dead_lettered_total{route=\"fan\",plugin=\"flaky\"} 0\n",
+        // Every delivery's time from acceptance, per sink.
+        "weft_delivery_lag_seconds_count{route=\"fan\",plugin=\"good\"} 5\n",
+        "weft_delivery_lag_seconds_count{route=\"fan\",plugin=\"flaky\"} 5\n",
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
+    // The two events the flaky sink failed first waited out their backoff
+    // (50 ms, then 100 ms for the one that failed twice, or 50 ms each):
+    // the lag counts from acceptance, not from the last attempt.
+    let flaky_lag_s: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("weft_delivery_lag_seconds_sum{route=\"fan\",plugin=\"flaky\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no flaky lag sum in:\n{text}"));
+    assert!(flaky_lag_s >= 0.1, "flaky lag sum {flaky_lag_s} s");
+    // The same totals in the status the dashboard reads.
+    let (_, status) = host.admin_get("/api/status").await;
+    let lags = status["delivery_lag"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let delivered: Vec<(String, u64)> = lags
+        .iter()
+        .map(|l| {
+            (
+                format!(
+                    "{}/{}",
+                    l["route"].as_str().unwrap_or(""),
+                    l["sink"].as_str().unwrap_or("")
+                ),
+                l["delivered"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [("fan/flaky".to_string(), 5), ("fan/good".to_string(), 5)]
+    );
+    let flaky_ns = lags[0]["lag_ns_total"].as_u64().unwrap_or(0);
+    assert!(flaky_ns >= 100_000_000, "{status}");
     host.stop().await;
 }
 
