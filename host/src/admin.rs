@@ -91,7 +91,22 @@ impl Admin {
             && constant_time_eq(token.trim().as_bytes(), self.token.as_bytes())
     }
 
-    fn status(&self) -> serde_json::Value {
+    /// Seconds since the oldest pending record was made (`Some(0)` when
+    /// nothing is pending), or `None` when the store cannot say (a record
+    /// from a build before time-ordered ids, a failed read).
+    async fn oldest_pending_s(&self) -> Option<u64> {
+        let queue = self.router.queue().clone();
+        if queue.stats().pending == 0 {
+            return Some(0);
+        }
+        let id = tokio::task::spawn_blocking(move || queue.oldest_pending_id())
+            .await
+            .ok()??;
+        let made = crate::queue::id_made_at_ms(id)?;
+        Some(crate::event::now_ms().saturating_sub(made) / 1000)
+    }
+
+    fn status(&self, oldest_pending_s: Option<u64>) -> serde_json::Value {
         let stats = self.router.queue().stats();
         let mut routes: Vec<_> = self
             .router
@@ -139,7 +154,7 @@ impl Admin {
         serde_json::json!({
             "routes": routes,
             "plugins": plugins,
-            "queue": { "pending": stats.pending, "waiting": self.router.waiting(), "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
+            "queue": { "pending": stats.pending, "oldest_pending_s": oldest_pending_s, "waiting": self.router.waiting(), "dead": stats.dead, "syncs": stats.syncs, "checkpoints": stats.checkpoints, "checkpoint_ns_total": stats.checkpoint_ns },
             "storage": {
                 // Whether webhooks are taken at all (the disk floor);
                 // routes at their pending limit refuse on their own.
@@ -278,6 +293,14 @@ impl Admin {
                             u64::from(self.room().is_ok()),
                         ),
                 ];
+                // Left out while the store cannot say (see `oldest_pending_s`).
+                if let Some(age) = self.oldest_pending_s().await {
+                    gauges.push((
+                        "weft_queue_oldest_pending_seconds",
+                        "Age of the oldest record not yet delivered (waiting, retrying or in flight), from its acceptance; 0 when none is pending",
+                        age,
+                    ));
+                }
                 // Left out, rather than 0, while it could never be read.
                 if let Some(free) = self.headroom.free_bytes() {
                     gauges.push((
@@ -319,7 +342,10 @@ impl Admin {
                 );
                 text(200, "text/plain; version=0.0.4", body)
             }
-            (&Method::GET, "/api/status") => json(200, &self.status()),
+            (&Method::GET, "/api/status") => {
+                let oldest = self.oldest_pending_s().await;
+                json(200, &self.status(oldest))
+            }
             (&Method::GET, "/api/dead-letters") => {
                 // `data=false` lists without the event bodies (the dashboard's
                 // view); with them, a page stops at DEAD_LETTER_PAGE_BYTES.

@@ -400,6 +400,14 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts.
     fn stats(&self) -> QueueStats;
 
+    /// The smallest id among the pending records in the store: with
+    /// time-ordered ids, the oldest record still waiting to be delivered
+    /// ([`id_made_at_ms`] says since when). May block on the store: call it
+    /// off the async threads. A backend that cannot tell returns `None`.
+    fn oldest_pending_id(&self) -> Option<u64> {
+        None
+    }
+
     /// Pending records per route, by route name (routes with none left
     /// out). A backend that does not count them per route reports nothing,
     /// and [`Queue::pending_on`] falls back to the total.

@@ -1224,6 +1224,17 @@ impl Queue for SledQueue {
         all
     }
 
+    /// One seek to the first pending key. What sled holds trails the
+    /// journal by up to a checkpoint (about a second): a record delivered
+    /// since the last checkpoint may still be found, one stored since then
+    /// is not (it is younger than any record sled holds anyway).
+    fn oldest_pending_id(&self) -> Option<u64> {
+        match self.shared.tree.scan_prefix([PENDING]).keys().next() {
+            Some(Ok(k)) => Some(id_of(&k)),
+            _ => None,
+        }
+    }
+
     fn pending_on(&self, route: &str) -> u64 {
         match self.shared.pending_by_route.lock() {
             Ok(counts) => counts.get(route).copied().unwrap_or(0),

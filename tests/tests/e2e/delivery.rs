@@ -1204,11 +1204,14 @@ async fn a_paused_route_stores_its_events_through_a_restart_and_delivers_them_wh
         (200, serde_json::json!(true)),
         "{body}"
     );
+    let mut stored_by = None;
     for i in 0..3 {
         let (status, body) =
             post_json(&host.hook("in"), &format!("{{\"id\":\"during-{i}\"}}")).await;
         assert_eq!(status, 202, "webhooks are taken while paused: {body}");
+        stored_by.get_or_insert_with(std::time::Instant::now);
     }
+    let stored_by = stored_by.unwrap_or_else(std::time::Instant::now);
     // All four wait by id: nothing runs, nothing is dead-lettered.
     let waiting = || async {
         let (_, status) = host.admin_get("/api/status").await;
@@ -1263,6 +1266,19 @@ async fn a_paused_route_stores_its_events_through_a_restart_and_delivers_them_wh
         1,
         "nothing delivered after the restart either"
     );
+    // How long the oldest of them has waited: at least since the first
+    // event stored during the pause was acknowledged (the retry is older).
+    // A second more first, so that the bound says something.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let waited_s = stored_by.elapsed().as_secs();
+    assert!(waited_s >= 1);
+    let (_, status) = host.admin_get("/api/status").await;
+    let oldest = status["queue"]["oldest_pending_s"].as_u64();
+    assert!(oldest.is_some_and(|s| s >= waited_s), "{status}");
+    assert!(
+        metrics.contains("# TYPE weft_queue_oldest_pending_seconds gauge"),
+        "{metrics}"
+    );
 
     let (status, body) = host.admin_post("/api/routes/relay/resume").await;
     assert_eq!(
@@ -1274,6 +1290,8 @@ async fn a_paused_route_stores_its_events_through_a_restart_and_delivers_them_wh
     assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
     assert_eq!(api.delivered().len(), 4, "each event once");
     assert_eq!(host.stats().dead, 0);
+    let (_, status) = host.admin_get("/api/status").await;
+    assert_eq!(status["queue"]["oldest_pending_s"], 0, "{status}");
     // Resumed for good: a restart does not pause it again.
     let dir = host.stop().await;
     let host = TestHost::start_in(&config, dir).await;
