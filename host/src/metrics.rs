@@ -124,17 +124,9 @@ pub struct DeliveryLags {
 impl DeliveryLags {
     /// Histograms for every `(route, sinks)` given.
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> DeliveryLags {
-        let by_route = routes
-            .into_iter()
-            .map(|(route, sinks)| {
-                let sinks = sinks
-                    .into_iter()
-                    .map(|s| (s.to_string(), Histogram::with_bounds(&LAG_BUCKETS)))
-                    .collect();
-                (route.to_string(), sinks)
-            })
-            .collect();
-        DeliveryLags { by_route }
+        DeliveryLags {
+            by_route: per_route_and_plugin(routes, || Histogram::with_bounds(&LAG_BUCKETS)),
+        }
     }
 
     /// Counts a delivery by `sink` on `route` of the record with id
@@ -152,18 +144,13 @@ impl DeliveryLags {
     /// Per route and sink (in name order): deliveries counted and the sum
     /// of their lags in nanoseconds (for the admin API's status).
     pub fn totals(&self) -> Vec<(&str, &str, u64, u64)> {
-        let mut rows: Vec<(&str, &str, u64, u64)> = self
-            .by_route
-            .iter()
-            .flat_map(|(route, sinks)| {
-                sinks.iter().map(move |(sink, h)| {
-                    let (count, sum_ns) = h.totals();
-                    (route.as_str(), sink.as_str(), count, sum_ns)
-                })
+        sorted_rows(&self.by_route)
+            .into_iter()
+            .map(|(route, sink, h)| {
+                let (count, sum_ns) = h.totals();
+                (route.as_str(), sink.as_str(), count, sum_ns)
             })
-            .collect();
-        rows.sort();
-        rows
+            .collect()
     }
 
     /// Appends the Prometheus text, labelled by route and sink (in name
@@ -174,13 +161,7 @@ impl DeliveryLags {
             out,
             "# HELP {name} Time from an event's acceptance to its delivery, by route and sink\n# TYPE {name} histogram"
         );
-        let mut rows: Vec<(&String, &String, &Histogram)> = self
-            .by_route
-            .iter()
-            .flat_map(|(route, sinks)| sinks.iter().map(move |(s, h)| (route, s, h)))
-            .collect();
-        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        for (route, sink, h) in rows {
+        for (route, sink, h) in sorted_rows(&self.by_route) {
             let labels = format!("route=\"{}\",plugin=\"{}\",", label(route), label(sink));
             h.render_series(out, name, &labels);
         }
@@ -433,17 +414,9 @@ pub enum Outcome {
 impl RouteOutcomes {
     /// Counts for every `(route, plugins)` given.
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>) -> RouteOutcomes {
-        let by_route = routes
-            .into_iter()
-            .map(|(route, plugins)| {
-                let plugins = plugins
-                    .into_iter()
-                    .map(|p| (p.to_string(), Outcomes::default()))
-                    .collect();
-                (route.to_string(), plugins)
-            })
-            .collect();
-        RouteOutcomes { by_route }
+        RouteOutcomes {
+            by_route: per_route_and_plugin(routes, Outcomes::default),
+        }
     }
 
     /// Adds one `outcome` for `plugin` on `route` (nothing for a pair that
@@ -462,12 +435,7 @@ impl RouteOutcomes {
     /// Appends the Prometheus text of the counts, labelled by route and
     /// plugin (in name order, so that scrapes are stable).
     pub fn render(&self, out: &mut String) {
-        let mut rows: Vec<(&String, &String, &Outcomes)> = self
-            .by_route
-            .iter()
-            .flat_map(|(route, plugins)| plugins.iter().map(move |(p, o)| (route, p, o)))
-            .collect();
-        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let rows = sorted_rows(&self.by_route);
         let series: [(&str, &str, Pick); 3] = [
             (
                 "weft_route_deliveries_total",
@@ -506,6 +474,33 @@ pub fn render_route_gauge(out: &mut String, name: &str, help: &str, values: &[(S
     for (route, value) in values {
         let _ = writeln!(out, "{name}{{route=\"{}\"}} {value}", label(route));
     }
+}
+
+/// A value made by `make` for every `(route, plugins)` pair given.
+fn per_route_and_plugin<'a, T>(
+    routes: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>,
+    make: impl Fn() -> T,
+) -> HashMap<String, HashMap<String, T>> {
+    routes
+        .into_iter()
+        .map(|(route, plugins)| {
+            let plugins = plugins
+                .into_iter()
+                .map(|p| (p.to_string(), make()))
+                .collect();
+            (route.to_string(), plugins)
+        })
+        .collect()
+}
+
+/// Every `(route, plugin, value)` in name order, so that scrapes are stable.
+fn sorted_rows<T>(by_route: &HashMap<String, HashMap<String, T>>) -> Vec<(&String, &String, &T)> {
+    let mut rows: Vec<(&String, &String, &T)> = by_route
+        .iter()
+        .flat_map(|(route, plugins)| plugins.iter().map(move |(p, v)| (route, p, v)))
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    rows
 }
 
 /// Which of an [`Outcomes`]' counters a series shows.
