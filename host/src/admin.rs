@@ -219,7 +219,21 @@ impl Admin {
     /// Handles one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
-        let method = req.method().clone();
+        let mut method = req.method().clone();
+        let public = matches!(path.as_str(), "/healthz" | "/readyz" | "/");
+        if public && method == Method::OPTIONS {
+            let mut r = text(204, "text/plain", "");
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        // Health checkers probe with HEAD too: answered as GET (hyper sends
+        // the head only).
+        if public && method == Method::HEAD {
+            method = Method::GET;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => return json(200, &serde_json::json!({ "status": "ok" })),
             (&Method::GET, "/readyz") => return self.readiness(),
@@ -430,7 +444,7 @@ impl Admin {
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()))
                 {
-                    tracing::error!(route, error = %e, "could not record the route's pause; nothing changed");
+                    tracing::error!(route = %route, error = %e, "could not record the route's pause; nothing changed");
                     return error(
                         500,
                         format!("could not record the change, so nothing changed: {e}"),
@@ -493,6 +507,28 @@ impl Admin {
                     Ok(id) => id,
                     Err(problem) => return error(400, problem),
                 };
+                // One that cannot run with this config is left as it is,
+                // with the history of why it failed.
+                let query = crate::queue::DeadLetterQuery {
+                    after: id.checked_sub(1),
+                    route: None,
+                    limit: 1,
+                    max_bytes: crate::queue::DEAD_LETTER_PAGE_BYTES,
+                };
+                let letters = match self.router.queue().dead_letters(query).await {
+                    Ok(letters) => letters,
+                    Err(e) => return error(500, e.to_string()),
+                };
+                let reason = letters
+                    .first()
+                    .filter(|d| d.record.id == id)
+                    .and_then(|d| self.router.cannot_run(&d.record));
+                if let Some(reason) = reason {
+                    return error(
+                        409,
+                        format!("dead letter {id} cannot run with this config: {reason}; it is kept as it is"),
+                    );
+                }
                 match self.router.replay(id).await {
                     Ok(record) => json(
                         200,

@@ -13,12 +13,13 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read config: {source}")]
+    #[error("{path}: cannot read config: {error}")]
     Read {
         /// The file.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (said in the message, not as a cause: anyhow would
+        /// print it twice).
+        error: std::io::Error,
     },
     /// Syntax error or a field of the wrong type / missing.
     #[error("{path}:{line}:{column}: {message}")]
@@ -784,9 +785,9 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, &path.display().to_string(), &base)
@@ -1060,6 +1061,16 @@ impl Config {
             return Err(invalid(
                 at(&["storage", "data_dir"]),
                 "storage.data_dir: must not be empty (a directory for the queue, e.g. \"weft-data\")".into(),
+            ));
+        }
+        let data_dir = self.data_dir();
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(invalid(
+                at(&["storage", "data_dir"]),
+                format!(
+                    "storage.data_dir: {} exists and is not a directory",
+                    data_dir.display()
+                ),
             ));
         }
         if self.storage.commit_delay_us > 10_000 {
@@ -1441,6 +1452,10 @@ mod tests {
             (
                 "[storage]\ndata_dir = \"\"\n",
                 "weft.toml:2:1: storage.data_dir: must not be empty (a directory for the queue, e.g. \"weft-data\")",
+            ),
+            (
+                "[storage]\ndata_dir = \"/dev/null\"\n",
+                "weft.toml:2:1: storage.data_dir: /dev/null exists and is not a directory",
             ),
         ] {
             assert_eq!(parse(text).unwrap_err().to_string(), expected);

@@ -172,6 +172,9 @@ impl Ingress {
 
     /// The answer to one request.
     async fn answer(&self, req: Request<Incoming>) -> Reply {
+        // Every request counts as received, whatever its answer: received
+        // minus accepted is what was turned away.
+        inc(&self.metrics.webhooks_received);
         let path = req.uri().path().to_string();
         let Some(name) = path
             .strip_prefix("/hooks/")
@@ -262,7 +265,6 @@ impl Ingress {
         }) {
             return self.full(&name, &full);
         }
-        inc(&self.metrics.webhooks_received);
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)

@@ -172,12 +172,12 @@ impl DeliveryLags {
 /// say where the CPU goes (ingress plugin, storage, transforms, sinks).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Webhook requests received.
+    /// Webhook requests received, whatever their answer.
     pub webhooks_received: AtomicU64,
     /// Webhook requests rejected (4xx).
     pub webhooks_rejected: AtomicU64,
-    /// Webhook requests refused with 429 because their source was over its
-    /// rate limit.
+    /// Webhook requests refused with 429: their source was over its rate
+    /// limit, or their client over its share of request slots.
     pub webhooks_throttled: AtomicU64,
     /// Webhook requests refused with 503 because the queue had no room
     /// (`storage.max_pending`, `storage.min_free_mib`).
@@ -238,7 +238,7 @@ impl Metrics {
         vec![
             (
                 "weft_webhooks_received_total",
-                "Webhook requests received",
+                "Webhook requests received, whatever their answer",
                 g(&self.webhooks_received),
             ),
             (
@@ -248,7 +248,7 @@ impl Metrics {
             ),
             (
                 "weft_webhooks_throttled_total",
-                "Webhook requests refused with 429: their source was over limits.requests_per_s",
+                "Webhook requests refused with 429: their source was over limits.requests_per_s, or their client over server.max_requests_per_client",
                 g(&self.webhooks_throttled),
             ),
             (

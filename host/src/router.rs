@@ -7,6 +7,9 @@
 //! every sink at once; if all deliveries succeed, the record is removed. Each
 //! failed (output, sink) pair becomes its own `Stage::Deliver` record with its
 //! own retry clock, so one slow sink never holds back or duplicates another.
+//! On a fan-out, a sink still running after [`FANOUT_PATIENCE`], or whose
+//! lane is stuck (see [`Lane`]), gets its deliveries stored as such records
+//! at once, and the record is done without waiting for it.
 //!
 //! Records are dispatched in groups: whatever is ready (all records of one
 //! webhook, or of one group commit, arrive together) is grouped by route and
@@ -23,7 +26,7 @@ use crate::queue::{
 use crate::retry::RetryPolicy;
 use crate::runtime::bindings::wit;
 use crate::runtime::{Plugin, PluginError};
-use crate::shares::{Admission, RouteShares};
+use crate::shares::{Admission, Lane, RouteShares};
 use crate::timers::{Due, Timers};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,6 +196,55 @@ fn group_records(records: impl Iterator<Item = Record>, size: usize) -> Vec<Vec<
         }
     }
     groups
+}
+
+/// How long a fan-out's fresh record waits for all its sinks before the
+/// ones still running go on alone (see [`Router::run_routes`]): a sink that
+/// stops answering delays its siblings by this much at most.
+const FANOUT_PATIENCE: Duration = Duration::from_millis(250);
+
+/// One sink's deliveries of a group of fresh records.
+enum Leg {
+    /// Nothing to deliver now, or their outcomes, in order.
+    Done(Vec<Result<wit::DeliveryOutcome, PluginError>>),
+    /// To run here (the route's only sink).
+    Inline(Vec<Event>),
+    /// Running in a task of their own (a fan-out's sink): how many.
+    Running(
+        tokio::task::JoinHandle<Vec<Result<wit::DeliveryOutcome, PluginError>>>,
+        usize,
+    ),
+    /// Not tried: the sink's lane is stuck or its route paused. Stored as
+    /// deliveries of their own, waiting by id in the lane.
+    Parked,
+}
+
+/// A fan-out sink's deliveries still running when their record was done:
+/// the task, and each delivery's parent record id and its own record.
+struct Detached {
+    lane: Lane,
+    sink: Arc<Plugin>,
+    task: tokio::task::JoinHandle<Vec<Result<wit::DeliveryOutcome, PluginError>>>,
+    records: Vec<(u64, Record)>,
+}
+
+/// The outcomes of a delivery task of `n` deliveries; one that ended
+/// without them (it panicked, or was cancelled at shutdown) failed each.
+fn ended(
+    sink: &str,
+    n: usize,
+    done: Result<Vec<Result<wit::DeliveryOutcome, PluginError>>, tokio::task::JoinError>,
+) -> Vec<Result<wit::DeliveryOutcome, PluginError>> {
+    done.unwrap_or_else(|e| {
+        (0..n)
+            .map(|_| {
+                Err(PluginError::Trap {
+                    plugin: sink.to_string(),
+                    detail: format!("delivery task ended: {e}"),
+                })
+            })
+            .collect()
+    })
 }
 
 /// The dispatcher's half: started by [`Router::start`].
@@ -505,7 +557,7 @@ impl Router {
         }
         let changed = self.shares.pause(route);
         if changed {
-            tracing::info!(route, "route paused: its events are stored and wait; none is delivered until it is resumed");
+            tracing::info!(route = %route, "route paused: its events are stored and wait; none is delivered until it is resumed");
         }
         Some(changed)
     }
@@ -523,7 +575,7 @@ impl Router {
             self.timers.add(now, *id);
         }
         if was_paused {
-            tracing::info!(route, records = ids.len(), "route resumed");
+            tracing::info!(route = %route, records = ids.len(), "route resumed");
         }
         Some(ids.len())
     }
@@ -608,6 +660,22 @@ impl Router {
     }
 
     /// The most records the dispatcher takes at once: the largest sink batch.
+    /// The lane `record` waits and runs in: its route's, or for a
+    /// delivery on a fan-out route, its sink's (see [`Lane`]).
+    fn lane_of(&self, record: &Record) -> Lane {
+        match &record.stage {
+            Stage::Deliver { sink }
+                if self
+                    .routes
+                    .get(&record.route)
+                    .is_some_and(|r| r.sinks.len() > 1) =>
+            {
+                Lane::sink(&record.route, sink)
+            }
+            _ => Lane::route(&record.route),
+        }
+    }
+
     fn batch_limit(&self) -> usize {
         self.routes
             .values()
@@ -664,7 +732,7 @@ impl Router {
                 // A busy route at its share is waited for (backpressure, in
                 // order); a stuck one's records wait by id (they are in the
                 // queue), so the dispatcher never waits on a stuck sink.
-                let Some(route) = group.first().map(|r| r.route.clone()) else {
+                let Some(lane) = group.first().map(|r| self.lane_of(r)) else {
                     continue;
                 };
                 let ids: Vec<u64> = group.iter().map(|r| r.id).collect();
@@ -672,7 +740,7 @@ impl Router {
                     let released = self.shares.released();
                     tokio::pin!(released);
                     released.as_mut().enable();
-                    match self.shares.admit(&route, &ids, HANDOVER_WAIT) {
+                    match self.shares.admit(&lane, &ids, HANDOVER_WAIT) {
                         Admission::Run => break,
                         Admission::Parked => continue 'groups,
                         Admission::Wait => {}
@@ -694,7 +762,7 @@ impl Router {
                     router.process(group).await;
                     drop(permit);
                     let now = now_ms();
-                    for id in router.shares.release(&route, ids.len()) {
+                    for id in router.shares.release(&lane, ids.len()) {
                         router.timers.add(now, id);
                     }
                 });
@@ -968,27 +1036,63 @@ impl Router {
                 (ids, plan)
             })
             .collect();
-        let outputs_ref = &outputs;
-        let per_sink =
-            futures::future::join_all(route.sinks.iter().zip(&plans).map(|(sink, (_, plan))| {
-                Box::pin(async move {
-                    let events: Vec<Event> = outputs_ref
-                        .iter()
-                        .zip(plan)
-                        .filter(|(_, wait)| wait.is_none())
-                        .map(|((_, e), _)| (*e).clone())
-                        .collect();
-                    if events.is_empty() {
-                        return Vec::new();
+        // One sink: its deliveries run here. A fan-out: each sink's run in
+        // a task of their own and in the sink's lane (see `Lane`), and the
+        // record waits for them only so long: a sink that does not answer
+        // within `FANOUT_PATIENCE` goes on alone, and one whose lane is stuck
+        // is not tried now, so neither holds up the route or its other sinks.
+        let fan_out = route.sinks.len() > 1;
+        let legs: Vec<Leg> = route
+            .sinks
+            .iter()
+            .zip(&plans)
+            .map(|(sink, (_, plan))| {
+                let events: Vec<Event> = outputs
+                    .iter()
+                    .zip(plan)
+                    .filter(|(_, wait)| wait.is_none())
+                    .map(|((_, e), _)| (*e).clone())
+                    .collect();
+                let lane = Lane::sink(&route.name, sink.name());
+                if events.is_empty() {
+                    Leg::Done(Vec::new())
+                } else if !fan_out {
+                    Leg::Inline(events)
+                } else if self
+                    .shares
+                    .start_with_route(&lane, events.len(), HANDOVER_WAIT)
+                {
+                    let router = self.clone();
+                    let sink = sink.clone();
+                    let n = events.len();
+                    Leg::Running(
+                        tokio::spawn(async move { router.deliver_all(&sink, events).await }),
+                        n,
+                    )
+                } else {
+                    Leg::Parked
+                }
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + FANOUT_PATIENCE;
+        let mut per_sink = Vec::with_capacity(legs.len());
+        for (leg, sink) in legs.into_iter().zip(&route.sinks) {
+            per_sink.push(match leg {
+                Leg::Inline(events) => Leg::Done(self.deliver_all(sink, events).await),
+                Leg::Running(mut task, n) => {
+                    match tokio::time::timeout_at(deadline, &mut task).await {
+                        Ok(done) => Leg::Done(ended(sink.name(), n, done)),
+                        Err(_) => Leg::Running(task, n),
                     }
-                    self.deliver_all(sink, events).await
-                })
-            }))
-            .await;
-        for ((sink, outcomes), (ids, plan)) in route.sinks.iter().zip(per_sink).zip(plans) {
-            if !outcomes.is_empty() {
-                self.breaker_report(route, sink.name(), tally(&outcomes));
-            }
+                }
+                other => other,
+            });
+        }
+        let mut parked: Vec<(Lane, Vec<u64>)> = Vec::new();
+        let mut finished: Vec<(Lane, usize)> = Vec::new();
+        let mut detached: Vec<Detached> = Vec::new();
+        for ((sink, leg), (ids, plan)) in route.sinks.iter().zip(per_sink).zip(plans) {
+            let lane = Lane::sink(&route.name, sink.name());
             let delivery = |id: u64, i: usize, event: &Event, not_before_ms: u64| Record {
                 id,
                 route: route.name.clone(),
@@ -999,7 +1103,39 @@ impl Router {
                 attempts: passed[i].0.attempts.clone(),
                 not_before_ms,
             };
-            let mut outcomes = outcomes.into_iter();
+            let mut outcomes = match leg {
+                Leg::Done(outcomes) => {
+                    if !outcomes.is_empty() {
+                        self.breaker_report(route, sink.name(), tally(&outcomes));
+                        if fan_out {
+                            finished.push((lane.clone(), outcomes.len()));
+                        }
+                    }
+                    Some(outcomes.into_iter())
+                }
+                Leg::Parked => {
+                    // Not tried: a probe handed out for it did not go.
+                    self.breakers.record(
+                        &route.name,
+                        sink.name(),
+                        Tally::default(),
+                        now_ms(),
+                        &route.retry,
+                    );
+                    None
+                }
+                Leg::Running(task, _) => {
+                    detached.push(Detached {
+                        lane: lane.clone(),
+                        sink: sink.clone(),
+                        task,
+                        records: Vec::new(),
+                    });
+                    None
+                }
+                Leg::Inline(_) => None,
+            };
+            let mut parked_ids = Vec::new();
             for (((i, event), id), wait) in outputs.iter().zip(ids).zip(plan) {
                 if let Some(until) = wait {
                     self.count_deferred(1);
@@ -1008,6 +1144,19 @@ impl Router {
                     ops.push(Op::Put(waiting));
                     continue;
                 }
+                let Some(outcomes) = outcomes.as_mut() else {
+                    // Stored as a delivery of its own: parked in the sink's
+                    // lane, or finished by the attempt still running.
+                    let record = delivery(id, *i, event, 0);
+                    match detached.last_mut() {
+                        Some(d) if d.lane == lane => {
+                            d.records.push((passed[*i].0.id, record.clone()))
+                        }
+                        _ => parked_ids.push(id),
+                    }
+                    ops.push(Op::Put(record));
+                    continue;
+                };
                 let Some(outcome) = outcomes.next() else {
                     continue;
                 };
@@ -1023,11 +1172,66 @@ impl Router {
                 let failed = delivery(id, *i, event, 0);
                 later.extend(self.after_failure(failed, attempt, permanent, requested, &mut ops));
             }
+            if !parked_ids.is_empty() {
+                parked.push((lane, parked_ids));
+            }
         }
         for (record, _) in &passed {
             ops.push(Op::Remove(record.id));
         }
         self.commit(ops, later);
+        // After the commit: what is let go from a lane is loaded by id, and
+        // must find its record stored.
+        let now = now_ms();
+        for (lane, ids) in parked {
+            self.count_deferred(ids.len());
+            for id in self.shares.park(&lane, &ids) {
+                self.timers.add(now, id);
+            }
+        }
+        for (lane, n) in finished {
+            for id in self.shares.release(&lane, n) {
+                self.timers.add(now, id);
+            }
+        }
+        for leg in detached {
+            let router = self.clone();
+            let route = route.clone();
+            tokio::spawn(async move { router.finish_detached(&route, leg).await });
+        }
+    }
+
+    /// Finishes the deliveries of a fan-out's sink that outlasted
+    /// `FANOUT_PATIENCE`: each is stored as a delivery record of its own
+    /// already (so a restart runs it again); it is removed once delivered,
+    /// or takes its retry or dead-letter course like any delivery.
+    async fn finish_detached(self: &Arc<Self>, route: &Route, leg: Detached) {
+        let Detached {
+            lane,
+            sink,
+            task,
+            records,
+        } = leg;
+        let n = records.len();
+        let outcomes = ended(sink.name(), n, task.await);
+        let mut ops = Vec::new();
+        let mut later = Vec::new();
+        self.breaker_report(route, sink.name(), tally(&outcomes));
+        for ((parent, record), outcome) in records.into_iter().zip(outcomes) {
+            match self.classify_outcome(&route.name, sink.name(), parent, &record.event, outcome) {
+                None => ops.push(Op::Remove(record.id)),
+                Some((attempt, permanent, requested)) => {
+                    later.extend(
+                        self.after_failure(record, attempt, permanent, requested, &mut ops),
+                    );
+                }
+            }
+        }
+        self.commit(ops, later);
+        let now = now_ms();
+        for id in self.shares.release(&lane, n) {
+            self.timers.add(now, id);
+        }
     }
 
     /// For deliveries `ids` (in order) to `sink` on `route`: `None` for
@@ -1064,10 +1268,10 @@ impl Router {
             .record(&route.name, sink, tally, now_ms(), &route.retry)
         {
             Some(true) => {
-                tracing::warn!(route = %route.name, sink, failures_in_a_row = route.retry.breaker_after(), "circuit breaker open: deliveries to this sink wait without using up their attempts; one probe goes after each cool-down")
+                tracing::warn!(route = %route.name, sink = %sink, failures_in_a_row = route.retry.breaker_after(), "circuit breaker open: deliveries to this sink wait without using up their attempts; one probe goes after each cool-down")
             }
             Some(false) => {
-                tracing::warn!(route = %route.name, sink, "circuit breaker closed: the sink answers again")
+                tracing::warn!(route = %route.name, sink = %sink, "circuit breaker closed: the sink answers again")
             }
             None => {}
         }
@@ -1163,12 +1367,32 @@ impl Router {
 
     /// Replays every dead letter `query` lists (their stores share group
     /// commits); returns the record ids replayed. One that is replayed by
-    /// someone else meanwhile is skipped.
+    /// someone else meanwhile is skipped, and so is one that cannot run
+    /// with this config ([`Router::cannot_run`]): it stays as it is.
     pub async fn replay_matching(
         self: &Arc<Self>,
         query: crate::queue::DeadLetterQuery,
     ) -> Result<Vec<u64>, QueueError> {
         self.each_dead_letter(query, DeadLetterAction::Replay).await
+    }
+
+    /// Why `record` cannot run with this config (its route, or its sink on
+    /// the route, is no longer configured), or `None`. Replaying such a
+    /// dead letter would only dead-letter it again, and lose the history
+    /// of why it failed first.
+    pub fn cannot_run(&self, record: &Record) -> Option<String> {
+        let Some(route) = self.routes.get(&record.route) else {
+            return Some(format!(
+                "route \"{}\" is no longer configured",
+                record.route
+            ));
+        };
+        match &record.stage {
+            Stage::Deliver { sink } if !route.sinks.iter().any(|s| s.name() == sink) => Some(
+                format!("sink \"{sink}\" is no longer on route \"{}\"", route.name),
+            ),
+            _ => None,
+        }
     }
 
     /// Deletes every dead letter `query` lists; returns the record ids
@@ -1194,14 +1418,20 @@ impl Router {
                 limit: query.limit - done.len(),
                 ..query.clone()
             };
-            let ids: Vec<u64> = self
-                .queue
-                .dead_letters(page)
-                .await?
+            let letters = self.queue.dead_letters(page).await?;
+            let Some(last) = letters.last().map(|d| d.record.id) else {
+                break;
+            };
+            // A replay of what cannot run (see `cannot_run`) is skipped.
+            let ids: Vec<u64> = letters
                 .iter()
+                .filter(|d| {
+                    matches!(action, DeadLetterAction::Discard)
+                        || self.cannot_run(&d.record).is_none()
+                })
                 .map(|d| d.record.id)
                 .collect();
-            let Some(&last) = ids.last() else { break };
+            drop(letters);
             for chunk in ids.chunks(256) {
                 let results = futures::future::join_all(chunk.iter().map(|id| async move {
                     match action {

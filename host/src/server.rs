@@ -106,9 +106,9 @@ fn log_handshake_failure(
         _ => false,
     };
     if now {
-        tracing::warn!(%peer, reason, "TLS handshake failed (a client that does not trust server.tls.cert, plain HTTP on the HTTPS port, or a scan); further failures for 10 s are only counted");
+        tracing::warn!(%peer, reason = %reason, "TLS handshake failed (a client that does not trust server.tls.cert, plain HTTP on the HTTPS port, or a scan); further failures for 10 s are only counted");
     } else {
-        tracing::debug!(%peer, reason, "TLS handshake failed");
+        tracing::debug!(%peer, reason = %reason, "TLS handshake failed");
     }
 }
 

@@ -260,6 +260,18 @@ impl Source for WebhookJson {
                 ));
             }
         }
+        // The body is read as sent: a compressed one is not JSON, and
+        // saying so beats "not valid JSON at column 1".
+        if let Some(encoding) = request.header("content-encoding") {
+            if !encoding.trim().eq_ignore_ascii_case("identity") {
+                return Err(reject(
+                    RejectionKind::UnsupportedMediaType,
+                    format!(
+                        "content-encoding {encoding} is not supported: send the body uncompressed"
+                    ),
+                ));
+            }
+        }
         if let Some(secret) = config::get("signing_secret") {
             verify_signature(&request, &secret)?;
         }

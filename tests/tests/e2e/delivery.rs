@@ -254,6 +254,73 @@ async fn an_always_failing_sink_ends_in_the_dead_letter_store_with_its_history_a
     host.stop().await;
 }
 
+/// A dead letter whose route the config no longer has (renamed, here) is
+/// not replayed: `409` for it alone, skipped by a bulk replay, and kept with
+/// the history of why it failed; dead letters of routes still configured
+/// are replayed as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_a_route_no_longer_configured_are_kept_not_replayed() {
+    let api = FakeApi::start().await;
+    api.set_default(400);
+    let config = relay_config(&api, "initial_ms = 50\nmax_attempts = 2");
+    let host = TestHost::start(&config).await;
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"orphan\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 1).await);
+    let dir = host.stop().await;
+
+    let renamed = config.replace("name = \"relay\"", "name = \"renamed\"");
+    assert_ne!(renamed, config);
+    let host = TestHost::start_in(&renamed, dir).await;
+    api.set_default(200);
+    let (_, body) = host.admin_get("/api/dead-letters").await;
+    let letter = body["dead_letters"][0].clone();
+    let id = letter["id"].as_u64().unwrap();
+    assert!(
+        letter["error"].as_str().unwrap().contains("HTTP 400"),
+        "{letter}"
+    );
+
+    let (status, body) = host
+        .admin_post(&format!("/api/dead-letters/{id}/replay"))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("route \"relay\" is no longer configured"),
+        "{body}"
+    );
+    let (status, body) = host.admin_post("/api/dead-letters/replay").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 0, "{body}");
+    // Kept as it was: its own failure, not "no longer configured".
+    let (_, body) = host.admin_get(&format!("/api/dead-letters/{id}")).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("HTTP 400"),
+        "{body}"
+    );
+    assert_eq!(host.stats().dead, 1);
+    assert!(api.delivered().is_empty());
+
+    // A dead letter of the renamed route is replayed by the same request.
+    api.set_default(400);
+    let (status, _) = post_json(&host.hook("in"), "{\"id\":\"current\"}").await;
+    assert_eq!(status, 202);
+    assert!(eventually(Duration::from_secs(30), || host.stats().dead == 2).await);
+    api.set_default(200);
+    let (status, body) = host.admin_post("/api/dead-letters/replay").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 1, "{body}");
+    assert!(
+        eventually(Duration::from_secs(30), || api.delivered_ids()
+            == ["current"])
+        .await
+    );
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_rejection_is_dead_lettered_at_once() {
     let api = FakeApi::start().await;
@@ -391,6 +458,11 @@ async fn the_admin_api_needs_its_token() {
     assert_eq!(status, 401);
     let (status, _) = send("GET", &format!("{}/healthz", host.admin()), "", &[]).await;
     assert_eq!(status, 200);
+    // Health checkers that probe with HEAD need no token either.
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = send("HEAD", &format!("{}{path}", host.admin()), "", &[]).await;
+        assert_eq!(status, 200, "HEAD {path}");
+    }
     let (status, headers, page) =
         weft_tests::send_full("GET", &format!("{}/", host.admin()), "", &[]).await;
     assert_eq!(status, 200);
@@ -973,6 +1045,99 @@ async fn a_stuck_sink_holds_up_neither_acknowledgements_nor_other_routes() {
     let mut got = slow.delivered_ids();
     got.sort();
     assert_eq!(got, slow_ids, "each event arrived once");
+    host.stop().await;
+}
+
+/// On a fan-out route, a sink that stops answering holds up neither its
+/// route nor the route's other sink: the healthy sink gets every event while
+/// the stuck one still holds its first requests (it would time them out
+/// only after 20 s), the stuck sink's other deliveries wait in its own lane
+/// without being tried, and once it answers again each event reaches it
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_sink_on_a_fan_out_holds_up_neither_the_route_nor_its_other_sink() {
+    let stuck = FakeApi::start().await;
+    let healthy = FakeApi::start().await;
+    stuck.hold();
+    let config = format!(
+        r#"
+[server]
+workers = 4
+
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.healthy]
+builtin = "http-post"
+config = {{ url = "{h}/x" }}
+allowed_hosts = ["{h}"]
+
+[plugins.stuck]
+builtin = "http-post"
+config = {{ url = "{s}/y", timeout_ms = 20000 }}
+allowed_hosts = ["{s}"]
+limits = {{ http_timeout_ms = 20000 }}
+
+[[routes]]
+name = "fan"
+source = "in"
+sinks = ["stuck", "healthy"]
+"#,
+        h = healthy.origin(),
+        s = stuck.origin()
+    );
+    let host = TestHost::start(&config).await;
+    // Ten times the route's share (3 of 4 workers).
+    let ids: Vec<String> = (0..30).map(|i| format!("f-{i}")).collect();
+    for id in &ids {
+        assert_eq!(post_id(&host.hook("in"), id).await, 202);
+    }
+    let sorted = |api: &FakeApi| {
+        let mut got = api.delivered_ids();
+        got.sort();
+        got
+    };
+    let mut expected = ids.clone();
+    expected.sort();
+    assert!(
+        eventually(Duration::from_secs(15), || sorted(&healthy) == expected).await,
+        "the healthy sink was held up by its stuck sibling: {:?}",
+        healthy.delivered_ids()
+    );
+    // All that while, the stuck sink answered nothing and timed nothing
+    // out: no attempt failed, nothing was retried.
+    assert!(stuck.delivered().is_empty());
+    let (_, text) = host.admin_get("/metrics").await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("weft_route_retries_total{route=\"fan\",plugin=\"stuck\"} 0\n"),
+        "{text}"
+    );
+    // It holds a few requests; the rest of its deliveries wait by id in
+    // its lane, stored, without being tried.
+    assert!(
+        host.running.router.waiting() > 0,
+        "every delivery was tried at the stuck sink"
+    );
+    assert_eq!(
+        host.stats().pending,
+        30,
+        "one delivery to the stuck sink per event"
+    );
+    stuck.release();
+    assert!(
+        eventually(Duration::from_secs(60), || sorted(&stuck) == expected).await,
+        "delivered: {:?}",
+        stuck.delivered_ids()
+    );
+    assert!(eventually(Duration::from_secs(10), || host.stats().pending == 0).await);
+    assert_eq!(stuck.delivered().len(), 30, "each event reached it once");
+    assert_eq!(
+        healthy.requests().len(),
+        30,
+        "and the healthy sink once each"
+    );
     host.stop().await;
 }
 

@@ -119,6 +119,23 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     let (status, _) = send("POST", &hook, "a,b", &[("content-type", "text/csv")]).await;
     assert_eq!(status, 415);
 
+    // A compressed body is refused as such, not as broken JSON.
+    let (status, body) = send(
+        "POST",
+        &hook,
+        "\u{1f}\u{8b}\u{8}",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(
+        body.contains("content-encoding gzip is not supported"),
+        "{body}"
+    );
+
     let (status, body) = post_json(&hook, "{\"no_order_id\": true}").await;
     assert_eq!(status, 422, "{body}");
 
@@ -144,8 +161,13 @@ async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     )
     .await;
     assert_eq!(status, 404);
-    // A misspelt source leaves a trace: counted (and logged).
+    // A misspelt source leaves a trace: counted (and logged), as received
+    // and rejected: every request is received, so rejected never exceeds it.
     assert_eq!(host.counter("weft_webhooks_rejected_total"), rejected + 1);
+    assert!(
+        host.counter("weft_webhooks_received_total")
+            >= host.counter("weft_webhooks_rejected_total")
+    );
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["kind"], "not-found", "{body}");
     assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
