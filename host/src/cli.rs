@@ -291,6 +291,15 @@ const GLOBAL_QUEUE_INTERVAL: u32 = 1;
 
 /// Entry point of the `weft` binary.
 pub fn main() -> anyhow::Result<()> {
+    // Error values capture no stack trace unless asked for explicitly with
+    // RUST_LIB_BACKTRACE=1. With RUST_BACKTRACE=1 alone, every error a
+    // plugin's host call returns would capture one (tens of µs each), and its
+    // debug text, which plugins can read, would carry it; and a config error
+    // would end in a stack trace. Panics still print theirs (RUST_BACKTRACE).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Called first thing in `main`: no other thread exists yet.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let runtime = tokio::runtime::Builder::new_multi_thread()

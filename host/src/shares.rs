@@ -169,9 +169,9 @@ impl RouteShares {
 
     /// Takes room for `ids.len()` records in `lane` ([`Admission::Run`]);
     /// or, when the lane has its share running already, says to wait if
-    /// one of its records finished within `patience`, and otherwise keeps
-    /// `ids` waiting by id. A lane with nothing running always gets room,
-    /// whatever the group's size.
+    /// one of its records finished within `patience` (a route's lane only),
+    /// and otherwise keeps `ids` waiting by id. A lane with nothing running
+    /// always gets room, whatever the group's size.
     pub fn admit(&self, lane: &Lane, ids: &[u64], patience: std::time::Duration) -> Admission {
         let mut loads = self.lock();
         let Loads { lanes, paused } = &mut *loads;
@@ -191,7 +191,10 @@ impl RouteShares {
             load.running += ids.len();
             return Admission::Run;
         }
-        if load.progress.is_some_and(|at| at.elapsed() < patience) {
+        // A sink's lane never holds the dispatcher up: what does not fit
+        // waits by id, whether the sink is busy or stuck, and the route's
+        // fresh records (and its other sinks) go on.
+        if lane.sink.is_none() && load.progress.is_some_and(|at| at.elapsed() < patience) {
             return Admission::Wait;
         }
         load.parked.extend(ids);
@@ -447,6 +450,9 @@ mod tests {
             shares.admit(&stuck, &[12], Duration::ZERO),
             Admission::Parked
         );
+        // Busy, not stuck: a sink's lane still never makes the dispatcher
+        // wait; what does not fit waits by id.
+        assert_eq!(shares.admit(&stuck, &[], BUSY), Admission::Parked);
         assert_eq!(shares.waiting(), 3);
         assert_eq!(shares.release(&stuck, 1), Vec::<u64>::new());
         assert_eq!(shares.release(&stuck, 2), vec![10, 11, 12]);
