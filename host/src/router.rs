@@ -659,7 +659,6 @@ impl Router {
         }
     }
 
-    /// The most records the dispatcher takes at once: the largest sink batch.
     /// The lane `record` waits and runs in: its route's, or for a
     /// delivery on a fan-out route, its sink's (see [`Lane`]).
     fn lane_of(&self, record: &Record) -> Lane {
@@ -676,6 +675,7 @@ impl Router {
         }
     }
 
+    /// The most records the dispatcher takes at once: the largest sink batch.
     fn batch_limit(&self) -> usize {
         self.routes
             .values()
