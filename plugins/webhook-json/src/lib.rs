@@ -281,17 +281,19 @@ impl Source for WebhookJson {
                 format!("body is not valid JSON: {e}"),
             )
         };
-        let split = config::get("split_array").as_deref() == Some("true");
-        let first = request
+        // A UTF-8 byte order mark, which some senders put first, is not
+        // JSON (RFC 8259 lets a parser ignore it): left out of the event.
+        let body: &[u8] = request
             .body
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .copied();
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&request.body);
+        let split = config::get("split_array").as_deref() == Some("true");
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
         if split && first == Some(b'[') {
             // Each element's text as sent (key order, number digits): only
             // what the pointers name is parsed.
             let items: Vec<&serde_json::value::RawValue> =
-                serde_json::from_slice(&request.body).map_err(bad_json)?;
+                serde_json::from_slice(body).map_err(bad_json)?;
             return items
                 .iter()
                 .enumerate()
@@ -307,7 +309,7 @@ impl Source for WebhookJson {
                 .collect();
         }
         // Checked whole, parsed only where the pointers look.
-        let doc = Document::parse(&request.body).map_err(bad_json)?;
+        let doc = Document::parse(body).map_err(bad_json)?;
         if !matches!(first, Some(b'{' | b'[')) {
             return Err(reject(
                 RejectionKind::Unprocessable,
@@ -316,7 +318,7 @@ impl Source for WebhookJson {
         }
         Ok(vec![make_event(
             &|p| doc.get(p).map_err(bad_json),
-            request.body.clone(),
+            body.to_vec(),
             &request,
             None,
         )?])

@@ -105,6 +105,23 @@ async fn shop_orders_reach_inventory_and_accounting_mapped() {
     host.stop().await;
 }
 
+/// Some senders put a UTF-8 byte order mark before their JSON: the body is
+/// taken, and the event's data goes on without it (the transform and the
+/// sinks downstream parse it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_after_a_byte_order_mark_is_taken_without_it() {
+    let (host, inventory, _accounting) = shop("").await;
+    let order = "\u{feff}{\"order_id\":\"BOM-1\",\"customer\":{\"email\":\"b@o.m\"},\"items\":[{\"quantity\":1,\"unit_price\":2}]}";
+    let (status, body) = post_json(&host.hook("shop-orders"), order).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(eventually(Duration::from_secs(30), || inventory.delivered().len() == 1).await);
+    let data = inventory.delivered()[0].json();
+    assert_eq!(data["customer_email"], "b@o.m", "{data}");
+    assert_eq!(data["total"], 2);
+    assert_eq!(host.stats().dead, 0);
+    host.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_webhooks_get_4xx_and_are_never_enqueued() {
     let (host, inventory, _accounting) = shop("max_body_bytes = 4096\n").await;
