@@ -1053,15 +1053,15 @@ impl Router {
                     .filter(|(_, wait)| wait.is_none())
                     .map(|((_, e), _)| (*e).clone())
                     .collect();
-                let lane = Lane::sink(&route.name, sink.name());
                 if events.is_empty() {
                     Leg::Done(Vec::new())
                 } else if !fan_out {
                     Leg::Inline(events)
-                } else if self
-                    .shares
-                    .start_with_route(&lane, events.len(), HANDOVER_WAIT)
-                {
+                } else if self.shares.start_with_route(
+                    &Lane::sink(&route.name, sink.name()),
+                    events.len(),
+                    HANDOVER_WAIT,
+                ) {
                     let router = self.clone();
                     let sink = sink.clone();
                     let n = events.len();
@@ -1092,7 +1092,8 @@ impl Router {
         let mut finished: Vec<(Lane, usize)> = Vec::new();
         let mut detached: Vec<Detached> = Vec::new();
         for ((sink, leg), (ids, plan)) in route.sinks.iter().zip(per_sink).zip(plans) {
-            let lane = Lane::sink(&route.name, sink.name());
+            // (Made only where needed: a route with one sink has no lanes.)
+            let lane = || Lane::sink(&route.name, sink.name());
             let delivery = |id: u64, i: usize, event: &Event, not_before_ms: u64| Record {
                 id,
                 route: route.name.clone(),
@@ -1108,7 +1109,7 @@ impl Router {
                     if !outcomes.is_empty() {
                         self.breaker_report(route, sink.name(), tally(&outcomes));
                         if fan_out {
-                            finished.push((lane.clone(), outcomes.len()));
+                            finished.push((lane(), outcomes.len()));
                         }
                     }
                     Some(outcomes.into_iter())
@@ -1126,7 +1127,7 @@ impl Router {
                 }
                 Leg::Running(task, _) => {
                     detached.push(Detached {
-                        lane: lane.clone(),
+                        lane: lane(),
                         sink: sink.clone(),
                         task,
                         records: Vec::new(),
@@ -1149,7 +1150,7 @@ impl Router {
                     // lane, or finished by the attempt still running.
                     let record = delivery(id, *i, event, 0);
                     match detached.last_mut() {
-                        Some(d) if d.lane == lane => {
+                        Some(d) if Arc::ptr_eq(&d.sink, sink) => {
                             d.records.push((passed[*i].0.id, record.clone()))
                         }
                         _ => parked_ids.push(id),
@@ -1173,7 +1174,7 @@ impl Router {
                 later.extend(self.after_failure(failed, attempt, permanent, requested, &mut ops));
             }
             if !parked_ids.is_empty() {
-                parked.push((lane, parked_ids));
+                parked.push((lane(), parked_ids));
             }
         }
         for (record, _) in &passed {
