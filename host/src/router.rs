@@ -91,6 +91,9 @@ pub struct Router {
     /// Messages the dispatcher took from the hand-off so far (whether it
     /// makes progress, for webhooks waiting for room in it).
     dispatched: std::sync::atomic::AtomicU64,
+    /// Fan-out deliveries left to finish alone (see [`Detached`]): the
+    /// shutdown's grace period waits for them as for the workers.
+    detached: Arc<InFlight>,
     /// Set when the queue stops working outside a shutdown (its writer
     /// thread is gone): nothing can be stored or delivered any more, and the
     /// process should stop so that a supervisor restarts it (see
@@ -228,6 +231,52 @@ struct Detached {
     records: Vec<(u64, Record)>,
 }
 
+/// Tasks running apart from the workers, counted so that a shutdown can wait
+/// for them.
+#[derive(Default)]
+struct InFlight {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One task counted in an [`InFlight`], until dropped (also when the task
+/// panics or is cancelled).
+struct Counted(Arc<InFlight>);
+
+impl InFlight {
+    fn start(self: &Arc<Self>) -> Counted {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(self.clone())
+    }
+
+    /// Resolves once none is running.
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self
+            .0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The outcomes of a delivery task of `n` deliveries; one that ended
 /// without them (it panicked, or was cancelled at shutdown) failed each.
 fn ended(
@@ -325,6 +374,7 @@ impl Router {
             timers: Timers::new(horizon_ms),
             shares: RouteShares::new(workers),
             dispatched: std::sync::atomic::AtomicU64::new(0),
+            detached: Arc::default(),
             failed: watch::Sender::new(None),
         });
         (
@@ -769,11 +819,32 @@ impl Router {
             }
         }
         let all = u32::try_from(size).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
-        match drained {
-            Ok(_) => tracing::info!("all in-flight attempts finished"),
-            Err(_) => tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight attempts still running at shutdown; they stay queued and run again after restart"),
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = async {
+            let _all = tokio::time::timeout_at(deadline, slots.acquire_many(all))
+                .await
+                .ok()?;
+            tokio::time::timeout_at(deadline, self.detached.idle())
+                .await
+                .ok()
         }
+        .await;
+        match drained {
+            Some(_) => tracing::info!("all in-flight attempts finished"),
+            None => tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight attempts still running at shutdown; they stay queued and run again after restart"),
+        }
+    }
+
+    /// Spawns the rest of a fan-out sink's deliveries (see
+    /// [`Router::finish_detached`]), counted in [`Router::detached`].
+    fn spawn_detached(self: &Arc<Self>, route: &Route, leg: Detached) {
+        let router = self.clone();
+        let route = route.clone();
+        let counted = self.detached.start();
+        tokio::spawn(async move {
+            router.finish_detached(&route, leg).await;
+            drop(counted);
+        });
     }
 
     fn attempt(plugin: &str, outcome: &str, detail: impl Into<String>) -> Attempt {
@@ -1196,9 +1267,7 @@ impl Router {
             }
         }
         for leg in detached {
-            let router = self.clone();
-            let route = route.clone();
-            tokio::spawn(async move { router.finish_detached(&route, leg).await });
+            self.spawn_detached(route, leg);
         }
     }
 

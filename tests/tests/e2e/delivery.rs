@@ -1141,6 +1141,73 @@ sinks = ["stuck", "healthy"]
     host.stop().await;
 }
 
+/// A shutdown's grace period waits for a fan-out sink's deliveries that were
+/// left to finish alone, as for any attempt in flight: the slow sink's
+/// answers, coming within the grace, are recorded, and a restart sends
+/// nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_a_fan_outs_slow_sink_within_its_grace() {
+    let slow = FakeApi::start().await;
+    let healthy = FakeApi::start().await;
+    slow.hold();
+    let config = format!(
+        r#"
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.healthy]
+builtin = "http-post"
+config = {{ url = "{h}/x" }}
+allowed_hosts = ["{h}"]
+
+[plugins.slow]
+builtin = "http-post"
+config = {{ url = "{s}/y", timeout_ms = 20000 }}
+allowed_hosts = ["{s}"]
+limits = {{ http_timeout_ms = 20000 }}
+
+[[routes]]
+name = "fan"
+source = "in"
+sinks = ["slow", "healthy"]
+"#,
+        h = healthy.origin(),
+        s = slow.origin()
+    );
+    let host = TestHost::start(&config).await;
+    for i in 0..3 {
+        assert_eq!(post_id(&host.hook("in"), &format!("g-{i}")).await, 202);
+    }
+    // The healthy sink has all three: the slow one's attempts go on alone.
+    assert!(eventually(Duration::from_secs(15), || healthy.delivered().len() == 3).await);
+    assert_eq!(
+        host.stats().pending,
+        3,
+        "the slow sink's deliveries, stored"
+    );
+    // The slow sink answers half a second into the shutdown (grace 10 s).
+    let release = tokio::spawn({
+        let slow = slow.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            slow.release();
+        }
+    });
+    let dir = host.stop().await;
+    release.await.unwrap();
+    assert_eq!(
+        slow.delivered().len(),
+        3,
+        "answered before the shutdown ended"
+    );
+    let host = TestHost::start_in(&config, dir).await;
+    // Nothing left to send again after the restart.
+    assert_eq!(host.stats().pending, 0, "their outcomes were recorded");
+    assert_eq!(slow.requests().len(), 3);
+    host.stop().await;
+}
+
 /// When every worker is busy (here: one worker, two routes whose sinks both
 /// stopped answering), a webhook waits a moment for room in the hand-off and
 /// is then acknowledged anyway: its records are stored, and they are handed
