@@ -1048,6 +1048,36 @@ async fn a_stuck_sink_holds_up_neither_acknowledgements_nor_other_routes() {
     host.stop().await;
 }
 
+/// A route `fan` from source `in` to two sinks: `slow` (the first; a 20 s
+/// timeout, so that a test sees it hold its requests) and `healthy`.
+fn fan_out_config(slow: &FakeApi, healthy: &FakeApi) -> String {
+    format!(
+        r#"
+[plugins.in]
+builtin = "webhook-json"
+config = {{ id_pointer = "/id" }}
+
+[plugins.healthy]
+builtin = "http-post"
+config = {{ url = "{h}/x" }}
+allowed_hosts = ["{h}"]
+
+[plugins.slow]
+builtin = "http-post"
+config = {{ url = "{s}/y", timeout_ms = 20000 }}
+allowed_hosts = ["{s}"]
+limits = {{ http_timeout_ms = 20000 }}
+
+[[routes]]
+name = "fan"
+source = "in"
+sinks = ["slow", "healthy"]
+"#,
+        h = healthy.origin(),
+        s = slow.origin()
+    )
+}
+
 /// On a fan-out route, a sink that stops answering holds up neither its
 /// route nor the route's other sink: the healthy sink gets every event while
 /// the stuck one still holds its first requests (it would time them out
@@ -1060,32 +1090,8 @@ async fn a_stuck_sink_on_a_fan_out_holds_up_neither_the_route_nor_its_other_sink
     let healthy = FakeApi::start().await;
     stuck.hold();
     let config = format!(
-        r#"
-[server]
-workers = 4
-
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
-
-[plugins.healthy]
-builtin = "http-post"
-config = {{ url = "{h}/x" }}
-allowed_hosts = ["{h}"]
-
-[plugins.stuck]
-builtin = "http-post"
-config = {{ url = "{s}/y", timeout_ms = 20000 }}
-allowed_hosts = ["{s}"]
-limits = {{ http_timeout_ms = 20000 }}
-
-[[routes]]
-name = "fan"
-source = "in"
-sinks = ["stuck", "healthy"]
-"#,
-        h = healthy.origin(),
-        s = stuck.origin()
+        "[server]\nworkers = 4\n{}",
+        fan_out_config(&stuck, &healthy)
     );
     let host = TestHost::start(&config).await;
     // Ten times the route's share (3 of 4 workers).
@@ -1111,7 +1117,7 @@ sinks = ["stuck", "healthy"]
     let (_, text) = host.admin_get("/metrics").await;
     let text = text.as_str().unwrap_or_default().to_string();
     assert!(
-        text.contains("weft_route_retries_total{route=\"fan\",plugin=\"stuck\"} 0\n"),
+        text.contains("weft_route_retries_total{route=\"fan\",plugin=\"slow\"} 0\n"),
         "{text}"
     );
     // It holds a few requests; the rest of its deliveries wait by id in
@@ -1150,31 +1156,7 @@ async fn a_shutdown_waits_for_a_fan_outs_slow_sink_within_its_grace() {
     let slow = FakeApi::start().await;
     let healthy = FakeApi::start().await;
     slow.hold();
-    let config = format!(
-        r#"
-[plugins.in]
-builtin = "webhook-json"
-config = {{ id_pointer = "/id" }}
-
-[plugins.healthy]
-builtin = "http-post"
-config = {{ url = "{h}/x" }}
-allowed_hosts = ["{h}"]
-
-[plugins.slow]
-builtin = "http-post"
-config = {{ url = "{s}/y", timeout_ms = 20000 }}
-allowed_hosts = ["{s}"]
-limits = {{ http_timeout_ms = 20000 }}
-
-[[routes]]
-name = "fan"
-source = "in"
-sinks = ["slow", "healthy"]
-"#,
-        h = healthy.origin(),
-        s = slow.origin()
-    );
+    let config = fan_out_config(&slow, &healthy);
     let host = TestHost::start(&config).await;
     for i in 0..3 {
         assert_eq!(post_id(&host.hook("in"), &format!("g-{i}")).await, 202);
