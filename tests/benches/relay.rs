@@ -31,7 +31,9 @@
 //! `text` (e.g. `BENCH_CONFIG="reuse = 1000, sink"`); `BENCH_ROUNDS=N` runs
 //! the whole set N times and adds a table of medians and ranges (this VM's
 //! speed drifts by a quarter within an hour); `BENCH_WEFT_BIN=path` runs
-//! another build of Weft (an A/B comparison in the same hour).
+//! another build of Weft (an A/B comparison in the same hour);
+//! `BENCH_RELAYS=text` runs only the yardsticks whose name contains `text`
+//! (and the plain relay).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -61,6 +63,9 @@ const BYTES_ONLY: &str = "byte-forwarding hyper relay (no transform, not durable
 const DURABLE_SLED: &str = "straightforward durable relay (sled, no plugins)";
 /// The best-case durable relay: group commit into a preallocated file.
 const DURABLE_FILE: &str = "best-case durable relay (preallocated file, no plugins)";
+/// The best-case durable relay running the route's three plugins.
+const DURABLE_PLUGINS: &str =
+    "best-case durable relay with the route's three plugins (preallocated file, no queue)";
 
 fn wall_ns() -> u64 {
     SystemTime::now()
@@ -361,6 +366,151 @@ async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
                 let body = transform_order(&body).unwrap_or(body);
                 while !forward(&client, &sink, body.clone()).await.is_success() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            http::StatusCode::ACCEPTED
+        }
+    })
+    .await;
+}
+
+/// The three plugins of the bench route ([`weft_config`]) loaded into one
+/// runtime, with `instance_reuse` as the tuned Weft configuration has it:
+/// webhook-json (source), json-map (transform), http-post (sink, batches of
+/// up to 64).
+fn route_plugins(
+    sink: &str,
+) -> (
+    weft::runtime::Plugin,
+    weft::runtime::Plugin,
+    weft::runtime::Plugin,
+) {
+    let cache = weft_tests::shared_cache_dir();
+    let runtime = Arc::new(weft::runtime::Runtime::new(&cache).unwrap());
+    let limits = |max_batch| weft::config::Limits {
+        instance_reuse: 1000,
+        max_batch,
+        ..Default::default()
+    };
+    let source = weft_tests::load_plugin(
+        &runtime,
+        &weft_tests::builtin("webhook-json"),
+        &[
+            ("id_pointer", "/order_id".to_string()),
+            ("type", "com.shop.order.created".to_string()),
+        ],
+        vec![],
+        limits(1),
+    )
+    .unwrap();
+    let mapping = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"},{"op":"sum","from":"/items","field":"/unit_price","times":"/quantity","to":"/total"},{"op":"drop","path":"/note"}]"#;
+    let transform = weft_tests::load_plugin(
+        &runtime,
+        &weft_tests::builtin("json-map"),
+        &[("mapping", mapping.to_string())],
+        vec![],
+        limits(1),
+    )
+    .unwrap();
+    let origin = sink.trim_end_matches("/orders");
+    let post = weft_tests::load_plugin(
+        &runtime,
+        &weft_tests::builtin("http-post"),
+        &[("url", sink.to_string())],
+        vec![weft::runtime::egress::HostPattern::parse(origin).unwrap()],
+        limits(64),
+    )
+    .unwrap();
+    (source, transform, post)
+}
+
+/// The best case for Weft's design on this machine (run in a child
+/// process), the fourth yardstick: [`journal_relay`]'s durable write, with
+/// the bench route's three plugins doing the work in Weft's runtime (the
+/// source turns the request into an event before the write; after the 2xx
+/// json-map transforms it and http-post delivers it, up to 64 ready events
+/// per call, as the tuned Weft configuration does). No queue: no record
+/// encoding, no removal, no routing, no retries, no recovery, no metrics.
+/// What Weft does beyond this is what being a queue costs.
+async fn plugin_relay(port: u16, sink: String, dir: std::path::PathBuf) {
+    use std::os::unix::fs::FileExt;
+    const SIZE: u64 = 64 << 20;
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::File::create(dir.join("journal")).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..SIZE / zeros.len() as u64 {
+        file.write_all_at(&zeros, i * zeros.len() as u64).unwrap();
+    }
+    file.sync_all().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>();
+    let writer = std::thread::Builder::new().name("sled-journal".into());
+    let _ = writer.spawn(move || {
+        let (mut at, mut frame) = (0u64, Vec::new());
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            frame.clear();
+            for (data, _) in &group {
+                frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                frame.extend_from_slice(data);
+            }
+            if at + frame.len() as u64 > SIZE {
+                at = 0;
+            }
+            file.write_all_at(&frame, at).unwrap();
+            file.sync_data().unwrap();
+            at += frame.len() as u64;
+            for (_, done) in group {
+                let _ = done.send(());
+            }
+        }
+    });
+    let (source, transform, post) = route_plugins(&sink);
+    let (source, transform, post) = (Arc::new(source), Arc::new(transform), Arc::new(post));
+    // Transformed events wait here for the sink; one dispatcher sends every
+    // ready one (up to 64) per sink call, calls running concurrently.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<weft::event::Event>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(64);
+        while ready_rx.recv_many(&mut batch, 64).await > 0 {
+            let events = std::mem::take(&mut batch);
+            let post = post.clone();
+            tokio::spawn(async move {
+                let outcomes = post.deliver_batch(&events).await.unwrap();
+                assert!(outcomes
+                    .iter()
+                    .all(|o| matches!(o, weft::runtime::bindings::wit::DeliveryOutcome::Delivered)));
+            });
+        }
+    });
+    let tx = Arc::new(Mutex::new(tx));
+    serve_relay(port, move |body| {
+        let (source, transform, tx, ready) =
+            (source.clone(), transform.clone(), tx.clone(), ready_tx.clone());
+        async move {
+            let request = weft::runtime::bindings::wit::WebhookRequest {
+                method: "POST".into(),
+                path: "/hooks/orders".into(),
+                query: String::new(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.to_vec(),
+            };
+            let Ok(Ok(events)) = source.receive(request).await else {
+                return http::StatusCode::BAD_REQUEST;
+            };
+            let (done, durable) = tokio::sync::oneshot::channel();
+            let data: Vec<u8> = events.iter().flat_map(|e| e.data.iter().copied()).collect();
+            tx.lock().unwrap().send((data, done)).unwrap();
+            let _ = durable.await;
+            tokio::spawn(async move {
+                for event in events {
+                    if let Ok(Ok(out)) = transform.transform(event).await {
+                        for e in out {
+                            let _ = ready.send(e);
+                        }
+                    }
                 }
             });
             http::StatusCode::ACCEPTED
@@ -922,11 +1072,15 @@ fn main() {
         multi_thread_runtime().block_on(plain_relay(port, sink, mode == "plain-relay"));
         return;
     }
-    if let Some(mode @ ("durable-relay" | "journal-relay")) = args.get(1).map(String::as_str) {
+    if let Some(mode @ ("durable-relay" | "journal-relay" | "plugin-relay")) =
+        args.get(1).map(String::as_str)
+    {
         let port: u16 = args[2].parse().unwrap();
         let (sink, dir) = (args[3].clone(), std::path::PathBuf::from(&args[4]));
         if mode == "journal-relay" {
             multi_thread_runtime().block_on(journal_relay(port, sink, dir));
+        } else if mode == "plugin-relay" {
+            multi_thread_runtime().block_on(plugin_relay(port, sink, dir));
         } else {
             multi_thread_runtime().block_on(durable_relay(port, sink, dir));
         }
@@ -994,7 +1148,15 @@ fn main() {
                 ("byte-relay", BYTES_ONLY, false),
                 ("durable-relay", DURABLE_SLED, true),
                 ("journal-relay", DURABLE_FILE, true),
+                ("plugin-relay", DURABLE_PLUGINS, true),
             ] {
+                // `BENCH_RELAYS=text`: only the yardsticks whose name
+                // contains `text` (and the plain relay every ratio needs).
+                if let Ok(only) = std::env::var("BENCH_RELAYS") {
+                    if name != PLAIN && !name.contains(only.as_str()) {
+                        continue;
+                    }
+                }
                 let dir = tempfile::tempdir().unwrap();
                 let port = weft_tests::free_port();
                 let mut command = std::process::Command::new(&me);
