@@ -479,16 +479,21 @@ async fn plugin_relay(port: u16, sink: String, dir: std::path::PathBuf) {
             let post = post.clone();
             tokio::spawn(async move {
                 let outcomes = post.deliver_batch(&events).await.unwrap();
-                assert!(outcomes
-                    .iter()
-                    .all(|o| matches!(o, weft::runtime::bindings::wit::DeliveryOutcome::Delivered)));
+                assert!(outcomes.iter().all(|o| matches!(
+                    o,
+                    weft::runtime::bindings::wit::DeliveryOutcome::Delivered
+                )));
             });
         }
     });
     let tx = Arc::new(Mutex::new(tx));
     serve_relay(port, move |body| {
-        let (source, transform, tx, ready) =
-            (source.clone(), transform.clone(), tx.clone(), ready_tx.clone());
+        let (source, transform, tx, ready) = (
+            source.clone(),
+            transform.clone(),
+            tx.clone(),
+            ready_tx.clone(),
+        );
         async move {
             let request = weft::runtime::bindings::wit::WebhookRequest {
                 method: "POST".into(),
