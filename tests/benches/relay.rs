@@ -67,6 +67,10 @@ const DURABLE_FILE: &str = "best-case durable relay (preallocated file, no plugi
 const DURABLE_PLUGINS: &str =
     "best-case durable relay with the route's three plugins (preallocated file, no queue)";
 
+/// The bench route's `json-map` mapping: rename the customer's email, count
+/// the items, sum price × quantity, drop the note.
+const ROUTE_MAPPING: &str = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"},{"op":"sum","from":"/items","field":"/unit_price","times":"/quantity","to":"/total"},{"op":"drop","path":"/note"}]"#;
+
 fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -311,16 +315,18 @@ async fn durable_relay(port: u16, sink: String, dir: std::path::PathBuf) {
     .await;
 }
 
-/// The best case for any durable relay on this disk (run in a child
-/// process), the third yardstick: each group of webhooks is written as one
-/// `pwrite` into a preallocated append-only file and `fdatasync`ed before the
-/// 2xx (no metadata to update, as in Weft's journal), then transformed and
-/// forwarded as [`durable_relay`] does. No index, no removal, no recovery, no
-/// plugins: a lower bound on what durability costs here, not a queue.
-async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
+/// A write waiting for the best-case relays' next group commit: the bytes,
+/// and who to tell once they are durable.
+type FileWrite = (Bytes, tokio::sync::oneshot::Sender<()>);
+
+/// The best-case relays' durable write: a thread that writes each group of
+/// waiting writes as one `pwrite` into a preallocated file in `dir` and
+/// `fdatasync`s it (no metadata to update, as in Weft's journal) before
+/// answering them.
+fn group_commit_file(dir: &Path) -> std::sync::mpsc::Sender<FileWrite> {
     use std::os::unix::fs::FileExt;
     const SIZE: u64 = 64 << 20;
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     let file = std::fs::File::create(dir.join("journal")).unwrap();
     // Written, not just allocated: later syncs then have no extent to convert.
     let zeros = vec![0u8; 1 << 20];
@@ -328,7 +334,7 @@ async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
         file.write_all_at(&zeros, i * zeros.len() as u64).unwrap();
     }
     file.sync_all().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(Bytes, tokio::sync::oneshot::Sender<()>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<FileWrite>();
     let writer = std::thread::Builder::new().name("sled-journal".into());
     let _ = writer.spawn(move || {
         let (mut at, mut frame) = (0u64, Vec::new());
@@ -353,7 +359,17 @@ async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
             }
         }
     });
-    let tx = Arc::new(Mutex::new(tx));
+    tx
+}
+
+/// The best case for any durable relay on this disk (run in a child
+/// process), the third yardstick: each group of webhooks is written as one
+/// `pwrite` into a preallocated append-only file and `fdatasync`ed before the
+/// 2xx (no metadata to update, as in Weft's journal), then transformed and
+/// forwarded as [`durable_relay`] does. No index, no removal, no recovery, no
+/// plugins: a lower bound on what durability costs here, not a queue.
+async fn journal_relay(port: u16, sink: String, dir: std::path::PathBuf) {
+    let tx = Arc::new(Mutex::new(group_commit_file(&dir)));
     let client = relay_client();
     let sink: Arc<str> = sink.into();
     serve_relay(port, move |body| {
@@ -403,11 +419,10 @@ fn route_plugins(
         limits(1),
     )
     .unwrap();
-    let mapping = r#"[{"op":"rename","from":"/customer/email","to":"/customer_email"},{"op":"count","from":"/items","to":"/line_count"},{"op":"sum","from":"/items","field":"/unit_price","times":"/quantity","to":"/total"},{"op":"drop","path":"/note"}]"#;
     let transform = weft_tests::load_plugin(
         &runtime,
         &weft_tests::builtin("json-map"),
-        &[("mapping", mapping.to_string())],
+        &[("mapping", ROUTE_MAPPING.to_string())],
         vec![],
         limits(1),
     )
@@ -433,40 +448,7 @@ fn route_plugins(
 /// encoding, no removal, no routing, no retries, no recovery, no metrics.
 /// What Weft does beyond this is what being a queue costs.
 async fn plugin_relay(port: u16, sink: String, dir: std::path::PathBuf) {
-    use std::os::unix::fs::FileExt;
-    const SIZE: u64 = 64 << 20;
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = std::fs::File::create(dir.join("journal")).unwrap();
-    let zeros = vec![0u8; 1 << 20];
-    for i in 0..SIZE / zeros.len() as u64 {
-        file.write_all_at(&zeros, i * zeros.len() as u64).unwrap();
-    }
-    file.sync_all().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>();
-    let writer = std::thread::Builder::new().name("sled-journal".into());
-    let _ = writer.spawn(move || {
-        let (mut at, mut frame) = (0u64, Vec::new());
-        while let Ok(first) = rx.recv() {
-            let mut group = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                group.push(more);
-            }
-            frame.clear();
-            for (data, _) in &group {
-                frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                frame.extend_from_slice(data);
-            }
-            if at + frame.len() as u64 > SIZE {
-                at = 0;
-            }
-            file.write_all_at(&frame, at).unwrap();
-            file.sync_data().unwrap();
-            at += frame.len() as u64;
-            for (_, done) in group {
-                let _ = done.send(());
-            }
-        }
-    });
+    let tx = Arc::new(Mutex::new(group_commit_file(&dir)));
     let (source, transform, post) = route_plugins(&sink);
     let (source, transform, post) = (Arc::new(source), Arc::new(transform), Arc::new(post));
     // Transformed events wait here for the sink; one dispatcher sends every
@@ -486,7 +468,6 @@ async fn plugin_relay(port: u16, sink: String, dir: std::path::PathBuf) {
             });
         }
     });
-    let tx = Arc::new(Mutex::new(tx));
     serve_relay(port, move |body| {
         let (source, transform, tx, ready) = (
             source.clone(),
@@ -507,7 +488,7 @@ async fn plugin_relay(port: u16, sink: String, dir: std::path::PathBuf) {
             };
             let (done, durable) = tokio::sync::oneshot::channel();
             let data: Vec<u8> = events.iter().flat_map(|e| e.data.iter().copied()).collect();
-            tx.lock().unwrap().send((data, done)).unwrap();
+            tx.lock().unwrap().send((data.into(), done)).unwrap();
             let _ = durable.await;
             tokio::spawn(async move {
                 for event in events {
@@ -798,7 +779,7 @@ limits = {{ requests_per_s = 1000000 }}
 
 [plugins.map]
 builtin = "json-map"
-config = {{ mapping = '[{{"op":"rename","from":"/customer/email","to":"/customer_email"}},{{"op":"count","from":"/items","to":"/line_count"}},{{"op":"sum","from":"/items","field":"/unit_price","times":"/quantity","to":"/total"}},{{"op":"drop","path":"/note"}}]' }}
+config = {{ mapping = '{mapping}' }}
 
 [plugins.post]
 builtin = "http-post"
@@ -823,6 +804,7 @@ sinks = ["post"]
             .unwrap_or_default(),
         data = dir.join("data").display(),
         cache = weft_tests::shared_cache_dir().display(),
+        mapping = ROUTE_MAPPING,
     );
     std::fs::write(dir.join("token"), "bench-token-of-the-relay").unwrap();
     let path = dir.join("weft.toml");
